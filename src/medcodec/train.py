@@ -1,0 +1,189 @@
+"""Centralized training of a medcodec autoencoder on real volumes, resumable.
+
+Usage::
+
+    python -m medcodec.train --out runs/mc3d-s --steps 20000      # starts or resumes
+    python -m medcodec.train --out runs/mc3d-s --export weights/    # writes the integer model file
+
+Training draws random patches from the ``train`` split of the data folder
+(:func:`medcodec.datasets.find_data_dir`), normalized per volume to [-1, 1] by
+its min and max, with a random latent gain per patch so that one model serves
+every quality. A checkpoint is written every ``--ckpt-every`` steps; running
+the same command again continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import find_data_dir, load_manifest
+from .network import ARCHITECTURES, Autoencoder
+
+__all__ = ["TrainConfig", "PatchSampler", "rd_loss", "train", "main"]
+
+GAIN_RANGE = (0.25, 16.0)
+#: Distortion weight: loss = RD_WEIGHT * gain^2 * MSE + bits per voxel (MSE on [-1, 1] data).
+RD_WEIGHT = 5000.0
+
+
+def normalize(array: np.ndarray) -> np.ndarray:
+    """Map a volume to float32 in [-1, 1] by its own min and max (the codec's intensity map)."""
+    a = array.astype(np.float64)
+    lo, hi = float(a.min()), float(a.max())
+    return ((a - lo) / max(hi - lo, 1e-12) * 2.0 - 1.0).astype(np.float32)
+
+
+class PatchSampler:
+    """Random 3D patches from a list of normalized volumes, reproducible by step number."""
+
+    def __init__(self, volumes: list[np.ndarray], patch: int, seed: int) -> None:
+        self.volumes = volumes
+        self.patch = patch
+        self.seed = seed
+        sizes = np.array([v.size for v in volumes], dtype=np.float64)
+        self.weights = np.sqrt(sizes) / np.sqrt(sizes).sum()
+
+    def batch(self, step: int, size: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        out = np.empty((size, 1, self.patch, self.patch, self.patch), dtype=np.float32)
+        for i in range(size):
+            for _attempt in range(4):
+                v = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
+                p = _crop(v, self.patch, rng)
+                if p.std() > 0.01:
+                    break
+            for axis in (1, 2):
+                if rng.random() < 0.5:
+                    p = np.flip(p, axis)
+            out[i, 0] = p
+        return out
+
+
+def _crop(v: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    # Volumes thinner than the patch are edge-padded, as the codec pads tiles.
+    pad = [(0, max(0, size - s)) for s in v.shape]
+    if any(p[1] for p in pad):
+        v = np.pad(v, pad, mode="edge")
+    starts = [int(rng.integers(0, s - size + 1)) for s in v.shape]
+    return v[starts[0] : starts[0] + size, starts[1] : starts[1] + size, starts[2] : starts[2] + size]
+
+
+def rd_loss(model: Autoencoder, x: torch.Tensor, gain: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Rate-distortion loss of one batch and its metrics (mse, bits per voxel)."""
+    x_hat, likelihood = model(x, gain)
+    mse = ((x_hat - x) ** 2).flatten(1).mean(1)
+    bpv = -torch.log2(likelihood).flatten(1).sum(1) / x[0].numel()
+    loss = (RD_WEIGHT * gain**2 * mse + bpv).mean()
+    return loss, {"loss": loss.item(), "mse": mse.mean().item(), "bpv": bpv.mean().item()}
+
+
+def sample_gains(step: int, size: int, seed: int) -> torch.Tensor:
+    rng = np.random.default_rng([seed, step, 1])
+    lo, hi = np.log(GAIN_RANGE[0]), np.log(GAIN_RANGE[1])
+    return torch.from_numpy(np.exp(rng.uniform(lo, hi, size)).astype(np.float32))
+
+
+def make_optimizer(model: Autoencoder, lr: float) -> torch.optim.Optimizer:
+    prior = list(model.prior.parameters())
+    ids = {id(p) for p in prior}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return torch.optim.Adam([{"params": rest, "lr": lr}, {"params": prior, "lr": lr * 5}])
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) training; returns the checkpoint path."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "checkpoint.pt"
+    arch = ARCHITECTURES[args.arch]
+    torch.manual_seed(args.seed)
+    model = Autoencoder(arch)
+    opt = make_optimizer(model, args.lr)
+    step, elapsed = 0, 0.0
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, elapsed = ckpt["step"], ckpt["elapsed_s"]
+        print(f"resumed from step {step} ({elapsed / 3600:.2f} h so far)", flush=True)
+    data_dir = Path(args.data) if args.data else find_data_dir()
+    entries = load_manifest(data_dir, split="train")
+    from .io import read
+
+    volumes = [normalize(read(e.path).array) for e in entries]
+    sampler = PatchSampler(volumes, args.patch, args.seed)
+    log = (out / "log.jsonl").open("a")
+    t0 = time.time()
+    while step < args.steps:
+        lr_scale = 0.1 if step >= int(args.steps * 0.85) else 1.0
+        for i, group in enumerate(opt.param_groups):
+            group["lr"] = args.lr * (5 if i else 1) * lr_scale
+        torch.manual_seed(args.seed * 1_000_003 + step)
+        x = torch.from_numpy(sampler.batch(step, args.batch))
+        gain = sample_gains(step, args.batch, args.seed)
+        loss, metrics = rd_loss(model, x, gain)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 50 == 0:
+            metrics.update(step=step, elapsed_s=round(elapsed + time.time() - t0, 1))
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+            print(json.dumps(metrics), flush=True)
+        if step % args.ckpt_every == 0 or step == args.steps:
+            _save(ckpt_path, model, opt, step, elapsed + time.time() - t0, args)
+    return ckpt_path
+
+
+def _save(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, step: int, elapsed: float, args) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "elapsed_s": elapsed,
+            "arch": args.arch,
+            "config": {k: v for k, v in vars(args).items() if k != "export"},
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m medcodec.train", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl)")
+    p.add_argument("--data", help="data folder with manifest.json (default: MEDCODEC_DATA or ../shared/data)")
+    p.add_argument("--arch", default="mc3d-s", choices=sorted(ARCHITECTURES))
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--patch", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--export", metavar="DIR", help="only export the checkpoint to an integer model file in DIR")
+    args = p.parse_args(argv)
+    if args.export:
+        from .export import export_checkpoint
+
+        path = export_checkpoint(Path(args.out) / "checkpoint.pt", Path(args.export), data=args.data)
+        print(path)
+        return
+    train(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The :class:`Volume` type: voxels plus the geometry that places them in space."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["Volume", "SUPPORTED_DTYPES", "as_volume"]
+
+#: dtypes medcodec encodes, in the order of their stream codes (see docs/FORMAT.md).
+SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
+    np.dtype(t) for t in ("uint8", "int8", "uint16", "int16", "int32", "float32", "float64", "uint32")
+)
+
+_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class Volume:
+    """A 3D scan.
+
+    Attributes:
+        array: Voxels, axis order (z, y, x), i.e. slice, row, column, as SimpleITK returns them.
+        spacing: Voxel size along (x, y, z) in mm.
+        origin: Position of the first voxel along (x, y, z) in mm (LPS physical space).
+        direction: Direction cosines, 9 floats, row-major 3x3 matrix.
+        metadata: Free-form string metadata (for example NIfTI or DICOM tags).
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = _IDENTITY
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(d) for d in self.direction)
+        if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
+            raise InvalidInputError("spacing and origin need 3 values and direction 9")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape (z, y, x)."""
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The voxel dtype."""
+        return self.array.dtype
+
+
+def as_volume(data: Volume | np.ndarray) -> Volume:
+    """Return ``data`` as a :class:`Volume`, checking dtype and shape.
+
+    A 2D array is taken as a single slice. Raises :class:`InvalidInputError`
+    for anything medcodec cannot encode.
+    """
+    vol = data if isinstance(data, Volume) else Volume(np.asarray(data))
+    arr = vol.array
+    if not isinstance(arr, np.ndarray):
+        raise InvalidInputError(f"volume array must be a numpy array, got {type(arr).__name__}")
+    if arr.ndim == 2:
+        arr = arr[np.newaxis]
+    if arr.ndim != 3:
+        raise InvalidInputError(f"volume must be 3D (z, y, x), got shape {arr.shape}")
+    if min(arr.shape) < 1:
+        raise InvalidInputError(f"volume must hold at least one voxel, got shape {arr.shape}")
+    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        raise InvalidInputError(f"unsupported dtype {arr.dtype}; supported: {names}")
+    if arr.dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr is vol.array:
+        return vol
+    return Volume(arr, vol.spacing, vol.origin, vol.direction, dict(vol.metadata))
