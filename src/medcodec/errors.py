@@ -20,6 +20,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelMismatchError",
     "VolumeIOError",
+    "OutputExistsError",
 ]
 
 
@@ -87,3 +88,9 @@ class VolumeIOError(MedcodecError, OSError):
     """A volume file or DICOM series could not be read or written."""
 
     exit_code = 8
+
+
+class OutputExistsError(VolumeIOError, FileExistsError):
+    """The output file exists and overwriting was not asked for."""
+
+    exit_code = 9

@@ -1,0 +1,556 @@
+"""The ``medcodec`` command-line tool.
+
+Usage::
+
+    medcodec compress scan.nii.gz                 # -> scan.mcz, lossy, default quality
+    medcodec compress scan.nii.gz --max-error 2   # every voxel within +-2
+    medcodec compress dicom_series/ --lossless    # -> dicom_series.mcz, bit-exact
+    medcodec decompress scan.mcz -o scan.nrrd     # any format medcodec.write supports
+    medcodec info scan.mcz [--json]               # header only, no decoding
+
+Outputs are written atomically (a temporary file in the destination folder,
+then a rename) and an existing file is never replaced without ``--force``.
+Progress goes to stderr, the one-line summary to stdout; ``-q`` silences both.
+An error prints one line, ``medcodec: error: <message>``, and exits with:
+
+====  ===================================================================
+code  meaning
+====  ===================================================================
+0     success
+1     unexpected internal error
+2     invalid input or options (usage error, unsupported dtype, ...)
+3     truncated stream
+4     corrupt stream or checksum mismatch
+5     unsupported format version
+6     model not found
+7     model mismatch (same name, different SHA-256)
+8     volume or file I/O error (missing input, unreadable, unwritable)
+9     output exists (use --force)
+130   interrupted (Ctrl-C)
+====  ===================================================================
+
+Set ``MEDCODEC_DEBUG=1`` to get the full traceback instead of the one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# Only light modules at import time: ``medcodec --help`` must not wait for torch or SimpleITK.
+from . import __version__
+from .errors import InvalidInputError, MedcodecError, OutputExistsError, VolumeIOError
+
+if TYPE_CHECKING:
+    from .volume import Volume
+
+__all__ = ["main", "build_parser", "default_compress_output", "default_decompress_output"]
+
+#: Extension of compressed streams.
+STREAM_SUFFIX = ".mcz"
+
+#: Volume file endings replaced by ``.mcz`` when naming a default output (longest first).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+#: Formats that write a second data file next to the header, so cannot be renamed into place.
+_DETACHED_SUFFIXES = (".nhdr", ".mhd")
+
+_EXIT_CODES = """\
+exit codes:
+  0    success
+  1    unexpected internal error
+  2    invalid input or options
+  3    truncated stream
+  4    corrupt stream or checksum mismatch
+  5    unsupported format version
+  6    model not found
+  7    model mismatch (same name, different SHA-256)
+  8    volume or file I/O error
+  9    output exists (use --force)
+  130  interrupted
+
+Set MEDCODEC_DEBUG=1 to see the traceback of an error."""
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _strip_suffix(name: str, suffixes: Sequence[str]) -> str | None:
+    """Return ``name`` without the first of ``suffixes`` it ends with (case-insensitive), else None."""
+    lower = name.lower()
+    for suffix in suffixes:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return None
+
+
+def default_compress_output(source: str | os.PathLike) -> Path:
+    """Name the ``.mcz`` file that ``medcodec compress SOURCE`` writes by default.
+
+    Args:
+        source: A volume file or a DICOM series folder.
+
+    Returns:
+        The path beside ``source`` with its volume extension replaced by ``.mcz``
+        (``scan.nii.gz`` -> ``scan.mcz``, folder ``series/`` -> ``series.mcz``).
+    """
+    path = Path(source)
+    if path.name in ("", ".", ".."):  # "." or "..": name the file after the real folder
+        path = path.resolve()
+    if path.is_dir():
+        return path.with_name(path.name + STREAM_SUFFIX)
+    stem = _strip_suffix(path.name, VOLUME_SUFFIXES)
+    if stem is None:
+        # Unknown ending: drop it (scan.img -> scan.mcz) unless that would name the input itself.
+        stem = path.stem if path.suffix.lower() not in ("", STREAM_SUFFIX) else path.name
+    return path.with_name(stem + STREAM_SUFFIX)
+
+
+def default_decompress_output(source: str | os.PathLike) -> Path:
+    """Name the volume file that ``medcodec decompress SOURCE`` writes by default.
+
+    Args:
+        source: A compressed ``.mcz`` file.
+
+    Returns:
+        ``source`` with ``.mcz`` replaced by ``.nii.gz`` (or ``.nii.gz`` appended
+        when it does not end in ``.mcz``).
+    """
+    path = Path(source)
+    stem = _strip_suffix(path.name, (STREAM_SUFFIX,)) or path.name
+    return path.with_name(stem + ".nii.gz")
+
+
+def _resolve_output(given: str | None, default: Path) -> Path:
+    """Apply ``-o``: a path, or an existing folder that receives the default file name."""
+    if given is None:
+        return default
+    out = Path(given)
+    return out / default.name if out.is_dir() else out
+
+
+def _check_input(source: Path) -> None:
+    """Report a missing input first, before any complaint about the output it would give.
+
+    Raises:
+        VolumeIOError: ``source`` does not exist.
+    """
+    if not source.exists():
+        raise VolumeIOError(f"no such file or folder: {source}")
+
+
+def _check_output(dest: Path, source: Path, *, force: bool) -> None:
+    """Fail before any expensive work if ``dest`` cannot be written.
+
+    Raises:
+        InvalidInputError: ``dest`` is the input itself.
+        OutputExistsError: ``dest`` exists and ``force`` is false.
+        VolumeIOError: ``dest`` is a folder, or its parent folder does not exist.
+    """
+    if dest.exists() and source.exists() and os.path.samefile(dest, source):
+        raise InvalidInputError(f"output {dest} is the input itself; give another name with -o")
+    if dest.is_dir():
+        raise VolumeIOError(f"output {dest} is a folder")
+    if dest.exists() and not force:
+        raise OutputExistsError(f"{dest} exists; use --force to overwrite it")
+    if not dest.parent.is_dir():
+        raise VolumeIOError(f"cannot write {dest}: folder {dest.parent} does not exist")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _new_file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give (mkstemp makes files 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _publish(tmp: Path, dest: Path, *, force: bool) -> None:
+    """Move the finished temporary file ``tmp`` onto ``dest``.
+
+    Raises:
+        OutputExistsError: ``dest`` appeared meanwhile and ``force`` is false.
+    """
+    os.chmod(tmp, _new_file_mode())
+    if force:
+        os.replace(tmp, dest)
+        return
+    try:
+        # A hard link creates dest only if absent, atomically: no window to clobber a file
+        # that another process created after our first check.
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise OutputExistsError(f"{dest} exists; use --force to overwrite it") from None
+    except OSError:
+        # No hard links on this file system (FAT, some network mounts): check, then rename.
+        if dest.exists():
+            raise OutputExistsError(f"{dest} exists; use --force to overwrite it") from None
+        os.replace(tmp, dest)
+        return
+    tmp.unlink()
+
+
+def write_atomic(dest: Path, write: Callable[[Path], None], *, force: bool, suffix: str = ".tmp") -> None:
+    """Write ``dest`` through a temporary file in its folder, leaving nothing behind on failure.
+
+    Args:
+        dest: Final path.
+        write: Writes the complete content to the path it is given.
+        force: Replace ``dest`` if it exists.
+        suffix: Ending of the temporary file (SimpleITK picks the format from it).
+
+    Raises:
+        OutputExistsError: ``dest`` exists and ``force`` is false.
+        VolumeIOError: The temporary file cannot be created, written or renamed.
+    """
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    except OSError as exc:
+        raise VolumeIOError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        _publish(tmp, dest, force=force)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, MedcodecError):
+            raise
+        raise VolumeIOError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    except BaseException:  # includes KeyboardInterrupt: never leave a partial temp file
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_bytes(data: bytes) -> Callable[[Path], None]:
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # the rename must not expose a file whose data is still in flight
+
+    return write
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise VolumeIOError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise VolumeIOError(f"{path} is a folder, not a compressed file") from None
+    except OSError as exc:
+        raise VolumeIOError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------- output helpers
+
+
+class _Progress:
+    """The ``progress(done, total)`` callback: a live line on a terminal, sparse lines in a log."""
+
+    def __init__(self, verb: str, *, enabled: bool) -> None:
+        self._verb = verb
+        self._enabled = enabled
+        self._tty = enabled and sys.stderr.isatty()
+        self._last_decile = -1
+        self._line_open = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self._enabled or total <= 0:
+            return
+        message = f"{self._verb}: tile {done}/{total}"
+        if self._tty:
+            sys.stderr.write(f"\r{message}\x1b[K")
+            self._line_open = True
+        else:
+            # Redirected to a log: about ten lines per run rather than one per tile.
+            decile = done * 10 // total
+            if decile == self._last_decile:
+                return
+            self._last_decile = decile
+            sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        """Erase the live line so that a summary or error starts on a clean line."""
+        if self._line_open:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+            self._line_open = False
+
+
+def _human_size(n: float) -> str:
+    """Size with decimal units, as file managers show it: 52400000 -> '52.4 MB'."""
+    if n < 1000:
+        return f"{int(n)} B"
+    for unit in ("kB", "MB", "GB", "TB"):
+        n /= 1000
+        if n < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def _ratio(raw: int, compressed: int) -> str:
+    return f"{raw / compressed:.1f}:1" if compressed else "n/a"
+
+
+def _describe_mode(mode: str, max_error: float | None, quality: int | None) -> str:
+    if mode == "lossless":
+        return "lossless"
+    if mode == "near-lossless":
+        return f"max error {max_error:g}" if max_error is not None else "near-lossless"
+    return f"lossy, quality {quality}" if quality is not None else "lossy"
+
+
+def _fmt_floats(values: Sequence[float], sep: str = " x ") -> str:
+    # Rounding hides float noise such as 3.4e-19 in a direction matrix; "+ 0.0" turns -0 into 0.
+    return sep.join(f"{round(v, 6) + 0.0:g}" for v in values)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from . import compress, info, read  # heavy: numpy, SimpleITK, torch
+
+    start = time.perf_counter()
+    source = Path(args.input)
+    _check_input(source)
+    dest = _resolve_output(args.output, default_compress_output(source))
+    _check_output(dest, source, force=args.force)
+
+    volume = read(source)
+    max_error = 0.0 if args.lossless else args.max_error
+    progress = _Progress("compressing", enabled=not args.quiet)
+    try:
+        data = compress(volume, quality=args.quality, max_error=max_error, model=args.model, progress=progress)
+    finally:
+        progress.close()
+    write_atomic(dest, _write_bytes(data), force=args.force)
+
+    if not args.quiet:
+        header = info(data)
+        raw = volume.array.nbytes
+        mode = _describe_mode(header.mode, header.max_error, header.quality)
+        elapsed = time.perf_counter() - start
+        print(
+            f"{args.input} -> {dest}: {_human_size(raw)} -> {_human_size(len(data))} "
+            f"({_ratio(raw, len(data))}), {mode}, {elapsed:.1f} s"
+        )
+    return 0
+
+
+def _cmd_decompress(args: argparse.Namespace) -> int:
+    from . import decompress, write  # heavy: numpy, SimpleITK, torch
+    from .io import WRITE_SUFFIXES
+
+    start = time.perf_counter()
+    source = Path(args.input)
+    _check_input(source)
+    dest = _resolve_output(args.output, default_decompress_output(source))
+    suffix = next((s for s in WRITE_SUFFIXES if dest.name.lower().endswith(s)), None)
+    if suffix is None:  # checked before decoding, which can take a while
+        raise InvalidInputError(f"cannot tell the format of {dest.name!r}; use one of {', '.join(WRITE_SUFFIXES)}")
+    _check_output(dest, source, force=args.force)
+
+    data = _read_bytes(source)
+    progress = _Progress("decompressing", enabled=not args.quiet)
+    try:
+        volume = decompress(data, model=args.model, progress=progress)
+    finally:
+        progress.close()
+    _write_volume(volume, dest, suffix, force=args.force, write=write)
+
+    if not args.quiet:
+        elapsed = time.perf_counter() - start
+        print(f"{args.input} -> {dest}: {_human_size(len(data))} -> {_human_size(volume.array.nbytes)}, {elapsed:.1f} s")
+    return 0
+
+
+def _write_volume(volume: Volume, dest: Path, suffix: str, *, force: bool, write: Callable[..., None]) -> None:
+    if suffix in _DETACHED_SUFFIXES:
+        # The header names its data file, so it cannot be written under a temporary name.
+        if dest.exists() and not force:
+            raise OutputExistsError(f"{dest} exists; use --force to overwrite it")
+        write(volume, dest)
+        return
+    write_atomic(dest, lambda tmp: write(volume, tmp), force=force, suffix=suffix)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from . import info
+
+    source = Path(args.input)
+    data = _read_bytes(source)
+    header = info(data)
+    raw, compressed = header.raw_bytes, header.compressed_bytes
+    if args.json:
+        import json
+
+        record: dict[str, Any] = {"file": str(source), **header.as_dict()}
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+
+    n_voxels = math.prod(header.shape)
+    model = header.model_name or "none"
+    if header.model_sha256:
+        model += f" (sha256 {header.model_sha256[:16]}...)"
+    rows = [
+        ("file", str(source)),
+        ("format", f"medcodec stream version {header.format_version}"),
+        ("shape", f"{' x '.join(str(s) for s in header.shape)} (z, y, x)"),
+        ("dtype", header.dtype),
+        ("spacing", f"{_fmt_floats(header.spacing)} mm (x, y, z)"),
+        ("origin", f"{_fmt_floats(header.origin, ', ')} mm"),
+        ("direction", " | ".join(_fmt_floats(header.direction[i : i + 3], " ") for i in (0, 3, 6))),
+        ("mode", header.mode),
+        ("max error", "0 (bit-exact)" if header.mode == "lossless" else _none_or(header.max_error)),
+        ("quality", _none_or(header.quality)),
+        ("model", model),
+        ("tiles", f"{header.n_tiles} of {' x '.join(str(s) for s in header.tile_shape)}"),
+        ("raw size", f"{_human_size(raw)} ({raw} bytes)"),
+        ("compressed", f"{_human_size(compressed)} ({compressed} bytes)"),
+        ("ratio", f"{_ratio(raw, compressed)}, {8 * compressed / n_voxels:.3f} bits/voxel" if n_voxels else "n/a"),
+    ]
+    width = max(len(key) for key, _ in rows) + 1
+    for key, value in rows:
+        print(f"{key + ':':<{width}} {value}")
+    return 0
+
+
+def _none_or(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _max_error(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser of the ``medcodec`` command.
+
+    Returns:
+        The parser; each sub-command stores its handler in ``func``.
+    """
+    parser = argparse.ArgumentParser(
+        prog="medcodec",
+        description="Compress 3D medical volumes (NIfTI, NRRD, MetaImage, DICOM series) into .mcz files.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"medcodec {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=help_text, description=help_text, epilog=_EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+
+    p = add("compress", "Compress a volume file or DICOM series folder into a .mcz file.")
+    p.add_argument("input", metavar="INPUT", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder")
+    p.add_argument("-o", "--output", metavar="OUT", help="output file or folder (default: INPUT with its extension replaced by .mcz)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quality", type=int, metavar="Q", help="lossy quality level (default mode; higher is better)")
+    mode.add_argument("--max-error", type=_max_error, metavar="D", help="near-lossless: every voxel within +-D of the original")
+    mode.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
+    _add_common(p, model_help="model name or weights file (default: the built-in model)")
+    p.set_defaults(func=_cmd_compress)
+
+    p = add("decompress", "Decompress a .mcz file into a volume file.")
+    p.add_argument("input", metavar="FILE", help="compressed .mcz file")
+    p.add_argument(
+        "-o", "--output", metavar="OUT",
+        help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
+        "(default: FILE with .mcz replaced by .nii.gz)",
+    )  # fmt: skip
+    _add_common(p, model_help="model name or weights file (default: the one the stream names)")
+    p.set_defaults(func=_cmd_decompress)
+
+    p = add("info", "Show the header of a .mcz file without decoding it.")
+    p.add_argument("input", metavar="FILE", help="compressed .mcz file")
+    p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser, *, model_help: str) -> None:
+    p.add_argument("--model", metavar="NAME_OR_PATH", help=model_help)
+    p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr and no summary on stdout")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _error(message: str) -> None:
+    # One line whatever the message holds, so scripts can grep or log it.
+    text = " ".join(message.split())
+    print(f"medcodec: error: {text}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``medcodec`` command.
+
+    Args:
+        argv: Arguments without the program name; default ``sys.argv[1:]``.
+
+    Returns:
+        The exit code (see the module docstring). Usage errors exit 2 via ``SystemExit``.
+    """
+    args = build_parser().parse_args(argv)
+    debug = os.environ.get("MEDCODEC_DEBUG", "") not in ("", "0")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        if sys.stderr.isatty():
+            print(file=sys.stderr)  # end the line the terminal echoed "^C" on
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # stdout was closed early (medcodec info x.mcz | head -1): not an error worth a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except MedcodecError as exc:
+        if debug:
+            raise
+        _error(str(exc) or type(exc).__name__)
+        return exc.exit_code
+    except MemoryError:
+        if debug:
+            raise
+        _error("out of memory")
+        return 1
+    except Exception as exc:  # a bug, or a failure no layer below anticipated
+        if debug:
+            raise
+        _error(f"unexpected {type(exc).__name__}: {exc} (set MEDCODEC_DEBUG=1 for the traceback)")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

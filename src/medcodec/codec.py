@@ -1,0 +1,379 @@
+"""compress / decompress / info: the codec's public entry points.
+
+A volume is cut into tiles (:mod:`medcodec.tiling`); each tile is coded on its
+own path:
+
+* learned (integer arithmetic or float arithmetic): analysis transform ->
+  integer latents -> entropy coding; the integer-exact synthesis transform gives
+  the lossy reconstruction, which is the result in lossy mode and the predictor
+  of the residual layer (:mod:`medcodec.residual`) in near-lossless and lossless
+  modes;
+* raw: lossless float volumes whose values are not all integers are stored
+  bit-exact as byte planes compressed with zstandard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zstandard
+
+from .container import Chunk, Header, StreamInfo, read_header, read_stream, write_stream, FORMAT_VERSION
+from .entropy import decode_groups, encode_groups
+from .errors import CorruptStreamError, InvalidInputError, MedcodecError, TruncatedStreamError, UnsupportedVersionError
+from .intensity import normalize, to_voxels
+from .intnet import GAIN_ONE
+from .models import CodecModel, load_model, model_for_stream
+from .residual import activity_contexts, buckets_for, choose_shift, dequantize, quantize
+from .tiling import DEFAULT_TILE, pad_edge, tile_grid
+from .volume import Volume, as_volume
+
+__all__ = ["compress", "decompress", "encode", "decode", "info", "DEFAULT_QUALITY", "quality_gain"]
+
+#: Quality used when neither ``quality`` nor ``max_error`` is given.
+DEFAULT_QUALITY = 75
+#: Latent quality of the predictor in near-lossless and lossless modes.
+RESIDUAL_QUALITY = 70
+
+_LEARNED_INT, _RAW, _LEARNED_FLOAT = 0, 1, 2
+_TILE_HEAD = struct.Struct("<IBBBB")
+Progress = Callable[[int, int], None]
+
+
+def quality_gain(quality: int) -> int:
+    """Latent gain for a quality (1-100), as the integer ``gain * 2**16`` recorded in the stream."""
+    return int(round(2.0 ** ((quality - 50) / 12.5) * GAIN_ONE))
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything tile coding needs to know about the whole volume."""
+
+    dtype: np.dtype
+    mode: str
+    d: float  # the bound; for integer arithmetic its floor is used
+    integer: bool  # integer arithmetic (integer dtypes, or floats holding only integers)
+    raw: bool  # lossless floats with fractional values
+    lo: float
+    hi: float
+    gain_num: int
+
+
+def _check_options(quality, max_error) -> None:
+    if quality is not None and max_error is not None:
+        raise InvalidInputError("quality and max_error are mutually exclusive: give one of them")
+    if quality is not None and (
+        isinstance(quality, bool) or not isinstance(quality, numbers.Integral) or not 1 <= quality <= 100
+    ):
+        raise InvalidInputError(f"quality must be an integer from 1 to 100, got {quality!r}")
+    if max_error is not None and (
+        isinstance(max_error, bool)
+        or not isinstance(max_error, numbers.Real)
+        or not math.isfinite(max_error)
+        or max_error < 0
+    ):
+        raise InvalidInputError(f"max_error must be a finite number >= 0, got {max_error!r}")
+
+
+def _integer_valued(a: np.ndarray) -> bool:
+    """Whether a float volume holds only integers that its dtype represents exactly (and no -0.0)."""
+    limit = 2.0**24 if a.dtype == np.float32 else 2.0**53
+    if not np.isfinite(a).all() or np.abs(a).max() > limit:
+        return False
+    return bool((np.floor(a) == a).all() and not (np.signbit(a) & (a == 0)).any())
+
+
+def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Plan:
+    is_float = arr.dtype.kind == "f"
+    mode = "lossy" if max_error is None else "lossless" if max_error == 0 else "near-lossless"
+    integer = not is_float or _integer_valued(arr)
+    if is_float and not integer and mode != "lossless" and not np.isfinite(arr).all():
+        raise InvalidInputError("volume holds NaN or infinite values: only lossless (max_error=0) can store them")
+    raw = is_float and not integer and mode == "lossless"
+    if raw:
+        lo = hi = 0.0
+    else:
+        lo, hi = float(arr.min()), float(arr.max())
+    d = float(max_error or 0.0)
+    if mode == "near-lossless" and not integer and d < (hi - lo) * 2.0**-40:
+        raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
+    q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else RESIDUAL_QUALITY
+    return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(q))
+
+
+def compress(
+    volume: Volume | np.ndarray,
+    *,
+    quality: int | None = None,
+    max_error: float | None = None,
+    model: str | None = None,
+    progress: Progress | None = None,
+) -> bytes:
+    """Compress a volume to a medcodec stream.
+
+    Args:
+        volume: A :class:`Volume` or a numpy array (z, y, x); 2D arrays are one slice.
+        quality: Lossy quality, 1 (smallest) to 100 (best); default :data:`DEFAULT_QUALITY`.
+        max_error: Guaranteed bound on every voxel's absolute error, in the volume's units;
+            0 means lossless (bit-exact). For integer volumes its floor is used.
+        model: Model name or path to a ``.mcw`` file; default: the shipped model.
+        progress: Called as ``progress(done_tiles, total_tiles)`` after each tile.
+
+    Returns:
+        The stream (format in docs/FORMAT.md).
+
+    Raises:
+        InvalidInputError: Both ``quality`` and ``max_error`` given, an option out of range,
+            an unsupported dtype or shape, or non-finite values outside lossless mode.
+        ModelNotFoundError: ``model`` names no available model.
+    """
+    _check_options(quality, max_error)
+    vol = as_volume(volume)
+    arr = vol.array
+    plan = _plan(arr, quality, max_error)
+    cm = None if plan.raw else load_model(model)
+    tiles = tile_grid(arr.shape, DEFAULT_TILE)
+    chunks, digests = [], []
+    if vol.metadata:
+        meta = json.dumps({str(k): str(v) for k, v in vol.metadata.items()}, sort_keys=True).encode()
+        chunks.append(Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta)))
+    for i, tile in enumerate(tiles):
+        payload, digest = _encode_tile(i, arr[tile], plan, cm)
+        chunks.append(Chunk(b"TILE", payload))
+        digests.append(digest)
+        if progress:
+            progress(i + 1, len(tiles))
+    header = Header(
+        dtype=str(arr.dtype), mode=plan.mode,
+        quality=quality if quality is not None else (DEFAULT_QUALITY if plan.mode == "lossy" else 0),
+        shape=arr.shape, spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
+        max_error=plan.d, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(tiles),
+        model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
+        voxel_sha256=hashlib.sha256(b"".join(digests)).digest(),
+    )  # fmt: skip
+    return write_stream(header, chunks)
+
+
+def _section(data: bytes) -> bytes:
+    return struct.pack("<I", len(data)) + data
+
+
+def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) -> tuple[bytes, bytes]:
+    if plan.raw:
+        body = zstandard.ZstdCompressor(level=9).compress(_shuffle(x))
+        digest = _digest(x)
+        return _TILE_HEAD.pack(index, _RAW, 0, 0, 0) + _section(body) + digest, digest
+    assert cm is not None
+    xp = pad_edge(normalize(x, plan.lo, plan.hi), 8)
+    with torch.no_grad():
+        y = cm.analysis(torch.from_numpy(np.ascontiguousarray(xp))[None, None])[0].numpy()
+    _, _, bound = cm.synthesis.first_layer_params(plan.gain_num)
+    y_hat = np.clip(np.round(y.astype(np.float64) * (plan.gain_num / GAIN_ONE)), -bound, bound).astype(np.int64)
+    latents = encode_groups(y_hat, _channel_groups(y_hat.shape), y_hat.shape[0])
+    o = cm.synthesis(y_hat, plan.gain_num)[: x.shape[0], : x.shape[1], : x.shape[2]]
+    pred = to_voxels(o, plan.lo, plan.hi, plan.integer)
+    shift, n_buckets, residual, exceptions = 0, 0, b"", b""
+    if plan.mode == "lossy":
+        recon = pred.astype(plan.dtype)
+    else:
+        q = quantize(x, pred, plan.d, plan.integer)
+        shift, n_buckets = choose_shift(o), buckets_for(o.size)
+        residual = encode_groups(q, activity_contexts(o, shift, n_buckets), n_buckets)
+        recon = dequantize(q, pred, plan.d, plan.integer, plan.lo, plan.hi).astype(plan.dtype)
+        if not plan.integer:
+            recon, exceptions = _float_exceptions(x, recon, plan.d)
+    path = _LEARNED_INT if plan.integer else _LEARNED_FLOAT
+    digest = _digest(recon)
+    sections = b"".join(_section(s) for s in (latents, residual, exceptions))
+    return _TILE_HEAD.pack(index, path, shift, n_buckets, 0) + sections + digest, digest
+
+
+def _float_exceptions(x: np.ndarray, recon: np.ndarray, d: float) -> tuple[np.ndarray, bytes]:
+    """Voxels that float rounding pushed past the bound, stored verbatim (index, raw bits)."""
+    bad = np.flatnonzero(np.abs(recon.astype(np.float64) - x.astype(np.float64)).ravel() > d)
+    if bad.size == 0:
+        return recon, b""
+    recon = recon.copy()
+    recon.ravel()[bad] = x.ravel()[bad]
+    bits = x.ravel()[bad].astype(x.dtype.newbyteorder("<")).tobytes()
+    blob = bad.astype("<i8").tobytes() + bits
+    return recon, zstandard.ZstdCompressor(level=19).compress(blob)
+
+
+def _channel_groups(shape: tuple[int, ...]) -> np.ndarray:
+    return np.broadcast_to(np.arange(shape[0]).reshape(-1, 1, 1, 1), shape)
+
+
+def _shuffle(x: np.ndarray) -> bytes:
+    b = np.ascontiguousarray(x, dtype=x.dtype.newbyteorder("<")).view(np.uint8).reshape(-1, x.dtype.itemsize)
+    return b.T.tobytes()
+
+
+def _unshuffle(data: bytes, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    planes = np.frombuffer(data, dtype=np.uint8).reshape(dtype.itemsize, -1)
+    return planes.T.copy().view(dtype.newbyteorder("<")).reshape(shape).astype(dtype)
+
+
+def _digest(recon: np.ndarray) -> bytes:
+    return hashlib.sha256(np.ascontiguousarray(recon, dtype=recon.dtype.newbyteorder("<")).tobytes()).digest()
+
+
+def decompress(data: bytes, *, model: str | None = None, progress: Progress | None = None) -> Volume:
+    """Decode a medcodec stream to a :class:`Volume`.
+
+    Args:
+        data: The stream.
+        model: Model path or name to use instead of the shipped one the stream names;
+            its SHA-256 must equal the stream's.
+        progress: Called as ``progress(done_tiles, total_tiles)`` after each tile.
+
+    Raises:
+        TruncatedStreamError, CorruptStreamError, ChecksumError: The stream is damaged.
+        UnsupportedVersionError: The stream needs a newer decoder.
+        ModelNotFoundError, ModelMismatchError: The model is missing or differs.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"decompress expects bytes, got {type(data).__name__}")
+    header, chunks = read_stream(bytes(data))
+    tiles = tile_grid(header.shape, header.tile)
+    tile_chunks = [c for c in chunks if c.kind == b"TILE"]
+    unknown = {c.kind for c in chunks if c.kind[:1].isupper() and c.kind != b"TILE"}
+    if unknown:
+        raise UnsupportedVersionError(f"stream holds chunks this decoder does not know: {sorted(unknown)}")
+    if len(tile_chunks) != len(tiles):
+        raise CorruptStreamError(f"stream holds {len(tile_chunks)} tiles, its header announces {len(tiles)}")
+    metadata = _metadata(chunks)
+    dtype = np.dtype(header.dtype)
+    integer = dtype.kind != "f"
+    cm: CodecModel | None = None
+    out = np.empty(header.shape, dtype=dtype)
+    digests = []
+    for i, (tile, chunk) in enumerate(zip(tiles, tile_chunks)):
+        shape = tuple(s.stop - s.start for s in tile)
+        try:
+            index, path, shift, n_buckets, reserved = _TILE_HEAD.unpack_from(chunk.payload)
+        except struct.error:
+            raise CorruptStreamError("tile chunk is too short") from None
+        if index != i or reserved or path not in (_LEARNED_INT, _RAW, _LEARNED_FLOAT):
+            raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
+        if path != _RAW and cm is None:
+            cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
+        sections, digest = _split_sections(chunk.payload[_TILE_HEAD.size :], 1 if path == _RAW else 3)
+        try:
+            if path == _RAW:
+                recon = _unshuffle(_unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
+            else:
+                recon = _decode_learned(header, cm, shape, path == _LEARNED_INT or integer, shift, n_buckets, sections)
+                recon = recon.astype(dtype)
+        except MedcodecError:
+            raise
+        except (ValueError, IndexError, RuntimeError, TypeError, OverflowError) as exc:
+            raise CorruptStreamError(f"tile {i} cannot be decoded: {exc}") from None
+        if _digest(recon) != digest:
+            from .errors import ChecksumError
+
+            raise ChecksumError(f"tile {i}: decoded voxels do not match the encoder's checksum")
+        out[tile] = recon
+        digests.append(digest)
+        if progress:
+            progress(i + 1, len(tiles))
+    if hashlib.sha256(b"".join(digests)).digest() != header.voxel_sha256:
+        from .errors import ChecksumError
+
+        raise ChecksumError("decoded volume does not match the encoder's checksum")
+    return Volume(out, header.spacing, header.origin, header.direction, metadata)
+
+
+def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, shift: int, n_buckets: int, sections) -> np.ndarray:
+    latents, residual, exceptions = sections
+    c = cm.synthesis.latent_channels
+    lat_shape = (c, *(-(-s // 8) for s in shape))
+    y_hat = decode_groups(latents, _channel_groups(lat_shape), c)
+    _, _, bound = cm.synthesis.first_layer_params(header.gain_num)
+    if y_hat.size and int(np.abs(y_hat).max()) > bound:
+        raise CorruptStreamError("latent values outside the model's exact range")
+    o = cm.synthesis(y_hat, header.gain_num)[: shape[0], : shape[1], : shape[2]]
+    pred = to_voxels(o, header.lo, header.hi, integer)
+    if header.mode == "lossy":
+        if residual or exceptions:
+            raise CorruptStreamError("lossy tile carries residual data")
+        return pred
+    if not 1 <= n_buckets <= 64:
+        raise CorruptStreamError("tile has an invalid context count")
+    q = decode_groups(residual, activity_contexts(o, shift, n_buckets), n_buckets)
+    recon = dequantize(q, pred, header.max_error, integer, header.lo, header.hi).astype(header.dtype)
+    if exceptions:
+        blob = _unzstd(exceptions, recon.size * 16)
+        itemsize = np.dtype(header.dtype).itemsize
+        n = len(blob) // (8 + itemsize)
+        if n * (8 + itemsize) != len(blob):
+            raise CorruptStreamError("exception list is malformed")
+        idx = np.frombuffer(blob[: 8 * n], dtype="<i8")
+        if n and (idx.min() < 0 or idx.max() >= recon.size):
+            raise CorruptStreamError("exception index out of range")
+        recon.ravel()[idx] = np.frombuffer(blob[8 * n :], dtype=np.dtype(header.dtype).newbyteorder("<"))
+    return recon
+
+
+def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:
+    sections, pos = [], 0
+    for _ in range(count):
+        if pos + 4 > len(body):
+            raise TruncatedStreamError("tile chunk ends inside a section header")
+        (n,) = struct.unpack_from("<I", body, pos)
+        if pos + 4 + n > len(body):
+            raise TruncatedStreamError("tile section runs past its chunk")
+        sections.append(body[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    if len(body) - pos != 32:
+        raise CorruptStreamError("tile chunk has a malformed checksum field")
+    return sections, body[pos:]
+
+
+def _unzstd(blob: bytes, max_size: int) -> bytes:
+    try:
+        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=max_size)
+    except zstandard.ZstdError as exc:
+        raise CorruptStreamError(f"bad zstandard block: {exc}") from None
+
+
+def _metadata(chunks: list[Chunk]) -> dict:
+    for c in chunks:
+        if c.kind == b"meta":
+            try:
+                return json.loads(_unzstd(c.payload, 64 << 20))
+            except ValueError:
+                raise CorruptStreamError("metadata chunk is not valid JSON") from None
+    return {}
+
+
+def info(data: bytes) -> StreamInfo:
+    """Describe a stream from its header alone, without decoding voxels.
+
+    Raises:
+        TruncatedStreamError, CorruptStreamError, UnsupportedVersionError: The header is unusable.
+    """
+    header, _ = read_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
+    dtype = np.dtype(header.dtype)
+    return StreamInfo(
+        format_version=f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
+        shape=header.shape, dtype=header.dtype, spacing=header.spacing, origin=header.origin,
+        direction=header.direction, mode=header.mode,
+        max_error=None if header.mode == "lossy" else header.max_error,
+        quality=header.quality if header.mode == "lossy" else None,
+        model_name=header.model_name, model_sha256=header.model_sha256.hex(), tile_shape=header.tile,
+        n_tiles=header.n_tiles, compressed_bytes=len(data), raw_bytes=int(np.prod(header.shape)) * dtype.itemsize,
+    )  # fmt: skip
+
+
+#: Aliases in the style of other codec libraries.
+encode = compress
+decode = decompress

@@ -1,0 +1,211 @@
+"""The medcodec stream container: header, chunks, checksums (see docs/FORMAT.md).
+
+This module knows bytes only: no torch, no entropy coding. ``write_stream``
+assembles a header and chunks; ``read_stream`` validates everything a decoder
+relies on before anything is allocated from what the header claims.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersionError
+from .volume import SUPPORTED_DTYPES
+
+__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "Chunk", "StreamInfo", "write_stream", "read_stream", "MODES"]
+
+MAGIC = b"\x89MCZ\r\n\x1a\n"
+FORMAT_VERSION = (1, 0)
+MODES = ("lossy", "near-lossless", "lossless")
+#: Largest volume a stream may describe (voxels); guards allocations a header could ask for.
+MAX_VOXELS = 1 << 36
+
+_HEADER = struct.Struct("<BBBB3I3d3d9ddddI3II")
+_PRELUDE = struct.Struct("<HHI")
+_CHUNK_HEAD = struct.Struct("<4sQ")
+
+
+@dataclass
+class Header:
+    """Fixed header fields of a stream (the field table is in docs/FORMAT.md)."""
+
+    dtype: str
+    mode: str
+    quality: int
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    max_error: float
+    lo: float
+    hi: float
+    gain_num: int
+    tile: tuple[int, int, int]
+    n_tiles: int
+    model_name: str
+    model_sha256: bytes
+    voxel_sha256: bytes
+    flags: int = 0
+
+    def pack(self) -> bytes:
+        name = self.model_name.encode("ascii")
+        fixed = _HEADER.pack(
+            _dtype_code(self.dtype), MODES.index(self.mode), self.quality, self.flags,
+            *self.shape, *self.spacing, *self.origin, *self.direction,
+            self.max_error, self.lo, self.hi, self.gain_num, *self.tile, self.n_tiles,
+        )  # fmt: skip
+        return fixed + struct.pack("<B", len(name)) + name + self.model_sha256 + self.voxel_sha256
+
+    @classmethod
+    def unpack(cls, body: bytes) -> "Header":
+        if len(body) < _HEADER.size + 1:
+            raise CorruptStreamError("header is too short")
+        f = _HEADER.unpack_from(body)
+        (n,) = struct.unpack_from("<B", body, _HEADER.size)
+        rest = body[_HEADER.size + 1 :]
+        if len(rest) != n + 64:
+            raise CorruptStreamError("header length does not match its model name")
+        dtype_code, mode, quality, flags = f[0:4]
+        if dtype_code >= len(SUPPORTED_DTYPES) or mode >= len(MODES) or flags != 0:
+            raise CorruptStreamError("header has an unknown dtype, mode or reserved flag")
+        try:
+            name = rest[:n].decode("ascii")
+        except UnicodeDecodeError:
+            raise CorruptStreamError("model name is not ASCII") from None
+        h = cls(
+            dtype=str(SUPPORTED_DTYPES[dtype_code]), mode=MODES[mode], quality=quality,
+            shape=tuple(f[4:7]), spacing=tuple(f[7:10]), origin=tuple(f[10:13]), direction=tuple(f[13:22]),
+            max_error=f[22], lo=f[23], hi=f[24], gain_num=f[25], tile=tuple(f[26:29]), n_tiles=f[29],
+            model_name=name, model_sha256=rest[n : n + 32], voxel_sha256=rest[n + 32 :], flags=flags,
+        )  # fmt: skip
+        h.validate()
+        return h
+
+    def validate(self) -> None:
+        """Reject headers whose fields are inconsistent (a decoder trusts nothing else)."""
+        if min(self.shape) < 1 or min(self.tile) < 1 or int(np.prod(self.shape, dtype=np.float64)) > MAX_VOXELS:
+            raise CorruptStreamError(f"header describes an impossible shape {self.shape} or tile {self.tile}")
+        expected = int(np.prod([-(-s // t) for s, t in zip(self.shape, self.tile)], dtype=np.float64))
+        if expected != self.n_tiles:
+            raise CorruptStreamError("header tile count does not match its shape and tile size")
+        if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.lo <= self.hi):
+            raise CorruptStreamError("header intensity range is invalid")
+        if not (np.isfinite(self.max_error) and self.max_error >= 0) or self.gain_num < 1:
+            raise CorruptStreamError("header bound or gain is invalid")
+
+
+@dataclass
+class Chunk:
+    """A chunk: four-letter type and payload. A lower-case first letter marks it ancillary (skippable)."""
+
+    kind: bytes
+    payload: bytes
+
+
+@dataclass
+class StreamInfo:
+    """What :func:`medcodec.info` reports about a stream, read from its header alone."""
+
+    format_version: str
+    shape: tuple[int, int, int]
+    dtype: str
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+    mode: str
+    max_error: float | None
+    quality: int | None
+    model_name: str
+    model_sha256: str
+    tile_shape: tuple[int, int, int]
+    n_tiles: int
+    compressed_bytes: int
+    raw_bytes: int
+    metadata_keys: list[str] = field(default_factory=list)
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio: raw voxel bytes / stream bytes."""
+        return self.raw_bytes / max(1, self.compressed_bytes)
+
+    @property
+    def bits_per_voxel(self) -> float:
+        return 8.0 * self.compressed_bytes / max(1, int(np.prod(self.shape)))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.update(ratio=self.ratio, bits_per_voxel=self.bits_per_voxel)
+        return d
+
+
+def _dtype_code(dtype: str) -> int:
+    return [str(d) for d in SUPPORTED_DTYPES].index(str(np.dtype(dtype)))
+
+
+def write_stream(header: Header, chunks: list[Chunk]) -> bytes:
+    """Serialize a header and chunks, each with its CRC-32, followed by the end chunk."""
+    body = header.pack()
+    prelude = _PRELUDE.pack(*FORMAT_VERSION, len(body)) + body
+    parts = [MAGIC, prelude, struct.pack("<I", zlib.crc32(prelude))]
+    for c in [*chunks, Chunk(b"MEND", b"")]:
+        head = _CHUNK_HEAD.pack(c.kind, len(c.payload))
+        parts += [head, c.payload, struct.pack("<I", zlib.crc32(c.payload, zlib.crc32(head)))]
+    return b"".join(parts)
+
+
+def read_header(data: bytes) -> tuple[Header, int]:
+    """Parse and check the magic, version and header; returns the header and the offset after it."""
+    data = memoryview(data)
+    if len(data) < len(MAGIC):
+        raise TruncatedStreamError("stream is shorter than its magic number")
+    if bytes(data[: len(MAGIC)]) != MAGIC:
+        raise CorruptStreamError("not a medcodec stream (bad magic number)")
+    pos = len(MAGIC)
+    if len(data) < pos + _PRELUDE.size:
+        raise TruncatedStreamError("stream ends inside its header")
+    major, minor, size = _PRELUDE.unpack_from(data, pos)
+    end = pos + _PRELUDE.size + size
+    if len(data) < end + 4:
+        raise TruncatedStreamError("stream ends inside its header")
+    (crc,) = struct.unpack_from("<I", data, end)
+    if zlib.crc32(data[pos:end]) != crc:
+        raise CorruptStreamError("header checksum mismatch")
+    if major != FORMAT_VERSION[0]:
+        raise UnsupportedVersionError(
+            f"stream format version {major}.{minor} is not supported (this decoder reads {FORMAT_VERSION[0]}.x)"
+        )
+    return Header.unpack(bytes(data[pos + _PRELUDE.size : end])), end + 4
+
+
+def read_stream(data: bytes) -> tuple[Header, list[Chunk]]:
+    """Parse a whole stream, checking every checksum; returns the header and its known chunks."""
+    header, pos = read_header(data)
+    view = memoryview(data)
+    chunks: list[Chunk] = []
+    while True:
+        if len(view) < pos + _CHUNK_HEAD.size + 4:
+            raise TruncatedStreamError("stream ends before its end chunk")
+        kind, length = _CHUNK_HEAD.unpack_from(view, pos)
+        start = pos + _CHUNK_HEAD.size
+        if length > len(view) - start - 4:
+            raise TruncatedStreamError(f"chunk {kind!r} runs past the end of the stream")
+        payload = view[start : start + length]
+        (crc,) = struct.unpack_from("<I", view, start + length)
+        if zlib.crc32(payload, zlib.crc32(view[pos:start])) != crc:
+            raise CorruptStreamError(f"checksum mismatch in chunk {kind!r} at byte {pos}")
+        pos = start + length + 4
+        if kind == b"MEND":
+            break
+        if kind[:1].isupper():
+            chunks.append(Chunk(bytes(kind), bytes(payload)))
+        elif not kind[:1].islower():
+            raise CorruptStreamError(f"invalid chunk type {kind!r}")
+        else:
+            chunks.append(Chunk(bytes(kind), bytes(payload)))
+    if pos != len(view):
+        raise CorruptStreamError("bytes after the end chunk")
+    return header, chunks

@@ -1,0 +1,180 @@
+"""Settings of a federated run, from keyword arguments, a TOML file or the command line."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AGGREGATIONS", "RunConfig", "load_toml", "RESUMABLE_KEYS"]
+
+AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
+
+#: Settings a resumed run may change; every other one must equal the checkpoint's,
+#: because it changes the training trajectory or the meaning of earlier metrics.
+RESUMABLE_KEYS = frozenset({"rounds", "threads", "plots", "baselines", "final_crop", "export"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of a federated run.
+
+    Attributes:
+        arch: Architecture name (``medcodec.network.ARCHITECTURES``).
+        rounds: Federated rounds.
+        local_steps: Optimizer steps per site per round (ignored when ``local_epochs`` is set).
+        local_epochs: Passes over a site's voxels per round, counted in patches; sites
+            with more data then take more steps and weigh more in FedAvg.
+        batch: Patches per step.
+        patch: Patch side in voxels (a multiple of 8).
+        lr: Adam learning rate (the entropy model's group uses 5x, as in ``medcodec.train``).
+        mu: FedProx proximal weight (0: plain FedAvg local training).
+        fraction: Fraction of sites sampled each round (at least one).
+        dropout: Probability that a sampled site drops out of a round.
+        site_dropout: Per-site dropout probabilities overriding ``dropout``.
+        aggregation: "fedavg" (weighted by sample counts), "median" or "trimmed-mean"
+            (coordinate-wise, unweighted).
+        trim: Fraction trimmed from each end per coordinate for "trimmed-mean".
+        local_groups: Glob patterns of parameter names that stay at each site
+            (personalization), e.g. ``("prior.*",)``.
+        seed: Seed of every random choice.
+        threads: torch threads; bit-identical results hold for the same thread count.
+        quality: The fixed quality (1-100) of every evaluation: its latent gain
+            (``medcodec.codec.quality_gain``) for the per-round float evaluation, and
+            ``medcodec.compress(..., quality=)`` for the final one.
+        eval_crop: Side of the centred crop of each held-back volume evaluated per round.
+        final_crop: Crop side for the final codec evaluation (None: whole volumes).
+        calib_patches: Calibration patches for the model export.
+        calib_size: Side of the calibration patches (a multiple of 8).
+        baselines: Also train centralized and local-only models with the same budget.
+        init: Start from this checkpoint or state dict instead of a seeded initialization.
+        plots: Draw the PNG plots at the end.
+        export: Write the codec model file(s) at the end.
+    """
+
+    arch: str = "mc3d-s"
+    rounds: int = 10
+    local_steps: int = 50
+    local_epochs: float | None = None
+    batch: int = 4
+    patch: int = 32
+    lr: float = 5e-4
+    mu: float = 0.0
+    fraction: float = 1.0
+    dropout: float = 0.0
+    site_dropout: Mapping[str, float] = field(default_factory=dict)
+    aggregation: str = "fedavg"
+    trim: float = 0.1
+    local_groups: tuple[str, ...] = ()
+    seed: int = 0
+    threads: int = 1
+    quality: int = 50
+    eval_crop: int = 64
+    final_crop: int | None = None
+    calib_patches: int = 12
+    calib_size: int = 48
+    baselines: bool = False
+    init: str | None = None
+    plots: bool = True
+    export: bool = True
+
+    def __post_init__(self) -> None:
+        from medcodec.network import ARCHITECTURES
+
+        object.__setattr__(self, "local_groups", tuple(self.local_groups))
+        object.__setattr__(self, "site_dropout", {str(k): float(v) for k, v in dict(self.site_dropout).items()})
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
+        _require(self.rounds >= 1, "rounds must be >= 1")
+        _require(self.local_steps >= 1, "local_steps must be >= 1")
+        _require(self.local_epochs is None or self.local_epochs > 0, "local_epochs must be > 0")
+        _require(self.batch >= 1, "batch must be >= 1")
+        for name in ("patch", "eval_crop", "calib_size"):
+            value = getattr(self, name)
+            _require(value >= 8 and value % 8 == 0, f"{name} must be a positive multiple of 8, got {value}")
+        _require(self.final_crop is None or (self.final_crop >= 8), "final_crop must be >= 8")
+        _require(self.lr > 0, "lr must be > 0")
+        _require(self.mu >= 0, "mu must be >= 0")
+        _require(0 < self.fraction <= 1, "fraction must be in (0, 1]")
+        for p in (self.dropout, *self.site_dropout.values()):
+            _require(0 <= p <= 1, f"dropout probabilities must be in [0, 1], got {p}")
+        _require(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
+        _require(0 <= self.trim < 0.5, "trim must be in [0, 0.5)")
+        _require(self.seed >= 0, "seed must be >= 0")
+        _require(self.threads >= 1, "threads must be >= 1")
+        _require(1 <= self.quality <= 100, "quality must be in 1..100")
+        _require(1 <= self.calib_patches, "calib_patches must be >= 1")
+
+    def local_names(self, names: list[str]) -> list[str]:
+        """The parameter names among ``names`` that stay local; every pattern must match one.
+
+        Raises:
+            ValueError: A pattern matches nothing, or every parameter would stay local.
+        """
+        for pattern in self.local_groups:
+            if not fnmatch.filter(names, pattern):
+                raise ValueError(f"local group {pattern!r} matches no parameter of {self.arch!r}")
+        local = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.local_groups)]
+        if len(local) == len(names):
+            raise ValueError("local_groups keep every parameter local: nothing would be federated")
+        return local
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able settings (recorded in checkpoints and metrics.json)."""
+        d = asdict(self)
+        d["local_groups"] = list(self.local_groups)
+        d["site_dropout"] = dict(sorted(self.site_dropout.items()))
+        return d
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
+        """Build from a mapping whose keys may use dashes (TOML, CLI) or underscores.
+
+        Raises:
+            ValueError: An unknown key.
+        """
+        known = {f.name for f in fields(cls)}
+        kwargs = {}
+        for key, value in values.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def load_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Read a run file: settings at the top level, sites in a ``[sites]`` table (name = folder).
+
+    Relative site folders are taken relative to the TOML file. Example::
+
+        rounds = 20
+        local-steps = 50
+        local-groups = ["prior.*"]
+        [sites]
+        hospital-a = "data/a"
+        hospital-b = "/srv/b"
+
+    Returns:
+        (settings, sites): settings for :meth:`RunConfig.from_mapping` (plus the optional
+        keys "out", "data", "partition", "num-sites", "alpha" the CLI understands) and
+        site name -> folder.
+    """
+    import tomllib  # stdlib from Python 3.11
+
+    path = Path(path)
+    with path.open("rb") as f:
+        doc = tomllib.load(f)
+    sites = doc.pop("sites", {})
+    if not isinstance(sites, dict):
+        raise ValueError(f"{path}: [sites] must be a table of name = folder")
+    resolved = {str(k): str((path.parent / str(v)).resolve()) if not Path(str(v)).is_absolute() else str(v)
+                for k, v in sites.items()}  # fmt: skip
+    return doc, resolved

@@ -1,0 +1,381 @@
+"""Tests of the ``medcodec`` command, run as a user types it (a subprocess per command).
+
+The subprocess gets ``PYTHONPATH=<repo>/src`` so the tests need no installation.
+Volumes are small (5 x 40 x 36) so that every command finishes quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import medcodec
+from medcodec import cli
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+SPACING = (0.7, 0.8, 2.5)
+ORIGIN = (-12.5, 30.25, 7.0)
+# A rotation of 30 degrees about z: geometry that a codec dropping direction would fail.
+_C, _S = np.cos(np.pi / 6), np.sin(np.pi / 6)
+DIRECTION = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
+
+
+def run_cli(*args: object, module: str = "medcodec") -> subprocess.CompletedProcess[str]:
+    """Run ``python -m medcodec ARGS`` in a fresh interpreter and capture its output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
+    env.pop("MEDCODEC_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def assert_error(proc: subprocess.CompletedProcess[str], code: int | tuple[int, ...]) -> str:
+    """Check the failure contract: the exit code and exactly one ``medcodec: error:`` line."""
+    codes = (code,) if isinstance(code, int) else code
+    assert proc.returncode in codes, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("medcodec: error: "), lines[0]
+    return lines[0]
+
+
+def assert_no_leftovers(folder: Path) -> None:
+    """No temporary file (``.NAME.xxxx``) survives a command."""
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+
+
+def make_volume(seed: int = 0) -> medcodec.Volume:
+    """A small CT-like int16 volume: a bright ellipsoid on a ramp, plus noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[0:5, 0:40, 0:36].astype(np.float64)
+    inside = ((z - 2) / 3) ** 2 + ((y - 20) / 14) ** 2 + ((x - 17) / 11) ** 2 < 1
+    array = -1000 + 8 * x + 900 * inside + rng.normal(0, 25, size=inside.shape)
+    return medcodec.Volume(np.round(array).astype(np.int16), SPACING, ORIGIN, DIRECTION)
+
+
+def assert_same_geometry(a: medcodec.Volume, b: medcodec.Volume) -> None:
+    np.testing.assert_allclose(a.spacing, b.spacing, atol=1e-5)
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-4)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``scan.nii.gz`` and its lossless ``scan.mcz`` (made by the default-output path)."""
+    folder = tmp_path_factory.mktemp("cli")
+    medcodec.write(make_volume(), folder / "scan.nii.gz")
+    proc = run_cli("compress", folder / "scan.nii.gz", "--lossless")
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("scan.nii.gz", "scan.mcz"),
+        ("SCAN.NII.GZ", "SCAN.mcz"),
+        ("scan.nii", "scan.mcz"),
+        ("a.b.nrrd", "a.b.mcz"),
+        ("scan.mha", "scan.mcz"),
+        ("scan.mhd", "scan.mcz"),
+        ("scan.img", "scan.mcz"),
+        ("scan", "scan.mcz"),
+        ("scan.mcz", "scan.mcz.mcz"),  # never the input itself
+    ],
+)
+def test_default_compress_output(tmp_path: Path, name: str, expected: str) -> None:
+    assert cli.default_compress_output(tmp_path / name) == tmp_path / expected
+
+
+def test_default_compress_output_of_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "series").mkdir()
+    assert cli.default_compress_output(str(tmp_path / "series") + "/") == tmp_path / "series.mcz"
+    monkeypatch.chdir(tmp_path / "series")
+    assert cli.default_compress_output(".") == tmp_path / "series.mcz"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("scan.mcz", "scan.nii.gz"), ("x.y.MCZ", "x.y.nii.gz"), ("blob", "blob.nii.gz")]
+)
+def test_default_decompress_output(tmp_path: Path, name: str, expected: str) -> None:
+    assert cli.default_decompress_output(tmp_path / name) == tmp_path / expected
+
+
+def test_write_atomic_leaves_nothing_on_failure(tmp_path: Path) -> None:
+    def fails(path: Path) -> None:
+        path.write_bytes(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        cli.write_atomic(tmp_path / "out.mcz", fails, force=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_atomic_no_clobber_and_permissions(tmp_path: Path) -> None:
+    dest = tmp_path / "out.mcz"
+    cli.write_atomic(dest, lambda p: p.write_bytes(b"one"), force=False)
+    with pytest.raises(medcodec.OutputExistsError):
+        cli.write_atomic(dest, lambda p: p.write_bytes(b"two"), force=False)
+    assert dest.read_bytes() == b"one"
+    cli.write_atomic(dest, lambda p: p.write_bytes(b"three"), force=True)
+    assert dest.read_bytes() == b"three"
+    assert list(tmp_path.iterdir()) == [dest]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dest.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_unexpected_exception_is_one_line_exit_1(
+    sample: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def boom(data: bytes) -> None:
+        raise RuntimeError("something\ninternal")
+
+    monkeypatch.delenv("MEDCODEC_DEBUG", raising=False)
+    monkeypatch.setattr(medcodec, "info", boom)
+    assert cli.main(["info", str(sample / "scan.mcz")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("medcodec: error: unexpected RuntimeError: something internal")
+
+
+def test_keyboard_interrupt_exits_130(
+    sample: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(data: bytes) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medcodec, "info", interrupted)
+    assert cli.main(["info", str(sample / "scan.mcz")]) == 130
+    assert capsys.readouterr().err.strip() == "medcodec: error: interrupted"
+
+
+# --------------------------------------------------------------------------- subprocess
+
+
+def test_help_and_version() -> None:
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    assert "compress" in proc.stdout and "exit codes" in proc.stdout
+    proc = run_cli("--version", module="medcodec.cli")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"medcodec {medcodec.__version__}"
+
+
+def test_no_command_is_a_usage_error() -> None:
+    proc = run_cli()
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+
+
+def test_compress_default_output_and_lossless_round_trip(sample: Path) -> None:
+    # The fixture ran `medcodec compress scan.nii.gz --lossless` with no -o.
+    assert (sample / "scan.mcz").is_file()
+    out = sample / "roundtrip.nii.gz"
+    proc = run_cli("decompress", sample / "scan.mcz", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "decompressing: tile" in proc.stderr  # progress, not suppressed without -q
+    original, restored = medcodec.read(sample / "scan.nii.gz"), medcodec.read(out)
+    assert restored.array.dtype == original.array.dtype == np.int16
+    np.testing.assert_array_equal(restored.array, original.array)
+    assert_same_geometry(restored, original)
+    np.testing.assert_allclose(restored.direction, DIRECTION, atol=1e-5)
+    assert_no_leftovers(sample)
+
+
+def test_compress_summary_and_progress(tmp_path: Path) -> None:
+    medcodec.write(make_volume(1), tmp_path / "scan.nrrd")
+    proc = run_cli("compress", tmp_path / "scan.nrrd", "--lossless")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "scan.mcz").is_file()
+    summary = proc.stdout.strip()
+    assert "\n" not in summary
+    assert "scan.nrrd -> " in summary and "scan.mcz" in summary and "lossless" in summary and ":1" in summary
+    assert "compressing: tile" in proc.stderr
+
+
+def test_max_error_bound_holds_and_quiet(tmp_path: Path) -> None:
+    medcodec.write(make_volume(2), tmp_path / "scan.nii.gz")
+    proc = run_cli("compress", tmp_path / "scan.nii.gz", "--max-error", "2", "-o", tmp_path / "near.mcz", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+    proc = run_cli("decompress", tmp_path / "near.mcz", "-o", tmp_path / "near.nii.gz", "-q")
+    assert proc.returncode == 0, proc.stderr
+    original, restored = medcodec.read(tmp_path / "scan.nii.gz"), medcodec.read(tmp_path / "near.nii.gz")
+    assert restored.array.dtype == original.array.dtype
+    error = np.abs(restored.array.astype(np.int64) - original.array.astype(np.int64))
+    assert error.max() <= 2
+    assert_same_geometry(restored, original)
+    header = json.loads(run_cli("info", tmp_path / "near.mcz", "--json").stdout)
+    assert header["mode"] == "near-lossless" and header["max_error"] == 2
+
+
+def test_quality(tmp_path: Path) -> None:
+    quality = medcodec.DEFAULT_QUALITY
+    medcodec.write(make_volume(3), tmp_path / "scan.mha")
+    proc = run_cli("compress", tmp_path / "scan.mha", "--quality", quality, "-q")
+    assert proc.returncode == 0, proc.stderr
+    header = json.loads(run_cli("info", tmp_path / "scan.mcz", "--json").stdout)
+    assert header["mode"] == "lossy" and header["quality"] == quality
+    proc = run_cli("decompress", tmp_path / "scan.mcz", "-q")  # default output: scan.nii.gz
+    assert proc.returncode == 0, proc.stderr
+    restored = medcodec.read(tmp_path / "scan.nii.gz")
+    assert restored.shape == (5, 40, 36) and restored.array.dtype == np.int16
+    assert_same_geometry(restored, medcodec.read(tmp_path / "scan.mha"))
+
+
+def test_info_human_and_json(sample: Path) -> None:
+    proc = run_cli("info", sample / "scan.mcz")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    for expected in ("5 x 40 x 36", "int16", "0.7 x 0.8 x 2.5", "lossless", "ratio"):
+        assert expected in text, (expected, text)
+
+    proc = run_cli("info", sample / "scan.mcz", "--json")
+    assert proc.returncode == 0, proc.stderr
+    header = json.loads(proc.stdout)
+    assert header["shape"] == [5, 40, 36]
+    assert header["dtype"] == "int16"
+    assert header["mode"] == "lossless"
+    assert header["raw_bytes"] == 5 * 40 * 36 * 2
+    assert header["compressed_bytes"] == (sample / "scan.mcz").stat().st_size
+    np.testing.assert_allclose(header["spacing"], SPACING, atol=1e-5)
+    np.testing.assert_allclose(header["direction"], DIRECTION, atol=1e-5)
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    medcodec.write(make_volume(4), tmp_path / "scan.nii.gz")
+    (tmp_path / "scan.mcz").write_bytes(b"precious")
+    proc = run_cli("compress", tmp_path / "scan.nii.gz", "--lossless")
+    assert "--force" in assert_error(proc, 9)
+    assert (tmp_path / "scan.mcz").read_bytes() == b"precious"
+
+    proc = run_cli("compress", tmp_path / "scan.nii.gz", "--lossless", "--force", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert run_cli("info", tmp_path / "scan.mcz").returncode == 0
+
+    # decompress's default output, scan.nii.gz, is the original here: it must survive.
+    before = (tmp_path / "scan.nii.gz").read_bytes()
+    assert_error(run_cli("decompress", tmp_path / "scan.mcz"), 9)
+    assert (tmp_path / "scan.nii.gz").read_bytes() == before
+    assert_no_leftovers(tmp_path)
+
+
+def test_missing_input(tmp_path: Path) -> None:
+    for args in (("compress", "nope.nii.gz"), ("decompress", "nope.mcz"), ("info", "nope.mcz")):
+        proc = run_cli(args[0], tmp_path / args[1])
+        assert "nope" in assert_error(proc, 8)
+    assert list(tmp_path.iterdir()) == []
+    # A missing input is reported as such even when its default output exists.
+    (tmp_path / "nope.mcz").write_bytes(b"old")
+    assert_error(run_cli("compress", tmp_path / "nope.nii.gz"), 8)
+
+
+def test_corrupt_and_truncated_streams(sample: Path, tmp_path: Path) -> None:
+    data = bytearray((sample / "scan.mcz").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped.mcz").write_bytes(bytes(data))
+    assert_error(run_cli("decompress", tmp_path / "flipped.mcz", "-o", tmp_path / "out.nii.gz", "-q"), (3, 4))
+
+    (tmp_path / "short.mcz").write_bytes((sample / "scan.mcz").read_bytes()[: len(data) // 2])
+    assert_error(run_cli("decompress", tmp_path / "short.mcz", "-o", tmp_path / "out.nii.gz", "-q"), 3)
+
+    # A file that is no medcodec stream at all.
+    assert_error(run_cli("info", sample / "scan.nii.gz"), (3, 4))
+
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert_no_leftovers(tmp_path)
+
+
+def test_unknown_model(sample: Path, tmp_path: Path) -> None:
+    proc = run_cli("compress", sample / "scan.nii.gz", "--model", "no-such-model", "-o", tmp_path / "x.mcz", "-q")
+    assert "no-such-model" in assert_error(proc, 6)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [("--quality", "5", "--max-error", "2"), ("--lossless", "--max-error", "1"), ("--max-error", "-1")],
+)
+def test_bad_options_are_usage_errors(sample: Path, tmp_path: Path, options: tuple[str, ...]) -> None:
+    proc = run_cli("compress", sample / "scan.nii.gz", "-o", tmp_path / "x.mcz", *options)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_output_format(sample: Path, tmp_path: Path) -> None:
+    assert "format" in assert_error(run_cli("decompress", sample / "scan.mcz", "-o", tmp_path / "x.png"), 2)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_decompress_to_other_formats(sample: Path, tmp_path: Path, suffix: str) -> None:
+    out = tmp_path / f"scan{suffix}"
+    proc = run_cli("decompress", sample / "scan.mcz", "-o", out, "-q")
+    assert proc.returncode == 0, proc.stderr
+    original, restored = medcodec.read(sample / "scan.nii.gz"), medcodec.read(out)
+    np.testing.assert_array_equal(restored.array, original.array)
+    assert_same_geometry(restored, original)
+    assert_no_leftovers(tmp_path)
+
+
+def test_output_into_existing_folder(sample: Path, tmp_path: Path) -> None:
+    proc = run_cli("decompress", sample / "scan.mcz", "-o", tmp_path, "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "scan.nii.gz").is_file()
+
+
+def write_dicom_series(volume: medcodec.Volume, folder: Path) -> None:
+    """Write one DICOM file per slice, tagged as SimpleITK's DicomSeriesReadModifyWrite example does."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume.array)
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(volume.direction)
+    d = volume.direction
+    series_tags = {
+        "0008|0008": "DERIVED\\SECONDARY",
+        "0008|0060": "CT",
+        "0008|103e": "medcodec CLI test",
+        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.1",
+        "0020|000e": "1.2.826.0.1.3680043.2.1125.1.2",
+        "0020|0037": "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+    }
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    folder.mkdir()
+    for k in range(image.GetDepth()):
+        slice_ = image[:, :, k]
+        for tag, value in series_tags.items():
+            slice_.SetMetaData(tag, value)
+        slice_.SetMetaData("0008|0018", f"1.2.826.0.1.3680043.2.1125.1.3.{k + 1}")
+        slice_.SetMetaData("0020|0013", str(k + 1))
+        slice_.SetMetaData("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(slice_)
+
+
+def test_dicom_folder_input(tmp_path: Path) -> None:
+    series = tmp_path / "series"
+    write_dicom_series(make_volume(5), series)
+    proc = run_cli("compress", str(series) + os.sep, "--lossless", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "series.mcz").is_file()  # beside the folder, not inside it
+    proc = run_cli("decompress", tmp_path / "series.mcz", "-q")
+    assert proc.returncode == 0, proc.stderr
+    original, restored = medcodec.read(series), medcodec.read(tmp_path / "series.nii.gz")
+    np.testing.assert_array_equal(restored.array, original.array)
+    assert_same_geometry(restored, original)
+    np.testing.assert_allclose(original.spacing, SPACING, atol=1e-4)
