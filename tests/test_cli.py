@@ -319,6 +319,12 @@ def test_unknown_output_format(sample: Path, tmp_path: Path) -> None:
     assert "format" in assert_error(run_cli("decompress", sample / "scan.mcz", "-o", tmp_path / "x.png"), 2)
 
 
+def test_compressing_a_stream_is_refused(sample: Path, tmp_path: Path) -> None:
+    proc = run_cli("compress", sample / "scan.mcz", "-o", tmp_path / "x.mcz")
+    assert "decompress" in assert_error(proc, 2)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_decompress_to_other_formats(sample: Path, tmp_path: Path, suffix: str) -> None:
     out = tmp_path / f"scan{suffix}"

@@ -146,6 +146,20 @@ def _check_input(source: Path) -> None:
         raise VolumeIOError(f"no such file or folder: {source}")
 
 
+def _refuse_stream_input(source: Path) -> None:
+    """Catch ``compress x.mcz`` with a helpful message instead of SimpleITK's "no ImageIO".
+
+    Raises:
+        InvalidInputError: ``source`` is already a medcodec stream.
+    """
+    from .container import MAGIC
+
+    if source.is_file():
+        with open(source, "rb") as f:
+            if f.read(len(MAGIC)) == MAGIC:
+                raise InvalidInputError(f"{source} is already a medcodec stream; did you mean 'medcodec decompress'?")
+
+
 def _check_output(dest: Path, source: Path, *, force: bool) -> None:
     """Fail before any expensive work if ``dest`` cannot be written.
 
@@ -329,6 +343,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     dest = _resolve_output(args.output, default_compress_output(source))
     _check_output(dest, source, force=args.force)
 
+    _refuse_stream_input(source)
     volume = read(source)
     max_error = 0.0 if args.lossless else args.max_error
     progress = _Progress("compressing", enabled=not args.quiet)

@@ -97,7 +97,10 @@ def export_model(
         tensors[f"int.{i}.weight"] = w_int
         tensors[f"int.{i}.bias"] = b_int
         tensors[f"int.{i}.mult"] = mult
-    info = {"activation_max": [round(a, 6) for a in act_max]}
+    info = {
+        "activation_max": [round(a, 6) for a in act_max],
+        "synthesis_layers": [{"shuffle": layer.shuffle, "relu": layer.relu} for layer in model.g_s],
+    }
     info.update(meta or {})
     return save_model_file(model.arch, tensors, info, out_dir)
 

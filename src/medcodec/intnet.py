@@ -8,8 +8,9 @@ network therefore computes only with integers:
 * convolutions run in float32 on those integers. That is exact whatever order
   the backend sums in, because each output channel's weights are scaled so that
   ``255 * sum(|w|) + |b| < 2**24``: every partial sum is an integer below 2**24;
-* rescaling between layers is a per-channel integer multiply and a rounding
-  right shift, in int64.
+* rescaling between layers multiplies by a per-channel constant and rounds
+  down, in float32: each of those elementwise IEEE-754 operations is correctly
+  rounded, hence identical on every machine.
 
 The first layer's input is the latent ``y_hat = round(y * gain)``; its bias and
 multiplier are derived from the gain by integer arithmetic (``gain = gain_num
@@ -45,7 +46,7 @@ class IntLayer:
         weight: Integer weights (cout, cin, 3, 3, 3), int32.
         bias: Integer bias (cout,), int64. For the first layer: the bias at gain 1
             in units of 2**-16 (see :meth:`IntSynthesis.first_layer_params`).
-        mult: Rescaling multipliers (cout,), int64, applied as ``(acc * mult) >> SHIFT``.
+        mult: Rescaling multipliers (cout,), int64, applied as ``floor(acc * mult / 2**SHIFT + 1/2)``.
             For the first layer: the multiplier at gain 1, divided by the gain when decoding.
         shuffle: Whether a 2x 3D pixel shuffle follows.
         relu: Whether the output is clamped to [0, ACT_MAX] (else it is the final output).
@@ -94,7 +95,7 @@ class IntSynthesis:
             bias = bias0 if i == 0 else layer.bias
             mult = mult0 if i == 0 else layer.mult
             acc = F.conv3d(x, self._weights[i], torch.from_numpy(bias.astype(np.float32)), padding=1)
-            x = _requantize(acc, torch.from_numpy(mult), clamp=layer.relu)
+            x = _requantize(acc, mult, clamp=layer.relu)
             if layer.shuffle:
                 x = pixel_shuffle3d(x)
         return x[0, 0].to(torch.int64).numpy()
@@ -106,18 +107,16 @@ def _div_round(num: np.ndarray, den: int | np.int64) -> np.ndarray:
     return np.floor_divide(2 * num + den, 2 * np.int64(den))
 
 
-def _requantize(acc: torch.Tensor, mult: torch.Tensor, *, clamp: bool) -> torch.Tensor:
-    """``round(acc * mult / 2**SHIFT)`` per channel, clamped to [0, ACT_MAX] for hidden layers.
+def _requantize(acc: torch.Tensor, mult: np.ndarray, *, clamp: bool) -> torch.Tensor:
+    """``floor(acc * mult / 2**SHIFT + 1/2)`` per channel, clamped to [0, ACT_MAX] for hidden layers.
 
-    Works on channel blocks to bound the int64 temporaries; returns float32 holding integers
-    (final layer: float64, whose values may exceed float32's exact range).
+    Runs in place in float32. ``acc`` holds exact integers; the scale ``mult / 2**SHIFT`` is
+    converted to float32 once, and each IEEE-754 multiply, add and floor is correctly
+    rounded, so the result is the same on every machine (no fused or extended-precision
+    operation is involved: each step is its own elementwise kernel).
     """
-    out = torch.empty(acc.shape, dtype=torch.float32 if clamp else torch.float64)
-    half = 1 << (SHIFT - 1)
-    for c0 in range(0, acc.shape[1], 16):
-        block = acc[:, c0 : c0 + 16].to(torch.int64)
-        block.mul_(mult[c0 : c0 + 16].view(1, -1, 1, 1, 1)).add_(half).bitwise_right_shift_(SHIFT)
-        if clamp:
-            block.clamp_(0, ACT_MAX)
-        out[:, c0 : c0 + 16] = block
-    return out
+    scale = torch.from_numpy((mult.astype(np.float64) / (1 << SHIFT)).astype(np.float32)).view(1, -1, 1, 1, 1)
+    acc.mul_(scale).add_(0.5).floor_()
+    if clamp:
+        acc.clamp_(0, ACT_MAX)
+    return acc

@@ -134,20 +134,19 @@ def _parse(data: bytes, where: str) -> tuple[Architecture, dict[str, np.ndarray]
         raise ModelError(f"cannot load model {where}: {exc}") from None
 
 
-def _int_layers(arch: Architecture, tensors: dict[str, np.ndarray]) -> list[IntLayer]:
-    net = Autoencoder(arch).g_s
-    layers = []
-    for i, mod in enumerate(net):
-        layers.append(
-            IntLayer(
-                weight=tensors[f"int.{i}.weight"].astype(np.int32),
-                bias=tensors[f"int.{i}.bias"].astype(np.int64),
-                mult=tensors[f"int.{i}.mult"].astype(np.int64),
-                shuffle=mod.shuffle,
-                relu=mod.relu,
-            )
+def _int_layers(tensors: dict[str, np.ndarray], meta: dict) -> list[IntLayer]:
+    # The decoder is described by the file alone (weights and layer kinds), so a
+    # model file keeps decoding whatever later versions do to the float network code.
+    return [
+        IntLayer(
+            weight=tensors[f"int.{i}.weight"].astype(np.int32),
+            bias=tensors[f"int.{i}.bias"].astype(np.int64),
+            mult=tensors[f"int.{i}.mult"].astype(np.int64),
+            shuffle=bool(kind["shuffle"]),
+            relu=bool(kind["relu"]),
         )
-    return layers
+        for i, kind in enumerate(meta["synthesis_layers"])
+    ]
 
 
 @lru_cache(maxsize=8)
@@ -160,8 +159,8 @@ def _load_path(path: str) -> CodecModel:
     arch, tensors, meta = _parse(data, str(p))
     digest = hashlib.sha256(data).hexdigest()
     try:
-        synthesis = IntSynthesis(_int_layers(arch, tensors))
-    except KeyError as exc:
+        synthesis = IntSynthesis(_int_layers(tensors, meta))
+    except (KeyError, TypeError) as exc:
         raise ModelError(f"model {p} lacks tensor {exc}") from None
     return CodecModel(f"{arch.name}-{digest[:8]}", digest, arch, synthesis, tensors, meta)
 

@@ -32,8 +32,8 @@ class Architecture:
 
     name: str
     latent: int = 24
-    analysis: tuple[int, int, int] = (24, 48, 48)
-    synthesis: tuple[int, int, int] = (48, 24, 12)
+    analysis: tuple[int, int, int] = (16, 32, 48)
+    synthesis: tuple[int, int, int] = (48, 24, 8)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,11 +88,11 @@ class Autoencoder(nn.Module):
             _conv(a1, a2, 3, 2), nn.LeakyReLU(0.1),
             _conv(a2, arch.latent, 3, 1),
         )  # fmt: skip
+        # Few channels where resolution is high: the full-resolution output comes from a
+        # pixel shuffle of a half-resolution layer, which keeps decoding fast on CPUs.
         self.g_s = nn.Sequential(
             SynthesisLayer(arch.latent, s0, shuffle=False, relu=True),
-            SynthesisLayer(s0, s0, shuffle=False, relu=True),
             SynthesisLayer(s0, s1, shuffle=True, relu=True),
-            SynthesisLayer(s1, s1, shuffle=False, relu=True),
             SynthesisLayer(s1, s2, shuffle=True, relu=True),
             SynthesisLayer(s2, 1, shuffle=True, relu=False),
         )

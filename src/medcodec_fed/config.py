@@ -167,7 +167,10 @@ def load_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
         keys "out", "data", "partition", "num-sites", "alpha" the CLI understands) and
         site name -> folder.
     """
-    import tomllib  # stdlib from Python 3.11
+    try:
+        import tomllib  # stdlib from Python 3.11
+    except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
+        import tomli as tomllib
 
     path = Path(path)
     with path.open("rb") as f:

@@ -132,7 +132,7 @@ def train_site(
         loss, metrics = rd_loss(model, x, sample_gains(step, config.batch, stream))
         if config.mu:
             prox = proximal_term(model, anchor, config.mu)
-            prox_value = float(prox)
+            prox_value = float(prox.detach())
             loss = loss + prox
         optimizer.zero_grad()
         loss.backward()
@@ -165,4 +165,5 @@ def evaluate_site(
 ) -> SiteEvaluation:
     """The site's model (global shared + own personalized parameters) on its held-back crops."""
     model = build_model(global_model.arch, global_model.parameters, local_state or {})
-    return SiteEvaluation(site=site, round=global_model.round, metrics=evaluate_float(model, data.eval_crops, quality_gain))
+    metrics = evaluate_float(model, data.eval_crops, quality_gain)
+    return SiteEvaluation(site=site, round=global_model.round, metrics=metrics)

@@ -16,7 +16,6 @@ privacy in the Flower engine.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field

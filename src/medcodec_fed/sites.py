@@ -181,7 +181,9 @@ def split_collection(
     if len(paths) != len(labels):
         raise ValueError("paths and labels differ in length")
     parts = dirichlet_partition(labels, num_sites, alpha, seed)
-    return [Site.from_paths(f"{prefix}-{i}", [paths[j] for j in part], hold_out=hold_out) for i, part in enumerate(parts)]
+    return [
+        Site.from_paths(f"{prefix}-{i}", [paths[j] for j in part], hold_out=hold_out) for i, part in enumerate(parts)
+    ]
 
 
 @dataclass

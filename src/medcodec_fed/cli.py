@@ -1,0 +1,205 @@
+"""``medcodec-fed``: federated training of medcodec models from the command line.
+
+Examples::
+
+    medcodec-fed run --site a=/data/a --site b=/data/b --rounds 20 --local-steps 50 --seed 0 --out runs/fed
+    medcodec-fed run --data ../shared/data --rounds 20 --out runs/hospitals   # manifest sites as hospitals
+    medcodec-fed run --config run.toml                                         # settings from a TOML file
+    medcodec-fed run --config run.toml --resume                                # continue an interrupted run
+    medcodec-fed plot runs/fed                                                 # redraw plots from metrics.json
+
+Settings given on the command line override the TOML file's. Exit codes: 0 done,
+2 bad arguments or settings, 1 any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+# CLI option -> RunConfig field, for the options that map one to one.
+_SETTINGS = (
+    "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
+    "aggregation", "trim", "seed", "threads", "quality", "eval_crop", "final_crop", "calib_patches",
+    "calib_size", "baselines", "init", "plots", "export",
+)  # fmt: skip
+
+
+# Options that choose sites and the run folder rather than training.
+_OTHER = ("out", "data", "partition", "num_sites", "alpha", "hold_out")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medcodec-fed", description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run or resume a federated training")
+    r.add_argument("--config", metavar="TOML", help="settings file (top-level keys as below, [sites] name = folder)")
+    r.add_argument("--out", help="run folder (checkpoint.pt, metrics.json, model file, plots)")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g = r.add_argument_group("sites")
+    g.add_argument("--site", action="append", metavar="NAME=DIR", help="a site and its folder of volumes (repeat)")
+    g.add_argument(
+        "--data",
+        metavar="DIR",
+        nargs="?",
+        const="",
+        help="sites from the data manifest's train split (default folder: MEDCODEC_DATA or ../shared/data)",
+    )
+    g.add_argument("--partition", choices=("site", "modality", "dirichlet"),
+                   help="how --data is split into sites (default: site)")  # fmt: skip
+    g.add_argument("--num-sites", type=int, help="sites of a Dirichlet partition")
+    g.add_argument("--alpha", type=float, help="Dirichlet concentration (small: more non-IID; default 0.5)")
+    g.add_argument("--hold-out", type=int, help="volumes each site holds back for evaluation (default 1)")
+    t = r.add_argument_group("training")
+    t.add_argument("--arch", help="architecture (default mc3d-s)")
+    t.add_argument("--rounds", type=int)
+    t.add_argument("--local-steps", type=int)
+    t.add_argument("--local-epochs", type=float, help="passes over a site's voxels per round instead of --local-steps")
+    t.add_argument("--batch", type=int)
+    t.add_argument("--patch", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--mu", type=float, help="FedProx proximal weight (0: FedAvg)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--threads", type=int)
+    t.add_argument("--init", metavar="CKPT", help="start from a checkpoint or state dict")
+    a = r.add_argument_group("aggregation")
+    a.add_argument("--fraction", type=float, help="fraction of sites sampled per round")
+    a.add_argument("--dropout", type=float, help="probability a sampled site drops out of a round")
+    a.add_argument("--site-dropout", action="append", metavar="NAME=P", help="per-site dropout probability (repeat)")
+    a.add_argument("--aggregation", choices=("fedavg", "median", "trimmed-mean"))
+    a.add_argument("--trim", type=float, help="fraction trimmed at each end by trimmed-mean")
+    a.add_argument("--local-group", action="append", metavar="PATTERN",
+                   help="parameters that stay at each site, e.g. 'prior.*' (repeat)")  # fmt: skip
+    e = r.add_argument_group("evaluation and output")
+    e.add_argument("--quality", type=int, help="fixed quality of every evaluation (default 50)")
+    e.add_argument("--eval-crop", type=int, help="crop side of the per-round evaluation (default 64)")
+    e.add_argument("--final-crop", type=int, help="crop side of the final codec evaluation (default: whole volumes)")
+    e.add_argument("--calib-patches", type=int)
+    e.add_argument("--calib-size", type=int)
+    e.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train centralized and local-only models for comparison")  # fmt: skip
+    e.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None)
+    e.add_argument("--export", action=argparse.BooleanOptionalAction, default=None, help="write the codec model file")
+    pl = sub.add_parser("plot", help="redraw the plots of a run folder from its metrics.json")
+    pl.add_argument("out")
+    return p
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise ValueError(f"{what} must look like NAME=VALUE, got {item!r}")
+        if name in out:
+            raise ValueError(f"{what} {name!r} given twice")
+        out[name] = value
+    return out
+
+
+def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
+    """(RunConfig settings, site folders, other options), TOML first, command line over it."""
+    settings: dict[str, Any] = {}
+    sites: dict[str, str] = {}
+    if args.config:
+        from dataclasses import fields
+
+        from .config import RunConfig, load_toml
+
+        doc, sites = load_toml(args.config)
+        known = {f.name for f in fields(RunConfig)} | set(_OTHER)
+        for key in doc:
+            if key.replace("-", "_") not in known:
+                raise ValueError(f"{args.config}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
+        settings = {k.replace("-", "_"): v for k, v in doc.items()}
+    other = {k: settings.pop(k) for k in _OTHER if k in settings}
+    for name in _SETTINGS:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    if args.site_dropout:
+        settings["site_dropout"] = {k: float(v) for k, v in _pairs(args.site_dropout, "--site-dropout").items()}
+    if args.local_group:
+        settings["local_groups"] = args.local_group
+    if args.site:
+        sites = _pairs(args.site, "--site")
+    for name in _OTHER:
+        if getattr(args, name) is not None:
+            other[name] = getattr(args, name)
+    return settings, sites, other
+
+
+def _sites(folders: dict[str, str], other: dict[str, Any], seed: int) -> list:
+    from .sites import Site, sites_from_manifest, split_collection
+
+    hold_out = int(other.get("hold_out", 1))
+    if folders and "data" in other:
+        raise ValueError("--site and --data are mutually exclusive: give one of them")
+    if folders:
+        return [Site.from_folder(name, folder, hold_out=hold_out) for name, folder in folders.items()]
+    if "data" not in other:
+        raise ValueError("no sites: give --site NAME=DIR (repeat) or --data [DIR]")
+    data_dir = other["data"] or None
+    partition = other.get("partition", "site")
+    if partition in ("site", "modality"):
+        return sites_from_manifest(data_dir, group_by=partition, hold_out=hold_out)
+    from medcodec.datasets import load_manifest
+
+    if "num_sites" not in other:
+        raise ValueError("--partition dirichlet needs --num-sites")
+    entries = load_manifest(Path(data_dir) if data_dir else None, split="train")
+    return split_collection([e.path for e in entries], [e.site for e in entries], int(other["num_sites"]),
+                            alpha=float(other.get("alpha", 0.5)), seed=seed, hold_out=hold_out)  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import RunConfig
+    from .server import run
+
+    settings, folders, other = _gather(args)
+    if "out" not in other:
+        raise ValueError("--out is required (or out = ... in the TOML file)")
+    config = RunConfig.from_mapping(settings)
+    sites = _sites(folders, other, config.seed)
+    print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} train, "
+          f"{len(s.held_out) or 'last slices'} held out)" for s in sites), flush=True)  # fmt: skip
+    result = run(sites, config, other["out"], resume=args.resume, say=lambda line: print(line, flush=True))
+    print(f"metrics: {Path(result.out) / 'metrics.json'}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from .plots import draw_all
+
+    out = Path(args.out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for p in draw_all(metrics, out):
+        print(p)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``medcodec-fed`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="medcodec-fed: %(message)s")
+    try:
+        return _run(args) if args.command == "run" else _plot(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as exc:
+        print(f"medcodec-fed: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medcodec-fed: interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

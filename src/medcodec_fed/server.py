@@ -1,0 +1,393 @@
+"""The in-process engine: the round loop, checkpoints, resume, export and report.
+
+One process plays the server and every site. The boundary is kept in the
+code's shape all the same: site data (:class:`~medcodec_fed.sites.SiteData`)
+and personalized parameters live in per-site slots that only the site-side
+functions of :mod:`medcodec_fed.local` touch; the server side sees only
+:class:`~medcodec_fed.messages.SiteUpdate` and
+:class:`~medcodec_fed.messages.SiteEvaluation` messages.
+
+Each round: sample ``fraction`` of the sites, drop each sampled site with its
+dropout probability, train the rest locally from the global model, screen and
+aggregate their updates, evaluate every site's model on its held-back volumes,
+write ``checkpoint.pt`` and ``metrics.json``. Every random choice derives from
+(seed, round, site), so a run resumed from any checkpoint ends with the same
+bytes as one that was never interrupted (same machine, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .aggregate import Rejection, aggregate
+from .config import RESUMABLE_KEYS, RunConfig
+from .evaluate import evaluate_codec, quality_to_gain
+from .local import LocalConfig, build_model, evaluate_site, model_arrays, train_site
+from .messages import GlobalModel, MessageError, parameter_spec
+from .randomness import Purpose, derive_seed
+from .sites import Site, SiteData, held_out_volumes, load_site
+
+__all__ = ["CHECKPOINT", "METRICS", "RunResult", "dropped_sites", "initial_parameters", "run", "sample_sites"]
+
+log = logging.getLogger("medcodec_fed")
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+_CHECKPOINT_VERSION = 1
+_METRICS_FORMAT = "medcodec-fed-metrics/1"
+
+
+@dataclass
+class RunResult:
+    """What a finished run produced.
+
+    Attributes:
+        out: The run folder.
+        metrics: The content of ``metrics.json``.
+        model: The global model file (None when export is off).
+        site_models: Each site's own model file (only with personalization).
+    """
+
+    out: Path
+    metrics: dict[str, Any]
+    model: Path | None
+    site_models: dict[str, Path] = field(default_factory=dict)
+
+
+def local_config(config: RunConfig) -> LocalConfig:
+    """The local-training part of ``config``."""
+    return LocalConfig(
+        steps=config.local_steps, epochs=config.local_epochs, batch=config.batch, patch=config.patch,
+        lr=config.lr, mu=config.mu,
+    )  # fmt: skip
+
+
+def sample_sites(config: RunConfig, num_sites: int, round_: int) -> list[int]:
+    """Indices of the sites sampled in ``round_``: ``ceil(fraction * n)`` of them, at least one."""
+    k = max(1, math.ceil(config.fraction * num_sites - 1e-9))
+    if k >= num_sites:
+        return list(range(num_sites))
+    rng = np.random.default_rng(derive_seed(config.seed, round_, 0, Purpose.SAMPLE))
+    return sorted(int(i) for i in rng.choice(num_sites, size=k, replace=False))
+
+
+def dropped_sites(config: RunConfig, names: Sequence[str], sampled: Sequence[int], round_: int) -> list[int]:
+    """The sampled sites that drop out of ``round_`` (probability 1 always drops, 0 never does)."""
+    dropped = []
+    for i in sampled:
+        p = config.site_dropout.get(names[i], config.dropout)
+        u = np.random.default_rng(derive_seed(config.seed, round_, i, Purpose.DROPOUT)).random()
+        if u < p:
+            dropped.append(i)
+    return dropped
+
+
+def initial_parameters(config: RunConfig) -> dict[str, np.ndarray]:
+    """Round-0 parameters: from ``config.init`` (a checkpoint or state dict) or seeded initialization."""
+    from medcodec.network import ARCHITECTURES, Autoencoder
+
+    if config.init:
+        blob = torch.load(config.init, map_location="cpu", weights_only=False)
+        state = blob.get("model", blob) if isinstance(blob, dict) else blob
+        model = build_model(config.arch, {k: v.numpy() for k, v in state.items()})
+        return model_arrays(model)
+    with torch.random.fork_rng():
+        torch.manual_seed(derive_seed(config.seed, 0, 0, Purpose.INIT))
+        return model_arrays(Autoencoder(ARCHITECTURES[config.arch]))
+
+
+# --- checkpoint ---------------------------------------------------------------------------
+
+
+def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+
+
+def _to_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in tensors.items()}
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    # No RNG state is stored: every random choice is re-derived from (seed, round, site).
+    blob = dict(state)
+    blob["parameters"] = _to_tensors(state["parameters"])
+    blob["local"] = {s: _to_tensors(p) for s, p in state["local"].items()}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)  # atomic: an interruption leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    blob = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and builtins only
+    if blob.get("version") != _CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {blob.get('version')} is not {_CHECKPOINT_VERSION}")
+    blob["parameters"] = _to_arrays(blob["parameters"])
+    blob["local"] = {s: _to_arrays(p) for s, p in blob["local"].items()}
+    return blob
+
+
+def _check_resumable(saved: dict[str, Any], config: RunConfig, sites: Sequence[Site]) -> None:
+    now = config.to_dict()
+    diffs = [f"{k}: {saved['config'].get(k)!r} -> {now[k]!r}" for k in now
+             if k not in RESUMABLE_KEYS and saved["config"].get(k) != now[k]]  # fmt: skip
+    if [s.describe() for s in sites] != saved["sites"]:
+        diffs.append("the sites (names or volumes) differ")
+    if diffs:
+        raise ValueError("cannot resume: settings differ from the checkpoint's: " + "; ".join(diffs))
+    if saved["next_round"] > config.rounds + 1:
+        raise ValueError(f"the checkpoint already holds {saved['next_round'] - 1} rounds; --rounds is {config.rounds}")
+    if saved["config"].get("threads") != config.threads:
+        log.warning("resuming with %d threads instead of %d: float sums may differ in the last bits",
+                    config.threads, saved["config"].get("threads"))  # fmt: skip
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN or infinity: a diverged site's loss is written as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _round_line(rec: dict[str, Any], rounds: int, num_sites: int) -> str:
+    parts = [f"round {rec['round']}/{rounds}", f"trained {len(rec['accepted'])}/{num_sites} sites"]
+    if len(rec["sampled"]) < num_sites:
+        parts.append(f"sampled {','.join(rec['sampled'])}")
+    if rec["dropped"]:
+        parts.append("dropped " + ",".join(rec["dropped"]))
+    if rec["rejected"]:
+        parts.append("rejected " + ",".join(r["site"] for r in rec["rejected"]))
+    g = rec["global"]
+    if rec["kept_previous"]:
+        parts.append("no update accepted: global model kept")
+    elif g.get("loss") is not None:
+        parts.append(f"loss {g['loss']:.4f}")
+    parts.append(f"psnr {g['psnr']:.2f} dB  bpv {g['bpv']:.4f}" + (f"  ssim {g['ssim']:.4f}" if g.get("ssim") else ""))
+    parts.append(f"{rec['seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+def run(
+    sites: Sequence[Site],
+    config: RunConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    say: Callable[[str], None] = print,
+) -> RunResult:
+    """Run (or resume) a federated training and write its model file, metrics and plots.
+
+    Args:
+        sites: The federation's sites (names unique).
+        config: Settings.
+        out: Run folder: ``checkpoint.pt``, ``metrics.json``, the model file(s), plots.
+        resume: Continue from ``out/checkpoint.pt`` (a fresh start when there is none).
+        say: Receives one progress line per round and a few more.
+
+    Raises:
+        FileExistsError: ``out`` holds a checkpoint and ``resume`` is False.
+        ValueError: Bad sites or settings, or settings that differ from the checkpoint's.
+    """
+    out = Path(out)
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"site names must be unique and at least one site is needed, got {names}")
+    spec = parameter_spec(config.arch)
+    local_names = config.local_names(list(spec))
+    shared_names = [n for n in spec if n not in local_names]
+    unknown = sorted(set(config.site_dropout) - set(names))
+    if unknown:
+        raise ValueError(f"site_dropout names unknown sites {unknown}")
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        if resume and ckpt_path.exists():
+            state = _load_checkpoint(ckpt_path)
+            _check_resumable(state, config, sites)
+            state["config"] = config.to_dict()
+            say(f"resuming {out} after round {state['next_round'] - 1}")
+        else:
+            params = initial_parameters(config)
+            state = {
+                "version": _CHECKPOINT_VERSION, "config": config.to_dict(), "sites": [s.describe() for s in sites],
+                "next_round": 1, "parameters": params,
+                # Each site's personalized parameters start from the initial model's.
+                "local": {s: {k: params[k].copy() for k in local_names} for s in names},
+                "history": [], "baselines": None,
+            }  # fmt: skip
+        data = {s.name: load_site(s, eval_crop=config.eval_crop) for s in sites}
+        gain = quality_to_gain(config.quality)
+        lc = local_config(config)
+        for r in range(state["next_round"], config.rounds + 1):
+            rec = _round(r, state, sites, data, config, lc, shared_names, gain)
+            state["history"].append(rec)
+            state["next_round"] = r + 1
+            _save_checkpoint(ckpt_path, state)
+            _write_json(out / METRICS, _metrics_doc(state, sites, config))
+            say(_round_line(rec, config.rounds, len(sites)))
+        return _finish(state, sites, data, config, out, shared_names, gain, say)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _round(
+    r: int,
+    state: dict[str, Any],
+    sites: Sequence[Site],
+    data: dict[str, SiteData],
+    config: RunConfig,
+    lc: LocalConfig,
+    shared_names: list[str],
+    gain: float,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    names = [s.name for s in sites]
+    params = state["parameters"]
+    current = GlobalModel(config.arch, r, {k: params[k] for k in shared_names})
+    sampled = sample_sites(config, len(sites), r)
+    dropped = dropped_sites(config, names, sampled, r)
+    updates, new_local, early_rejects = [], {}, []
+    for i in sampled:
+        if i in dropped:
+            continue
+        name = names[i]
+        try:
+            update, local = train_site(
+                current, name, data[name], lc, seed=config.seed, site_index=i, local_state=state["local"][name]
+            )
+        except MessageError as exc:  # the site could not even build a valid message
+            early_rejects.append(Rejection(name, f"malformed update: {exc}"))
+            log.warning("round %d: rejected the update from site %r: malformed update: %s", r, name, exc)
+            continue
+        updates.append(update)
+        new_local[name] = local
+    result = aggregate(current, updates, method=config.aggregation, trim=config.trim)
+    if result.parameters is not None:
+        params.update(result.parameters)
+        for name in result.accepted:  # a rejected site's local part is as suspect as its update
+            state["local"][name] = new_local[name]
+    else:
+        log.warning("round %d: no update accepted; the global model is kept", r)
+    shared = GlobalModel(config.arch, r, {k: params[k] for k in shared_names})
+    evaluations = {n: evaluate_site(shared, n, data[n], gain, local_state=state["local"][n]) for n in names}
+    train = {u.site: dict(u.metrics) | {"num_samples": u.num_samples} for u in updates}
+    evals = {n: dict(e.metrics) for n, e in evaluations.items()}
+    losses = [train[s]["loss"] for s in result.accepted]
+    rejected = [*early_rejects, *result.rejected]
+    return {
+        "round": r,
+        "sampled": [names[i] for i in sampled],
+        "dropped": [names[i] for i in dropped],
+        "accepted": list(result.accepted),
+        "rejected": [{"site": x.site, "reason": x.reason} for x in rejected],
+        "kept_previous": result.parameters is None,
+        "num_samples": result.num_samples,
+        "train": train,
+        "eval": evals,
+        "global": {
+            "loss": _mean(losses),
+            "psnr": _mean([e["psnr"] for e in evals.values()]),
+            "bpv": _mean([e["bpv"] for e in evals.values()]),
+            "ssim": _mean([e["ssim"] for e in evals.values() if "ssim" in e]),
+        },
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _metrics_doc(state: dict[str, Any], sites: Sequence[Site], config: RunConfig, **final: Any) -> dict[str, Any]:
+    doc = {
+        "format": _METRICS_FORMAT,
+        "model": None,
+        "config": config.to_dict(),
+        "sites": [s.describe() for s in sites],
+        "rounds": state["history"],
+    }
+    doc.update(final)
+    return doc
+
+
+def _finish(
+    state: dict[str, Any],
+    sites: Sequence[Site],
+    data: dict[str, SiteData],
+    config: RunConfig,
+    out: Path,
+    shared_names: list[str],
+    gain: float,
+    say: Callable[[str], None],
+) -> RunResult:
+    from .export import export_run_models
+
+    model_path, site_models = None, {}
+    final: dict[str, Any] = {}
+    slices: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if config.export:
+        model_path, site_models = export_run_models(state, sites, data, config, out, shared_names)
+        say(f"model: {model_path}")
+        for s in sites:
+            path = site_models.get(s.name, model_path)
+            metrics, sl = evaluate_codec(path, held_out_volumes(s), config.quality, crop=config.final_crop)
+            final[s.name] = metrics
+            if sl is not None:
+                slices[s.name] = sl
+            say(f"final {s.name}: ratio {metrics['ratio']:.2f}  bpv {metrics['bpv']:.4f}"
+                + (f"  psnr {metrics['psnr']:.2f} dB" if "psnr" in metrics else ""))  # fmt: skip
+    if config.baselines:
+        from .baselines import run_baselines
+
+        if state["baselines"] is None or state["baselines"].get("rounds") != config.rounds:
+            state["baselines"] = run_baselines(state, sites, data, config, gain, say=say)
+            _save_checkpoint(out / CHECKPOINT, state)
+    doc = _metrics_doc(
+        state, sites, config,
+        model=model_path.name if model_path else None,
+        model_sha256=_sha256(model_path) if model_path else None,
+        site_models={n: str(p.relative_to(out)) for n, p in site_models.items()},
+        final=final,
+        baselines=state["baselines"] if config.baselines else None,
+    )  # fmt: skip
+    _write_json(out / METRICS, doc)
+    if config.plots:
+        from .plots import draw_all
+
+        for p in draw_all(doc, out, slices=slices):
+            say(f"plot: {p}")
+    return RunResult(out, doc, model_path, site_models)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

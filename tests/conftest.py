@@ -1,0 +1,30 @@
+"""Shared fixtures: synthetic volumes and the real data folder (skipped where absent)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medcodec.datasets import find_data_dir, load_manifest
+
+
+def synthetic(shape=(6, 40, 36), dtype="int16", seed=0) -> np.ndarray:
+    """A smooth volume with edges and noise, scaled to ``dtype``'s usual range."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    body = (x**2 + y**2 + 0.5 * z**2) < 0.6
+    field = 0.5 + 0.3 * np.sin(3 * x + 2 * y) * body + 0.05 * rng.standard_normal(shape)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        return (field * 1000.0 - 200).astype(dt)
+    info = np.iinfo(dt)
+    lo, hi = max(info.min, -1024), min(info.max, 3000)
+    return np.clip(lo + field * (hi - lo), info.min, info.max).astype(dt)
+
+
+@pytest.fixture(scope="session")
+def test_split():
+    """Entries of the real test split; skips when the data folder is not there."""
+    if find_data_dir() is None:
+        pytest.skip("real data not found: set MEDCODEC_DATA or place the data at ../shared/data")
+    return load_manifest(split="test")

@@ -1,0 +1,168 @@
+"""Round trips of compress/decompress on synthetic volumes: modes, dtypes, shapes, options."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import medcodec
+from medcodec import InvalidInputError, Volume
+from tests.conftest import synthetic
+
+INT_DTYPES = ["uint8", "int8", "uint16", "int16", "int32", "uint32"]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES + ["float32", "float64"])
+def test_lossless_is_bit_exact(dtype):
+    a = synthetic(dtype=dtype)
+    out = medcodec.decompress(medcodec.compress(a, max_error=0))
+    assert out.array.dtype == a.dtype
+    assert out.array.tobytes() == a.tobytes()
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16", "int32"])
+@pytest.mark.parametrize("bound", [1, 2, 4, 7])
+def test_near_lossless_bound_holds_for_integers(dtype, bound):
+    a = synthetic(dtype=dtype, seed=bound)
+    out = medcodec.decompress(medcodec.compress(a, max_error=bound)).array
+    assert out.dtype == a.dtype
+    assert np.abs(out.astype(np.int64) - a.astype(np.int64)).max() <= bound
+
+
+def test_fractional_bound_on_integers_uses_its_floor():
+    a = synthetic()
+    out = medcodec.decompress(medcodec.compress(a, max_error=2.7)).array
+    assert np.abs(out.astype(np.int64) - a).max() <= 2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bound", [0.01, 0.5, 3.0])
+def test_near_lossless_bound_holds_for_floats(dtype, bound):
+    a = synthetic(dtype=dtype) + np.float32(0.123)  # fractional values: float arithmetic
+    a = a.astype(dtype)
+    out = medcodec.decompress(medcodec.compress(a, max_error=bound)).array
+    assert out.dtype == a.dtype
+    assert np.abs(out.astype(np.float64) - a.astype(np.float64)).max() <= bound
+
+
+def test_float_lossless_keeps_nan_inf_and_negative_zero():
+    a = synthetic(dtype="float32") + np.float32(0.5)
+    a[0, 0, :4] = [np.nan, np.inf, -np.inf, -0.0]
+    out = medcodec.decompress(medcodec.compress(a, max_error=0)).array
+    assert out.tobytes() == a.tobytes()
+
+
+def test_non_finite_values_need_lossless():
+    a = synthetic(dtype="float32") + np.float32(0.5)
+    a[1, 2, 3] = np.nan
+    with pytest.raises(InvalidInputError, match="lossless"):
+        medcodec.compress(a, max_error=1)
+
+
+def test_lossy_default_is_close_and_keeps_dtype():
+    a = synthetic(shape=(8, 48, 48))
+    out = medcodec.decompress(medcodec.compress(a)).array
+    assert out.dtype == a.dtype and out.shape == a.shape
+    rng = float(a.max()) - float(a.min())
+    assert np.abs(out.astype(np.float64) - a).mean() < 0.2 * rng
+
+
+def test_quality_trades_size_for_fidelity():
+    a = synthetic(shape=(8, 64, 64))
+    low, high = medcodec.compress(a, quality=20), medcodec.compress(a, quality=95)
+    err = [np.mean((medcodec.decompress(d).array.astype(np.float64) - a) ** 2) for d in (low, high)]
+    assert len(low) < len(high)
+    assert err[1] < err[0]
+
+
+@pytest.mark.parametrize("shape", [(1, 17, 23), (2, 9, 9), (3, 31, 5), (5, 40, 33), (70, 12, 10), (1, 1, 1)])
+def test_any_shape_round_trips(shape):
+    a = synthetic(shape=shape)
+    out = medcodec.decompress(medcodec.compress(a, max_error=0)).array
+    assert out.shape == shape and np.array_equal(out, a)
+    lossy = medcodec.decompress(medcodec.compress(a, max_error=3)).array
+    assert np.abs(lossy.astype(np.int64) - a).max() <= 3
+
+
+def test_two_dimensional_array_is_one_slice():
+    a = synthetic(shape=(1, 20, 20))[0]
+    out = medcodec.decompress(medcodec.compress(a, max_error=0)).array
+    assert out.shape == (1, 20, 20) and np.array_equal(out[0], a)
+
+
+def test_constant_volume():
+    a = np.full((4, 10, 12), 77, dtype=np.int16)
+    for kw in ({}, {"max_error": 0}, {"max_error": 2}):
+        assert np.array_equal(medcodec.decompress(medcodec.compress(a, **kw)).array, a)
+
+
+def test_extreme_integer_values():
+    a = synthetic(dtype="int32")
+    a[0, 0, 0], a[0, 0, 1] = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    for bound in (0, 5):
+        out = medcodec.decompress(medcodec.compress(a, max_error=bound)).array
+        assert np.abs(out.astype(np.int64) - a).max() <= bound
+
+
+def test_geometry_and_metadata_round_trip():
+    direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    vol = Volume(synthetic(), spacing=(0.7, 0.7, 2.5), origin=(-120.25, 33.0, 7.125), direction=direction,
+                 metadata={"descrip": "test scan"})  # fmt: skip
+    out = medcodec.decompress(medcodec.compress(vol, quality=50))
+    assert out.spacing == vol.spacing and out.origin == vol.origin and out.direction == direction
+    assert out.metadata == {"descrip": "test scan"}
+
+
+def test_info_reads_the_header_only():
+    a = synthetic()
+    data = medcodec.compress(Volume(a, spacing=(1, 2, 3)), max_error=2)
+    info = medcodec.info(data)
+    assert info.shape == a.shape and info.dtype == "int16" and info.mode == "near-lossless"
+    assert info.max_error == 2 and info.quality is None and info.spacing == (1.0, 2.0, 3.0)
+    assert info.compressed_bytes == len(data) and info.raw_bytes == a.nbytes
+    assert len(info.model_sha256) == 64
+    assert medcodec.info(data[:300]).shape == a.shape  # the header alone suffices
+
+
+def test_aliases():
+    assert medcodec.encode is medcodec.compress and medcodec.decode is medcodec.decompress
+
+
+def test_progress_is_reported_per_tile():
+    a = synthetic(shape=(70, 10, 10))  # two tiles along z
+    calls = []
+    data = medcodec.compress(a, max_error=0, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 2), (2, 2)]
+    assert medcodec.info(data).n_tiles == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"quality": 50, "max_error": 1}, "quality and max_error"),
+        ({"quality": 0}, "quality"),
+        ({"quality": 101}, "quality"),
+        ({"quality": 50.5}, "quality"),
+        ({"max_error": -1}, "max_error"),
+        ({"max_error": float("nan")}, "max_error"),
+    ],
+)
+def test_bad_options_are_clear_errors(kwargs, match):
+    with pytest.raises(InvalidInputError, match=match):
+        medcodec.compress(synthetic(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((2, 3, 4, 5), np.int16), np.zeros((0, 4, 4), np.int16), np.zeros((2, 4, 4), np.complex64),
+     np.zeros((2, 4, 4), bool), np.zeros(5, np.int16)],  # fmt: skip
+)
+def test_unsupported_volumes_are_rejected(array):
+    with pytest.raises(InvalidInputError):
+        medcodec.compress(array)
+
+
+def test_big_endian_input_is_accepted():
+    a = synthetic().astype(">i2")
+    out = medcodec.decompress(medcodec.compress(a, max_error=0)).array
+    assert np.array_equal(out, a)

@@ -1,0 +1,103 @@
+"""``medcodec-fed`` end to end on two tiny sites."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medcodec.io import write
+from medcodec.volume import Volume
+from medcodec_fed.cli import main
+
+TINY = ["--arch", "mc3d-xs", "--local-steps", "1", "--batch", "2", "--patch", "16", "--eval-crop", "16",
+        "--calib-patches", "2", "--calib-size", "16", "--threads", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def site_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hospitals")
+    rng = np.random.default_rng(1)
+    z, y, x = np.mgrid[0:16, 0:24, 0:24]
+    dirs = []
+    for s in ("north", "south"):
+        d = root / s
+        d.mkdir()
+        for k in range(2):
+            v = 500 * np.cos(x / (4 + k)) * np.sin(y / 3) + 20 * z + rng.normal(0, 15, x.shape)
+            write(Volume(v.astype(np.int16), (0.8, 0.8, 2.5)), d / f"scan{k}.nii.gz")
+        dirs.append(d)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def cli_run(site_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "out"
+    north, south = site_dirs
+    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--rounds", "2", "--seed", "4",
+            "--out", str(out), "--no-plots", *TINY]  # fmt: skip
+    return out, argv
+
+
+def test_run_prints_one_line_per_round_and_writes_a_usable_model(cli_run, capsys):
+    import medcodec
+
+    out, argv = cli_run
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[1] for ln in lines if ln.startswith("round ")] == ["1/2", "2/2"]
+    doc = json.loads((out / "metrics.json").read_text())
+    model = out / doc["model"]
+    assert model.is_file() and model.suffix == ".mcw"
+    assert [r["round"] for r in doc["rounds"]] == [1, 2] and set(doc["final"]) == {"north", "south"}
+    vol = np.arange(16 * 24 * 24, dtype=np.int16).reshape(16, 24, 24) % 250
+    back = medcodec.decompress(medcodec.compress(vol, quality=50, model=str(model)), model=str(model))
+    assert back.array.shape == vol.shape
+
+
+def test_a_toml_config_gives_the_same_model_as_the_command_line(cli_run, site_dirs, tmp_path):
+    out, argv = cli_run
+    if not (out / "metrics.json").exists():
+        assert main(argv) == 0
+    north, south = site_dirs
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        f'out = "{tmp_path / "from-toml"}"\narch = "mc3d-xs"\nrounds = 2\nlocal-steps = 1\nseed = 4\nbatch = 2\n'
+        "patch = 16\neval-crop = 16\ncalib-patches = 2\ncalib-size = 16\nthreads = 1\nplots = false\n"
+        f'[sites]\nnorth = "{north}"\nsouth = "{south}"\n'
+    )
+    assert main(["run", "--config", str(toml)]) == 0
+    a = json.loads((out / "metrics.json").read_text())["model"]
+    b = json.loads((tmp_path / "from-toml" / "metrics.json").read_text())["model"]
+    assert a == b
+    assert (out / a).read_bytes() == (tmp_path / "from-toml" / b).read_bytes()
+
+
+def test_plot_redraws_from_metrics(cli_run, capsys):
+    out, argv = cli_run
+    if not (out / "metrics.json").exists():
+        assert main(argv) == 0
+    assert main(["plot", str(out)]) == 0
+    assert (out / "global_rd.png").stat().st_size > 1000 and (out / "ratio_per_site.png").is_file()
+
+
+def test_bad_invocations_exit_2(site_dirs, tmp_path, capsys):
+    north, south = site_dirs
+    assert main(["run", "--site", f"north={north}", "--rounds", "1"]) == 2  # no --out
+    assert main(["run", "--site", f"north={north}", "--data", "--out", str(tmp_path / "x")]) == 2
+    assert main(["run", "--site", "north", "--out", str(tmp_path / "y")]) == 2
+    assert main(["run", "--out", str(tmp_path / "z")]) == 2  # no sites
+    bad = tmp_path / "bad.toml"
+    bad.write_text('rounds = 1\nnot-a-setting = 3\n[sites]\nnorth = "x"\n')
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "w")]) == 2
+    assert "not-a-setting" in capsys.readouterr().err
+
+
+def test_an_existing_run_needs_resume(site_dirs, tmp_path, capsys):
+    north, south = site_dirs
+    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--rounds", "1", "--out",
+            str(tmp_path / "o"), "--no-plots", "--no-export", *TINY]  # fmt: skip
+    assert main(argv) == 0
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 0

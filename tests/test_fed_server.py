@@ -1,0 +1,246 @@
+"""The in-process engine: dropout, sampling, rejection, resume, determinism, personalization."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from medcodec.io import write
+from medcodec.volume import Volume
+from medcodec_fed import server
+from medcodec_fed.config import RunConfig
+from medcodec_fed.messages import SiteUpdate
+from medcodec_fed.sites import Site
+
+# Tiny and fast: 2-3 sites of two 16x24x24 volumes, mc3d-xs, 1 local step of 2 patches of 16^3.
+TINY = RunConfig(
+    arch="mc3d-xs", rounds=3, local_steps=1, batch=2, patch=16, eval_crop=16, calib_patches=2, calib_size=16,
+    seed=0, threads=1, plots=False,
+)  # fmt: skip
+
+
+def _make_sites(root, n=2) -> list[Site]:
+    rng = np.random.default_rng(0)
+    z, y, x = np.mgrid[0:16, 0:24, 0:24]
+    sites = []
+    for s in range(n):
+        folder = root / f"site{s}"
+        folder.mkdir(parents=True)
+        for k in range(2):
+            v = 400 * np.sin(x / (3 + s + k)) * np.cos(y / 4) + 30 * z + rng.normal(0, 10, x.shape)
+            write(Volume(v.astype(np.int16)), folder / f"v{k}.nii.gz")
+        sites.append(Site.from_folder(f"site{s}", folder))
+    return sites
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _checkpoint_params(out) -> dict[str, np.ndarray]:
+    blob = torch.load(out / server.CHECKPOINT, weights_only=True)
+    return {k: v.numpy() for k, v in blob["parameters"].items()}
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    return _make_sites(tmp_path_factory.mktemp("sites"))
+
+
+@pytest.fixture(scope="module")
+def reference(sites, tmp_path_factory):
+    """An uninterrupted 3-round run with export."""
+    out = tmp_path_factory.mktemp("ref")
+    return server.run(sites, TINY, out, say=_quiet)
+
+
+def test_only_messages_reach_the_server(sites, tmp_path, monkeypatch):
+    from medcodec_fed.messages import parameter_spec
+
+    seen = []
+    real = server.aggregate
+
+    def spy(reference, updates, **kwargs):
+        for u in updates:
+            assert type(u) is SiteUpdate
+            assert all(parameter_spec(u.arch)[k][0] == v.shape for k, v in u.parameters.items())
+            seen.append(u.site)
+        return real(reference, updates, **kwargs)
+
+    monkeypatch.setattr(server, "aggregate", spy)
+    server.run(sites, replace(TINY, rounds=1, export=False), tmp_path / "spy", say=_quiet)
+    assert sorted(seen) == ["site0", "site1"]
+
+
+def test_a_run_writes_a_codec_model_and_per_round_per_site_metrics(reference, sites):
+    import medcodec
+
+    doc = json.loads((reference.out / server.METRICS).read_text())
+    assert doc["model"] == reference.model.name and reference.model.is_file()
+    assert [r["round"] for r in doc["rounds"]] == [1, 2, 3]
+    for rec in doc["rounds"]:
+        assert set(rec["eval"]) == {s.name for s in sites}
+        assert {"bpv", "psnr", "ssim"} <= set(rec["eval"]["site0"])
+        assert set(rec["train"]) == {s.name for s in sites}
+    assert set(doc["final"]) == {s.name for s in sites} and doc["final"]["site0"]["ratio"] > 1
+    vol = np.arange(16 * 24 * 24, dtype=np.int16).reshape(16, 24, 24) % 300
+    data = medcodec.compress(vol, quality=50, model=str(reference.model))
+    assert medcodec.decompress(data, model=str(reference.model)).array.shape == vol.shape
+
+
+def test_the_same_seed_gives_a_bit_identical_model_file(reference, sites, tmp_path):
+    again = server.run(sites, TINY, tmp_path / "again", say=_quiet)
+    assert again.model.read_bytes() == reference.model.read_bytes()
+    other = server.run(sites, replace(TINY, seed=1, rounds=1), tmp_path / "other", say=_quiet)
+    assert other.model.read_bytes() != reference.model.read_bytes()
+
+
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference, sites, tmp_path, monkeypatch):
+    out = tmp_path / "resumed"
+    real = server.train_site
+
+    def interrupted(current, *args, **kwargs):
+        if current.round == 3:
+            raise KeyboardInterrupt
+        return real(current, *args, **kwargs)
+
+    monkeypatch.setattr(server, "train_site", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.run(sites, TINY, out, say=_quiet)
+    assert json.loads((out / server.METRICS).read_text())["rounds"][-1]["round"] == 2
+    monkeypatch.setattr(server, "train_site", real)
+    with pytest.raises(FileExistsError):
+        server.run(sites, TINY, out, say=_quiet)
+    resumed = server.run(sites, TINY, out, resume=True, say=_quiet)
+    assert resumed.model.read_bytes() == reference.model.read_bytes()
+    got, want = _checkpoint_params(out), _checkpoint_params(reference.out)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+    strip = lambda rounds: [{k: v for k, v in r.items() if k != "seconds"} | {"train": {}} for r in rounds]  # noqa: E731
+    assert strip(resumed.metrics["rounds"]) == strip(reference.metrics["rounds"])
+
+
+def test_a_finished_run_can_be_extended_by_resuming_with_more_rounds(reference, sites, tmp_path):
+    out = tmp_path / "short"
+    server.run(sites, replace(TINY, rounds=2, export=False), out, say=_quiet)
+    server.run(sites, replace(TINY, export=False), out, resume=True, say=_quiet)
+    got, want = _checkpoint_params(out), _checkpoint_params(reference.out)
+    assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+def test_resume_refuses_changed_settings(sites, tmp_path):
+    out = tmp_path / "r"
+    server.run(sites, replace(TINY, rounds=1, export=False), out, say=_quiet)
+    with pytest.raises(ValueError, match="lr"):
+        server.run(sites, replace(TINY, rounds=2, lr=1e-2, export=False), out, resume=True, say=_quiet)
+    with pytest.raises(ValueError, match="sites"):
+        server.run(sites[:1], replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
+
+
+def test_when_every_site_drops_out_the_global_model_is_kept_and_said(sites, tmp_path, caplog):
+    lines = []
+    cfg = replace(TINY, rounds=2, dropout=1.0, export=False)
+    with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
+        result = server.run(sites, cfg, tmp_path / "all-drop", say=lines.append)
+    for rec in result.metrics["rounds"]:
+        assert rec["kept_previous"] and rec["accepted"] == [] and rec["dropped"] == ["site0", "site1"]
+    assert all("global model kept" in line for line in lines if line.startswith("round"))
+    assert "global model is kept" in caplog.text
+    init = server.initial_parameters(cfg)
+    got = _checkpoint_params(tmp_path / "all-drop")
+    assert all(np.array_equal(got[k], init[k]) for k in init)
+
+
+def test_a_site_with_dropout_one_never_trains_and_zero_always_does(sites, tmp_path):
+    cfg = replace(TINY, rounds=2, dropout=0.0, site_dropout={"site0": 1.0}, export=False)
+    result = server.run(sites, cfg, tmp_path / "one-drop", say=_quiet)
+    for rec in result.metrics["rounds"]:
+        assert rec["dropped"] == ["site0"] and rec["accepted"] == ["site1"] and not rec["kept_previous"]
+
+
+def test_dropout_draws_are_per_site_per_round_and_reproducible():
+    cfg = replace(TINY, dropout=0.5)
+    names = [f"s{i}" for i in range(10)]
+    draws = [server.dropped_sites(cfg, names, range(10), r) for r in range(1, 41)]
+    assert draws == [server.dropped_sites(cfg, names, range(10), r) for r in range(1, 41)]
+    rate = sum(len(d) for d in draws) / 400
+    assert 0.4 < rate < 0.6
+    assert server.dropped_sites(replace(cfg, dropout=0.0), names, range(10), 1) == []
+    assert server.dropped_sites(replace(cfg, dropout=1.0), names, range(10), 1) == list(range(10))
+
+
+def test_client_sampling_takes_the_fraction_of_sites():
+    cfg = replace(TINY, fraction=0.3)
+    picks = [server.sample_sites(cfg, 10, r) for r in range(1, 21)]
+    assert all(len(p) == 3 and p == sorted(set(p)) for p in picks)
+    assert len({tuple(p) for p in picks}) > 1
+    assert server.sample_sites(replace(cfg, fraction=0.01), 10, 1) != []
+    assert server.sample_sites(replace(cfg, fraction=1.0), 4, 1) == [0, 1, 2, 3]
+
+
+def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypatch, caplog):
+    real = server.train_site
+
+    def broken(current, site, *args, **kwargs):
+        update, local = real(current, site, *args, **kwargs)
+        if site == "site1":
+            params = {k: np.full_like(v, np.nan) for k, v in update.parameters.items()}
+            update = SiteUpdate(site=site, arch=update.arch, round=update.round, parameters=params,
+                                num_samples=update.num_samples, metrics=update.metrics)  # fmt: skip
+        return update, local
+
+    monkeypatch.setattr(server, "train_site", broken)
+    cfg = replace(TINY, rounds=1, export=False)
+    with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
+        result = server.run(sites, cfg, tmp_path / "broken", say=_quiet)
+    rec = result.metrics["rounds"][0]
+    assert rec["accepted"] == ["site0"] and rec["rejected"][0]["site"] == "site1"
+    assert "non-finite" in rec["rejected"][0]["reason"] and "site1" in caplog.text
+    # The new global model is exactly site0's update: nothing of site1 was averaged in.
+    current = server.GlobalModel(cfg.arch, 1, server.initial_parameters(cfg))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # the run's thread count: float sums depend on it
+    try:
+        good, _ = real(current, "site0", server.load_site(sites[0], eval_crop=16), server.local_config(cfg),
+                       seed=cfg.seed, site_index=0)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    got = _checkpoint_params(tmp_path / "broken")
+    assert all(np.array_equal(got[k], good.parameters[k]) for k in good.parameters)
+
+
+def test_personalized_groups_stay_local_and_each_site_gets_its_own_model(sites, tmp_path):
+    from medcodec_fed.messages import parameter_spec
+
+    last = max(int(k.split(".")[1]) for k in parameter_spec(TINY.arch) if k.startswith("g_s."))
+    head = f"g_s.{last}."  # the last synthesis layer: a per-site decoder head
+    cfg = replace(TINY, rounds=2, local_groups=("prior.*", head + "*"))
+    result = server.run(sites, cfg, tmp_path / "perso", say=_quiet)
+    blob = torch.load(tmp_path / "perso" / server.CHECKPOINT, weights_only=True)
+    local = {s: {k: v.numpy() for k, v in p.items()} for s, p in blob["local"].items()}
+    init = server.initial_parameters(cfg)
+    names = sorted(local["site0"])
+    assert names and all(n.startswith(("prior.", head)) for n in names)
+    assert any(not np.array_equal(local["site0"][n], local["site1"][n]) for n in names)
+    # The server's copy of the personalized parameters never moved from the initial model.
+    server_params = {k: v.numpy() for k, v in blob["parameters"].items()}
+    assert all(np.array_equal(server_params[n], init[n]) for n in names)
+    assert not np.array_equal(server_params["g_a.0.weight"], init["g_a.0.weight"])
+    assert set(result.site_models) == {"site0", "site1"}
+    files = [p.read_bytes() for p in result.site_models.values()]
+    assert files[0] != files[1] and all(p.is_file() for p in result.site_models.values())
+
+
+def test_baselines_and_plots(sites, tmp_path):
+    cfg = replace(TINY, rounds=1, baselines=True, plots=True)
+    result = server.run(sites, cfg, tmp_path / "base", say=_quiet)
+    base = result.metrics["baselines"]
+    for kind in ("federated", "centralized", "local_only"):
+        assert set(base[kind]) == {"site0", "site1"} and base[kind]["site0"]["psnr"] > 0
+    assert base["steps"]["centralized"] == 2 * cfg.local_steps
+    for name in ("local_loss", "global_rd", "ratio_per_site", "slices", "comparison"):
+        assert (tmp_path / "base" / f"{name}.png").stat().st_size > 1000
