@@ -1,0 +1,59 @@
+"""Regenerate the golden streams in tests/data (run by hand, never by the tests).
+
+Golden streams pin the format: every future version must decode them to the
+recorded checksums. Only add new ones; never regenerate existing ones unless the
+format's major version changes.
+
+    PYTHONPATH=src python tests/make_golden.py
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import medcodec
+from medcodec.export import export_model
+from medcodec.network import ARCHITECTURES, Autoencoder
+
+HERE = Path(__file__).resolve().parent / "data"
+
+
+def golden_volume() -> np.ndarray:
+    rng = np.random.default_rng(20261129)
+    z, y, x = np.meshgrid(np.linspace(-1, 1, 7), np.linspace(-1, 1, 33), np.linspace(-1, 1, 29), indexing="ij")
+    v = 900 * np.exp(-(x**2 + y**2) * 2) + 40 * np.sin(5 * z) + rng.normal(0, 12, x.shape) - 300
+    return v.astype(np.int16)
+
+
+def main() -> None:
+    HERE.mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    model = Autoencoder(ARCHITECTURES["mc3d-xs"])
+    vol = golden_volume()
+    calib = [np.clip(vol[:, :32, :24].astype(np.float32) / 1000, -1, 1)[:, :, :]]
+    calib = [np.pad(c, ((0, 1), (0, 0), (0, 0)), mode="edge") for c in calib]
+    model_path = export_model(model, HERE, calib, meta={"purpose": "golden streams for tests"})
+    record = {"model": model_path.name, "streams": {}}
+    volume = medcodec.Volume(vol, spacing=(0.8, 0.8, 3.0), origin=(-10.0, 20.0, 5.5))
+    cases = {"lossy-q60": {"quality": 60}, "near-lossless-2": {"max_error": 2}, "lossless": {"max_error": 0}}
+    for name, kwargs in cases.items():
+        data = medcodec.compress(volume, model=str(model_path), **kwargs)
+        (HERE / f"golden-{name}.mcz").write_bytes(data)
+        decoded = medcodec.decompress(data, model=str(model_path)).array
+        record["streams"][name] = {
+            "file": f"golden-{name}.mcz",
+            "voxels_sha256": hashlib.sha256(decoded.astype("<i2").tobytes()).hexdigest(),
+            "dtype": str(decoded.dtype),
+            "shape": list(decoded.shape),
+        }
+    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Damaged streams raise a MedcodecError subclass: never a wrong volume, never a hang."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+import medcodec
+from medcodec import (
+    CorruptStreamError,
+    MedcodecError,
+    ModelMismatchError,
+    ModelNotFoundError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
+from medcodec.container import MAGIC
+from tests.conftest import synthetic
+
+
+@pytest.fixture(scope="module", params=["lossy", "near-lossless", "lossless", "raw-float"])
+def stream(request) -> bytes:
+    a = synthetic(shape=(6, 30, 28))
+    if request.param == "raw-float":
+        return medcodec.compress(a.astype(np.float32) + np.float32(0.25), max_error=0)
+    kwargs = {"lossy": {"quality": 60}, "near-lossless": {"max_error": 2}, "lossless": {"max_error": 0}}
+    return medcodec.compress(medcodec.Volume(a, metadata={"k": "v"}), **kwargs[request.param])
+
+
+def _positions(n: int, count: int = 120) -> list[int]:
+    # Every byte of the first 200 (magic, header), then an even spread over the rest.
+    head = list(range(min(n, 200)))
+    rest = np.linspace(200, n - 1, num=count, dtype=int).tolist() if n > 200 else []
+    return sorted(set(head + rest))
+
+
+def test_single_byte_flips_always_raise(stream):
+    for pos in _positions(len(stream)):
+        damaged = bytearray(stream)
+        damaged[pos] ^= 0x5A
+        with pytest.raises(MedcodecError):
+            medcodec.decompress(bytes(damaged))
+
+
+def test_truncations_always_raise(stream):
+    for n in _positions(len(stream) - 1, 60):
+        with pytest.raises((TruncatedStreamError, CorruptStreamError)):
+            medcodec.decompress(stream[:n])
+
+
+def test_empty_and_foreign_data():
+    with pytest.raises(TruncatedStreamError):
+        medcodec.decompress(b"")
+    with pytest.raises(CorruptStreamError, match="magic"):
+        medcodec.decompress(b"\x1f\x8b" + bytes(100))
+    with pytest.raises(MedcodecError):
+        medcodec.info(b"not a stream at all")
+
+
+def test_trailing_garbage_is_rejected(stream):
+    with pytest.raises(CorruptStreamError):
+        medcodec.decompress(stream + b"\x00")
+
+
+def test_newer_major_version_is_unsupported(stream):
+    damaged = bytearray(stream)
+    struct.pack_into("<H", damaged, len(MAGIC), 2)
+    # Re-seal the header checksum so only the version is wrong.
+    import zlib
+
+    (size,) = struct.unpack_from("<I", damaged, len(MAGIC) + 4)
+    end = len(MAGIC) + 8 + size
+    struct.pack_into("<I", damaged, end, zlib.crc32(bytes(damaged[len(MAGIC) : end])))
+    with pytest.raises(UnsupportedVersionError, match="2.0"):
+        medcodec.decompress(bytes(damaged))
+
+
+def test_unknown_model_in_stream(stream, tmp_path):
+    if medcodec.info(stream).model_name == "":
+        pytest.skip("raw float streams need no model")
+    damaged = stream.replace(medcodec.info(stream).model_name.encode(), b"mc3d-s-00000000", 1)
+    _reseal_header(damaged_holder := bytearray(damaged))
+    with pytest.raises(ModelNotFoundError, match="mc3d-s-00000000"):
+        medcodec.decompress(bytes(damaged_holder))
+
+
+def test_different_model_is_refused(stream, tmp_path):
+    if medcodec.info(stream).model_name == "":
+        pytest.skip("raw float streams need no model")
+    other = tmp_path / "other.mcw"
+    data = bytearray(medcodec.models.resolve_model(None).read_bytes())
+    data[-1] ^= 1  # same model, one weight bit different: another hash
+    other.write_bytes(bytes(data))
+    with pytest.raises(ModelMismatchError):
+        medcodec.decompress(stream, model=str(other))
+
+
+def _reseal_header(buf: bytearray) -> None:
+    import zlib
+
+    (size,) = struct.unpack_from("<I", buf, len(MAGIC) + 4)
+    end = len(MAGIC) + 8 + size
+    struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[len(MAGIC) : end])))

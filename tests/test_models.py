@@ -1,0 +1,59 @@
+"""Model files: deterministic bytes, content-hash names, lookup and clear failures."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+import medcodec
+from medcodec import ModelError, ModelNotFoundError
+from medcodec.export import export_model
+from medcodec.models import list_models, load_model, resolve_model
+from medcodec.network import ARCHITECTURES, Autoencoder
+from tests.conftest import synthetic
+
+
+def _export(tmp_path, seed=0):
+    torch.manual_seed(seed)
+    model = Autoencoder(ARCHITECTURES["mc3d-xs"])
+    calib = [np.linspace(-1, 1, 16 * 16 * 16, dtype=np.float32).reshape(16, 16, 16)]
+    return export_model(model, tmp_path, calib)
+
+
+def test_export_is_deterministic_and_named_by_hash(tmp_path):
+    a, b = _export(tmp_path / "a"), _export(tmp_path / "b")
+    assert a.read_bytes() == b.read_bytes()
+    digest = hashlib.sha256(a.read_bytes()).hexdigest()
+    assert a.name == f"mc3d-xs-{digest[:8]}.mcw"
+    assert load_model(a).sha256 == digest
+
+
+def test_a_model_file_is_used_by_compress_and_decompress(tmp_path):
+    path = _export(tmp_path)
+    data = medcodec.compress(synthetic(), max_error=1, model=str(path))
+    assert medcodec.info(data).model_name == path.stem
+    out = medcodec.decompress(data, model=str(path)).array
+    assert np.abs(out.astype(np.int64) - synthetic()).max() <= 1
+    with pytest.raises(ModelNotFoundError):
+        medcodec.decompress(data)  # not shipped, and no model given
+
+
+def test_shipped_default_model_is_found_by_name():
+    names = list_models()
+    assert names and all(n.startswith("mc3d-") for n in names)
+    assert resolve_model(None) == resolve_model(medcodec.DEFAULT_MODEL)
+    assert load_model(names[0]).name == names[0]
+
+
+def test_unknown_and_broken_models(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        load_model("no-such-model")
+    with pytest.raises(ModelNotFoundError, match="not found"):
+        load_model(tmp_path / "missing.mcw")
+    bad = tmp_path / "bad.mcw"
+    bad.write_bytes(b"MCWEIGHT\xff\xff\xff\x00{")
+    with pytest.raises(ModelError):
+        load_model(bad)
