@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-__all__ = ["PSNR_RANGE", "bd_rate", "rate_at_psnr", "rd_front"]
+__all__ = ["PSNR_RANGE", "bd_rate", "psnr_overlap", "rate_at_psnr", "rd_front"]
 
 #: BD-rate integrates over the two curves' PSNR overlap clipped to this range (dB).
 PSNR_RANGE: tuple[float, float] = (35.0, 65.0)
@@ -60,6 +60,19 @@ def rate_at_psnr(rates: Sequence[float], psnrs: Sequence[float], target: float) 
     return float(np.exp(f(target)))
 
 
+def psnr_overlap(ref_rates: Sequence[float], ref_psnrs: Sequence[float],
+                 test_rates: Sequence[float], test_psnrs: Sequence[float],
+                 psnr_range: tuple[float, float] = PSNR_RANGE) -> tuple[float, float] | None:
+    """The PSNR interval :func:`bd_rate` integrates over, or None when there is none."""
+    _, p_ref = rd_front(ref_rates, ref_psnrs)
+    _, p_test = rd_front(test_rates, test_psnrs)
+    if len(p_ref) < 2 or len(p_test) < 2:
+        return None
+    lo = max(psnr_range[0], p_ref[0], p_test[0])
+    hi = min(psnr_range[1], p_ref[-1], p_test[-1])
+    return (float(lo), float(hi)) if hi > lo else None
+
+
 def bd_rate(ref_rates: Sequence[float], ref_psnrs: Sequence[float],
             test_rates: Sequence[float], test_psnrs: Sequence[float],
             psnr_range: tuple[float, float] = PSNR_RANGE) -> float | None:
@@ -86,12 +99,10 @@ def bd_rate(ref_rates: Sequence[float], ref_psnrs: Sequence[float],
     """
     f_ref = _log_rate_of_psnr(ref_rates, ref_psnrs)
     f_test = _log_rate_of_psnr(test_rates, test_psnrs)
-    if f_ref is None or f_test is None:
+    span = psnr_overlap(ref_rates, ref_psnrs, test_rates, test_psnrs, psnr_range)
+    if f_ref is None or f_test is None or span is None:
         return None
-    lo = max(psnr_range[0], f_ref.x[0], f_test.x[0])
-    hi = min(psnr_range[1], f_ref.x[-1], f_test.x[-1])
-    if hi <= lo:
-        return None
+    lo, hi = span
     mean_diff = (f_test.integrate(lo, hi) - f_ref.integrate(lo, hi)) / (hi - lo)
     # Rounded so that exact cases (identical, halved curves) print as 0.0 and -50.0.
     return round(float(math.expm1(mean_diff)) * 100.0, 10)

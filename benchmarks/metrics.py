@@ -60,7 +60,8 @@ def mean_squared_error(original: np.ndarray, decoded: np.ndarray) -> float:
     total = 0.0
     for z in range(0, original.shape[0], _CHUNK_SLICES):
         d = original[z:z + _CHUNK_SLICES].astype(np.float64) - decoded[z:z + _CHUNK_SLICES]
-        total += float(np.einsum("...,...->", d, d))
+        d = d.ravel()
+        total += float(np.dot(d, d))
     return total / original.size
 
 

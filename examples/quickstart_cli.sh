@@ -17,14 +17,17 @@ else
     medcodec=("$python" -m medcodec)
 fi
 
+if [[ $# -ge 1 ]]; then
+    input="$(realpath "$1")"
+fi
+# Work in a scratch folder so the commands below read as a user would type them.
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
+cd "$work"
 
-if [[ $# -ge 1 ]]; then
-    input="$1"
-else
+if [[ $# -eq 0 ]]; then
     # nibabel's example4d.nii.gz is a 4D series; medcodec encodes 3D, so save time point 0.
-    input="$work/example.nii.gz"
+    input="example.nii.gz"
     "$python" - "$input" <<'EOF'
 import sys
 from importlib.resources import files
@@ -40,16 +43,16 @@ fi
 run() { echo "\$ medcodec $*"; "${medcodec[@]}" "$@"; echo; }
 
 run --version
-run compress "$input" -o "$work/lossy.mcz"                    # lossy, default quality
-run compress "$input" -o "$work/near.mcz" --max-error 2      # every voxel within +-2
-run compress "$input" -o "$work/lossless.mcz" --lossless     # bit-exact
-run info "$work/near.mcz"
+run compress "$input" -o lossy.mcz                   # lossy, default quality
+run compress "$input" -o near.mcz --max-error 2     # every voxel within +-2
+run compress "$input" -o lossless.mcz --lossless    # bit-exact
+run info near.mcz
 for mode in lossy near lossless; do
-    run decompress "$work/$mode.mcz" -o "$work/$mode.nii.gz" -q
+    run decompress "$mode.mcz" -o "$mode.nii.gz" -q
 done
 
 # Check what each mode kept, voxel by voxel.
-"$python" - "$input" "$work" <<'EOF'
+"$python" - "$input" <<'EOF'
 import math
 import sys
 from pathlib import Path
@@ -59,7 +62,7 @@ import SimpleITK as sitk
 
 import medcodec
 
-source, work = Path(sys.argv[1]), Path(sys.argv[2])
+source = Path(sys.argv[1])
 try:
     original = medcodec.read(source).array.astype(np.float64)
 except medcodec.VolumeIOError:  # a 4D series given on the command line: time point 0
@@ -67,9 +70,9 @@ except medcodec.VolumeIOError:  # a 4D series given on the command line: time po
 peak = float(original.max() - original.min()) or 1.0
 print(f"{'mode':<10}{'size':>12}{'PSNR dB':>9}{'max err':>9}")
 for mode in ("lossy", "near", "lossless"):
-    error = medcodec.read(work / f"{mode}.nii.gz").array - original
+    error = medcodec.read(f"{mode}.nii.gz").array - original
     mse = float(np.mean(error**2))
     psnr = math.inf if mse == 0 else 10 * math.log10(peak**2 / mse)
-    size = (work / f"{mode}.mcz").stat().st_size
+    size = Path(f"{mode}.mcz").stat().st_size
     print(f"{mode:<10}{size:>10} B{psnr:>9.2f}{np.abs(error).max():>9g}")
 EOF

@@ -86,3 +86,11 @@ def test_evaluate_site_reports_rate_and_distortion():
     ev = evaluate_site(g, "a", _data(), 1.0)
     assert ev.metrics["bpv"] > 0 and np.isfinite(ev.metrics["psnr"]) and -1 <= ev.metrics["ssim"] <= 1
     assert ev.metrics["voxels"] == 16 * 16 * 16
+
+
+def test_init_from_a_training_checkpoint(tmp_path):
+    params = _init()
+    model = build_model(ARCH, {k: v + 1.0 for k, v in params.items()})
+    torch.save({"model": model.state_dict(), "step": 10}, tmp_path / "checkpoint.pt")
+    got = initial_parameters(RunConfig(arch=ARCH, init=str(tmp_path / "checkpoint.pt")))
+    assert all(np.array_equal(got[k], params[k] + 1.0) for k in params)

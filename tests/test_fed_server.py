@@ -213,6 +213,25 @@ def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypa
     assert all(np.array_equal(got[k], good.parameters[k]) for k in good.parameters)
 
 
+def test_a_site_that_cannot_build_a_valid_message_is_rejected(sites, tmp_path, monkeypatch, caplog):
+    real = server.train_site
+
+    def wrong_shape(current, site, *args, **kwargs):
+        update, local = real(current, site, *args, **kwargs)
+        if site == "site0":
+            params = dict(update.parameters, **{"g_a.0.bias": np.zeros(3, np.float32)})
+            update = SiteUpdate(site=site, arch=update.arch, round=update.round, parameters=params, num_samples=1)
+        return update, local
+
+    monkeypatch.setattr(server, "train_site", wrong_shape)
+    with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
+        result = server.run(sites, replace(TINY, rounds=1, export=False), tmp_path / "malformed", say=_quiet)
+    rec = result.metrics["rounds"][0]
+    assert rec["accepted"] == ["site1"]
+    assert rec["rejected"][0]["site"] == "site0" and "malformed" in rec["rejected"][0]["reason"]
+    assert "shape" in caplog.text
+
+
 def test_personalized_groups_stay_local_and_each_site_gets_its_own_model(sites, tmp_path):
     from medcodec_fed.messages import parameter_spec
 

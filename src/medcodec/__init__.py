@@ -13,8 +13,8 @@ Quick start::
 
 from __future__ import annotations
 
-from .codec import DEFAULT_QUALITY, compress, decode, decompress, encode, info
-from .container import StreamInfo
+from typing import TYPE_CHECKING
+
 from .errors import (
     ChecksumError,
     CorruptStreamError,
@@ -30,8 +30,29 @@ from .errors import (
     VolumeIOError,
 )
 from .io import read, write
-from .models import DEFAULT_MODEL, list_models, load_model
 from .volume import Volume
+
+if TYPE_CHECKING:
+    from .codec import DEFAULT_QUALITY, compress, decode, decompress, encode, info
+    from .container import StreamInfo
+    from .models import DEFAULT_MODEL, list_models, load_model
+
+# The codec pulls in torch; it is imported on first use so that `medcodec --help`
+# and `import medcodec` for I/O alone stay fast (PEP 562).
+_LAZY = {
+    "DEFAULT_QUALITY": "codec", "compress": "codec", "decode": "codec", "decompress": "codec",
+    "encode": "codec", "info": "codec", "StreamInfo": "container", "DEFAULT_MODEL": "models",
+    "list_models": "models", "load_model": "models", "models": None, "codec": None,
+}  # fmt: skip
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'medcodec' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
+    return module if _LAZY[name] is None else getattr(module, name)
 
 __version__ = "0.1.0"
 

@@ -66,7 +66,13 @@ def read(path: str | os.PathLike) -> Volume:
 
 
 def _read_dicom_series(sitk, folder: Path):
-    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    # GDCM warns on stderr for a folder without DICOM files; the error below says it in one line.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not ids:
         raise VolumeIOError(f"{folder}: no DICOM series found in this folder")
     if len(ids) > 1:
@@ -107,6 +113,9 @@ def write(volume: Volume | np.ndarray, path: str | os.PathLike, *, compress: boo
     os.close(fd)
     try:
         _write_image(sitk, vol, Path(tmp), compress=suffix == ".nii.gz" if compress is None else compress)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
