@@ -12,6 +12,7 @@ Definitions (docs: ``benchmarks/README.md``):
 
 from __future__ import annotations
 
+import ctypes
 import math
 import tracemalloc
 from types import TracebackType
@@ -26,6 +27,7 @@ __all__ = [
     "mean_squared_error",
     "megabytes_per_second",
     "psnr",
+    "return_freed_memory_to_os",
     "ssim_3d",
     "ssim_region",
 ]
@@ -147,6 +149,37 @@ def _reset_peak_rss() -> None:
         f.write("5")
 
 
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 - both exist only in glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc hand freed memory back to the OS, so peak-RSS deltas see every allocation.
+
+    By default glibc raises its mmap threshold after the first large free and then serves
+    later large buffers from heap memory that stays resident, which a peak-RSS delta cannot
+    see. Fixing the mmap and trim thresholds at 128 KiB makes each large buffer a fresh
+    mapping, as in a new process. Process-wide: the benchmark command calls it once.
+
+    Returns:
+        False where the allocator is not glibc (nothing changed).
+    """
+    if _LIBC is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    _LIBC.mallopt(m_mmap_threshold, 128 * 1024)
+    _LIBC.mallopt(m_trim_threshold, 128 * 1024)
+    return True
+
+
 def _rss_available() -> bool:
     try:
         _reset_peak_rss()
@@ -161,9 +194,9 @@ class PeakMemory:
 
     Method ``"rss"`` (Linux): the process's peak resident set size (``VmHWM``, reset through
     ``/proc/self/clear_refs``) minus its RSS on entry. It sees native allocations (OpenJPEG,
-    libjxl, torch) that tracemalloc misses, but memory the allocator reuses from earlier
-    frees is not counted, so read it as a lower bound. Elsewhere the method is
-    ``"tracemalloc"``: Python-level allocations only.
+    libjxl, torch) that tracemalloc misses. Memory the allocator reuses from earlier frees is
+    not counted, so it is a lower bound; :func:`return_freed_memory_to_os` makes it close.
+    Elsewhere the method is ``"tracemalloc"``: Python-level allocations only.
 
     Example:
         >>> with PeakMemory() as mem:
@@ -181,6 +214,8 @@ class PeakMemory:
 
     def __enter__(self) -> PeakMemory:
         if self.method == "rss":
+            if _LIBC is not None:
+                _LIBC.malloc_trim(0)  # start from the smallest RSS the heap allows
             _reset_peak_rss()
             self._base = _proc_status_kb("VmRSS") * 1024
         else:

@@ -61,15 +61,22 @@ def test_integer_synthesis_matches_a_float64_reference():
     """Each layer's float32 convolution of integers equals float64 exactly (no rounding anywhere)."""
     syn = load_model().synthesis
     rng = np.random.default_rng(0)
-    y = rng.integers(-6, 7, size=(syn.latent_channels, 3, 9, 8))
-    bias0, _, _ = syn.first_layer_params(1 << 16)
+    bias0, _, bound = syn.first_layer_params(1 << 16)
+    # Latents at the largest magnitude the first layer accepts.
+    y = rng.choice([-bound, -1, 0, 1, bound], size=(syn.latent_channels, 3, 9, 8))
     x = torch.from_numpy(y.astype(np.float32))[None]
+    w0 = syn._weights[0].double()
+    ref0 = F.conv3d(x.double(), w0, torch.from_numpy(bias0.astype(np.float64)), padding=1)
+    assert torch.equal(syn._first_conv(x, bias0), ref0.float()), "layer 0"
     for i, layer in enumerate(syn.layers):
-        bias = torch.from_numpy((bias0 if i == 0 else layer.bias).astype(np.float32))
         w = syn._weights[i]
-        got = F.conv3d(x, w, bias, padding=1)
-        ref = F.conv3d(x.double(), w.double(), bias.double(), padding=1)
-        assert torch.equal(got.double(), ref), f"layer {i}"
+        if i:
+            bias = torch.from_numpy(layer.bias.astype(np.float32))
+            got = F.conv3d(x, w, bias, padding=1)
+            ref = F.conv3d(x.double(), w.double(), bias.double(), padding=1)
+            assert torch.equal(got.double(), ref), f"layer {i}"
+        else:
+            got = ref0
         # Feed the next layer worst-case activations to exercise the exactness bound.
         cin = w.shape[0] // (8 if layer.shuffle else 1)
         shape = [s * (2 if layer.shuffle else 1) for s in got.shape[2:]]

@@ -93,6 +93,34 @@ def test_a_run_writes_a_codec_model_and_per_round_per_site_metrics(reference, si
     assert medcodec.decompress(data, model=str(reference.model)).array.shape == vol.shape
 
 
+def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tmp_path, monkeypatch):
+    import medcodec.export
+
+    from medcodec_fed import export as fed_export
+    from medcodec_fed.local import calibrate_site
+    from medcodec_fed.messages import SiteCalibration
+
+    sent, exported = [], []
+
+    def at_site(*args, **kwargs):
+        cal = calibrate_site(*args, **kwargs)
+        sent.append(cal)
+        return cal
+
+    def export_spy(model, out, calibration=None, **kwargs):
+        exported.append((calibration, kwargs["activation_max"]))
+        return real_export(model, out, calibration, **kwargs)
+
+    real_export = medcodec.export.export_model
+    monkeypatch.setattr(fed_export, "calibrate_site", at_site)
+    monkeypatch.setattr(medcodec.export, "export_model", export_spy)
+    server.run(sites, replace(TINY, rounds=1), tmp_path / "cal", say=_quiet)
+    assert [type(c) for c in sent] == [SiteCalibration, SiteCalibration] and [c.site for c in sent] == ["site0", "site1"]
+    (calibration, act_max), = exported
+    assert calibration is None  # no patches reach the export, only the ranges
+    assert act_max == [max(a, b) for a, b in zip(sent[0].activation_max, sent[1].activation_max)]
+
+
 def test_the_same_seed_gives_a_bit_identical_model_file(reference, sites, tmp_path):
     again = server.run(sites, TINY, tmp_path / "again", say=_quiet)
     assert again.model.read_bytes() == reference.model.read_bytes()

@@ -26,9 +26,16 @@ import numpy as np
 import torch
 import zstandard
 
-from .container import Chunk, Header, StreamInfo, read_header, read_stream, write_stream, FORMAT_VERSION
-from .entropy import decode_groups, encode_groups
-from .errors import CorruptStreamError, InvalidInputError, MedcodecError, TruncatedStreamError, UnsupportedVersionError
+from .container import FLAG_INTEGER_VALUED, Chunk, Header, StreamInfo, read_header, read_stream, write_stream
+from .entropy import decode_groups, encode_groups, unzstd
+from .errors import (
+    ChecksumError,
+    CorruptStreamError,
+    InvalidInputError,
+    MedcodecError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
 from .intensity import normalize, to_voxels
 from .intnet import GAIN_ONE
 from .models import CodecModel, load_model, model_for_stream
@@ -85,7 +92,8 @@ def _check_options(quality, max_error) -> None:
 
 def _integer_valued(a: np.ndarray) -> bool:
     """Whether a float volume holds only integers that its dtype represents exactly (and no -0.0)."""
-    limit = 2.0**24 if a.dtype == np.float32 else 2.0**53
+    # float32 holds integers exactly up to 2**24; the integer path keeps spans below 2**32.
+    limit = 2.0**24 if a.dtype == np.float32 else 2.0**31
     if not np.isfinite(a).all() or np.abs(a).max() > limit:
         return False
     return bool((np.floor(a) == a).all() and not (np.signbit(a) & (a == 0)).any())
@@ -158,6 +166,7 @@ def compress(
         max_error=plan.d, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(tiles),
         model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
         voxel_sha256=hashlib.sha256(b"".join(digests)).digest(),
+        flags=FLAG_INTEGER_VALUED if plan.integer and arr.dtype.kind == "f" else 0,
     )  # fmt: skip
     return write_stream(header, chunks)
 
@@ -254,6 +263,8 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     dtype = np.dtype(header.dtype)
     integer = dtype.kind != "f"
     cm: CodecModel | None = None
+    if header.mode == "lossless" and not integer and header.model_name == "" and header.flags:
+        raise CorruptStreamError("raw float stream with flags set")
     out = np.empty(header.shape, dtype=dtype)
     digests = []
     for i, (tile, chunk) in enumerate(zip(tiles, tile_chunks)):
@@ -262,32 +273,30 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
             index, path, shift, n_buckets, reserved = _TILE_HEAD.unpack_from(chunk.payload)
         except struct.error:
             raise CorruptStreamError("tile chunk is too short") from None
-        if index != i or reserved or path not in (_LEARNED_INT, _RAW, _LEARNED_FLOAT):
+        if index != i or reserved or path != _expected_path(header, integer):
             raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
+        if (path == _RAW or header.mode == "lossy") and (shift or n_buckets):
+            raise CorruptStreamError(f"tile chunk {i} sets context fields its path does not use")
         if path != _RAW and cm is None:
             cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
         sections, digest = _split_sections(chunk.payload[_TILE_HEAD.size :], 1 if path == _RAW else 3)
         try:
             if path == _RAW:
-                recon = _unshuffle(_unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
+                recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
             else:
-                recon = _decode_learned(header, cm, shape, path == _LEARNED_INT or integer, shift, n_buckets, sections)
+                recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, shift, n_buckets, sections)
                 recon = recon.astype(dtype)
         except MedcodecError:
             raise
         except (ValueError, IndexError, RuntimeError, TypeError, OverflowError) as exc:
             raise CorruptStreamError(f"tile {i} cannot be decoded: {exc}") from None
         if _digest(recon) != digest:
-            from .errors import ChecksumError
-
             raise ChecksumError(f"tile {i}: decoded voxels do not match the encoder's checksum")
         out[tile] = recon
         digests.append(digest)
         if progress:
             progress(i + 1, len(tiles))
     if hashlib.sha256(b"".join(digests)).digest() != header.voxel_sha256:
-        from .errors import ChecksumError
-
         raise ChecksumError("decoded volume does not match the encoder's checksum")
     return Volume(out, header.spacing, header.origin, header.direction, metadata)
 
@@ -311,16 +320,28 @@ def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, shift:
     q = decode_groups(residual, activity_contexts(o, shift, n_buckets), n_buckets)
     recon = dequantize(q, pred, header.max_error, integer, header.lo, header.hi).astype(header.dtype)
     if exceptions:
-        blob = _unzstd(exceptions, recon.size * 16)
+        if integer:
+            raise CorruptStreamError("integer tile carries float exceptions")
+        blob = unzstd(exceptions, recon.size * 16)
         itemsize = np.dtype(header.dtype).itemsize
         n = len(blob) // (8 + itemsize)
         if n * (8 + itemsize) != len(blob):
             raise CorruptStreamError("exception list is malformed")
         idx = np.frombuffer(blob[: 8 * n], dtype="<i8")
-        if n and (idx.min() < 0 or idx.max() >= recon.size):
-            raise CorruptStreamError("exception index out of range")
+        if n and (idx[0] < 0 or idx[-1] >= recon.size or (np.diff(idx) <= 0).any()):
+            raise CorruptStreamError("exception indices out of range or not increasing")
         recon.ravel()[idx] = np.frombuffer(blob[8 * n :], dtype=np.dtype(header.dtype).newbyteorder("<"))
     return recon
+
+
+def _expected_path(header: Header, integer_dtype: bool) -> int:
+    """The tile path a valid stream uses, given its header (all tiles of a stream share it)."""
+    if integer_dtype:
+        return _LEARNED_INT
+    if header.mode == "lossless" and header.model_name == "":
+        return _RAW
+    # Float volumes holding only integers use integer arithmetic (recorded as lo/hi whole numbers).
+    return _LEARNED_INT if header.flags & FLAG_INTEGER_VALUED else _LEARNED_FLOAT
 
 
 def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:
@@ -338,20 +359,16 @@ def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:
     return sections, body[pos:]
 
 
-def _unzstd(blob: bytes, max_size: int) -> bytes:
-    try:
-        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=max_size)
-    except zstandard.ZstdError as exc:
-        raise CorruptStreamError(f"bad zstandard block: {exc}") from None
-
-
 def _metadata(chunks: list[Chunk]) -> dict:
     for c in chunks:
         if c.kind == b"meta":
             try:
-                return json.loads(_unzstd(c.payload, 64 << 20))
+                meta = json.loads(unzstd(c.payload, 64 << 20))
             except ValueError:
                 raise CorruptStreamError("metadata chunk is not valid JSON") from None
+            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+                raise CorruptStreamError("metadata chunk is not an object of strings")
+            return meta
     return {}
 
 
@@ -361,10 +378,10 @@ def info(data: bytes) -> StreamInfo:
     Raises:
         TruncatedStreamError, CorruptStreamError, UnsupportedVersionError: The header is unusable.
     """
-    header, _ = read_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
+    header, _, version = read_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
     dtype = np.dtype(header.dtype)
     return StreamInfo(
-        format_version=f"{FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}",
+        format_version=f"{version[0]}.{version[1]}",
         shape=header.shape, dtype=header.dtype, spacing=header.spacing, origin=header.origin,
         direction=header.direction, mode=header.mode,
         max_error=None if header.mode == "lossy" else header.max_error,

@@ -16,11 +16,16 @@ import numpy as np
 from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersionError
 from .volume import SUPPORTED_DTYPES
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "Header", "Chunk", "StreamInfo", "write_stream", "read_stream", "MODES"]
+__all__ = [
+    "MAGIC", "FORMAT_VERSION", "FLAG_INTEGER_VALUED", "Header", "Chunk", "StreamInfo", "write_stream",
+    "read_header", "read_stream", "MODES",
+]  # fmt: skip
 
 MAGIC = b"\x89MCZ\r\n\x1a\n"
 FORMAT_VERSION = (1, 0)
 MODES = ("lossy", "near-lossless", "lossless")
+#: Header flag: a float volume whose values are all integers, coded with integer arithmetic.
+FLAG_INTEGER_VALUED = 1
 #: Largest volume a stream may describe (voxels); guards allocations a header could ask for.
 MAX_VOXELS = 1 << 36
 
@@ -70,7 +75,7 @@ class Header:
         if len(rest) != n + 64:
             raise CorruptStreamError("header length does not match its model name")
         dtype_code, mode, quality, flags = f[0:4]
-        if dtype_code >= len(SUPPORTED_DTYPES) or mode >= len(MODES) or flags != 0:
+        if dtype_code >= len(SUPPORTED_DTYPES) or mode >= len(MODES) or flags & ~FLAG_INTEGER_VALUED:
             raise CorruptStreamError("header has an unknown dtype, mode or reserved flag")
         try:
             name = rest[:n].decode("ascii")
@@ -94,8 +99,15 @@ class Header:
             raise CorruptStreamError("header tile count does not match its shape and tile size")
         if not (np.isfinite(self.lo) and np.isfinite(self.hi) and self.lo <= self.hi):
             raise CorruptStreamError("header intensity range is invalid")
-        if not (np.isfinite(self.max_error) and self.max_error >= 0) or self.gain_num < 1:
-            raise CorruptStreamError("header bound or gain is invalid")
+        if not (np.isfinite(self.max_error) and self.max_error >= 0) or self.gain_num < 1 or self.quality > 100:
+            raise CorruptStreamError("header bound, gain or quality is invalid")
+        if (self.mode == "near-lossless") != (self.max_error > 0):
+            raise CorruptStreamError("header bound does not match its mode")
+        integer = np.dtype(self.dtype).kind != "f" or self.flags & FLAG_INTEGER_VALUED
+        if integer and (self.lo != int(self.lo) or self.hi != int(self.hi) or max(abs(self.lo), abs(self.hi)) > 2**32):
+            raise CorruptStreamError("header intensity range is not integer for an integer volume")
+        if self.flags & FLAG_INTEGER_VALUED and np.dtype(self.dtype).kind != "f":
+            raise CorruptStreamError("header flags a float property on an integer volume")
 
 
 @dataclass
@@ -157,8 +169,12 @@ def write_stream(header: Header, chunks: list[Chunk]) -> bytes:
     return b"".join(parts)
 
 
-def read_header(data: bytes) -> tuple[Header, int]:
-    """Parse and check the magic, version and header; returns the header and the offset after it."""
+def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
+    """Parse and check the magic, version and header.
+
+    Returns:
+        The header, the offset after it, and the stream's (major, minor) format version.
+    """
     data = memoryview(data)
     if len(data) < len(MAGIC):
         raise TruncatedStreamError("stream is shorter than its magic number")
@@ -178,12 +194,12 @@ def read_header(data: bytes) -> tuple[Header, int]:
         raise UnsupportedVersionError(
             f"stream format version {major}.{minor} is not supported (this decoder reads {FORMAT_VERSION[0]}.x)"
         )
-    return Header.unpack(bytes(data[pos + _PRELUDE.size : end])), end + 4
+    return Header.unpack(bytes(data[pos + _PRELUDE.size : end])), end + 4, (major, minor)
 
 
 def read_stream(data: bytes) -> tuple[Header, list[Chunk]]:
     """Parse a whole stream, checking every checksum; returns the header and its known chunks."""
-    header, pos = read_header(data)
+    header, pos, _ = read_header(data)
     view = memoryview(data)
     chunks: list[Chunk] = []
     while True:
@@ -199,13 +215,12 @@ def read_stream(data: bytes) -> tuple[Header, list[Chunk]]:
             raise CorruptStreamError(f"checksum mismatch in chunk {kind!r} at byte {pos}")
         pos = start + length + 4
         if kind == b"MEND":
+            if length:
+                raise CorruptStreamError("end chunk has a payload")
             break
-        if kind[:1].isupper():
-            chunks.append(Chunk(bytes(kind), bytes(payload)))
-        elif not kind[:1].islower():
+        if not (kind.isascii() and kind.isalpha()):
             raise CorruptStreamError(f"invalid chunk type {kind!r}")
-        else:
-            chunks.append(Chunk(bytes(kind), bytes(payload)))
+        chunks.append(Chunk(bytes(kind), bytes(payload)))
     if pos != len(view):
         raise CorruptStreamError("bytes after the end chunk")
     return header, chunks

@@ -30,7 +30,7 @@ import zstandard
 
 from .errors import CorruptStreamError, TruncatedStreamError
 
-__all__ = ["encode_groups", "decode_groups", "MAX_TABLE_WIDTH"]
+__all__ = ["encode_groups", "decode_groups", "unzstd", "MAX_TABLE_WIDTH"]
 
 #: Widest run of values a group's table covers; others escape.
 MAX_TABLE_WIDTH = 4096
@@ -104,11 +104,23 @@ class _Reader:
         return struct.unpack("<I", self.take(4))[0]
 
 
-def _unzstd(blob: bytes, max_size: int) -> bytes:
+def unzstd(blob: bytes, max_size: int) -> bytes:
+    """Decompress one zstandard frame of at most ``max_size`` bytes, with nothing after it.
+
+    Raises:
+        CorruptStreamError: The frame is damaged, too large, or followed by other bytes.
+    """
     if not blob:
         return b""
     try:
-        return zstandard.ZstdDecompressor().decompress(blob, max_output_size=max_size)
+        declared = zstandard.get_frame_parameters(blob).content_size
+        if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > max_size:
+            raise CorruptStreamError("zstandard block is larger than its structure allows")
+        obj = zstandard.ZstdDecompressor().decompressobj()
+        out = obj.decompress(blob)
+        if len(out) > max_size or not obj.eof or obj.unused_data:
+            raise CorruptStreamError("zstandard block is malformed or has trailing bytes")
+        return out
     except zstandard.ZstdError as exc:
         raise CorruptStreamError(f"bad zstandard block: {exc}") from None
 
@@ -123,8 +135,8 @@ def decode_groups(data: bytes, groups: np.ndarray, n_groups: int) -> np.ndarray:
     nonempty = int((sizes > 0).sum())
     r = _Reader(data)
     max_table = 8 * nonempty * (MAX_TABLE_WIDTH + 4)
-    table = np.frombuffer(_unzstd(r.take(r.u32()), max_table), dtype="<i8")
-    esc = np.frombuffer(_unzstd(r.take(r.u32()), 8 * groups.size), dtype="<i8")
+    table = np.frombuffer(unzstd(r.take(r.u32()), max_table), dtype="<i8")
+    esc = np.frombuffer(unzstd(r.take(r.u32()), 8 * groups.size), dtype="<i8")
     n_words = r.u32()
     words = np.frombuffer(r.take(4 * n_words), dtype="<u4").astype(np.uint32)
     if r.pos != len(data):
@@ -147,14 +159,19 @@ def decode_groups(data: bytes, groups: np.ndarray, n_groups: int) -> np.ndarray:
             raise CorruptStreamError("frequency table does not match the group size")
         sym = coder.decode(_model(counts), n).astype(np.int64)
         v = sym + (low - 1)
-        escaped = (sym == 0) | (sym == width + 1)
-        k = int(escaped.sum())
+        below, above = sym == 0, sym == width + 1
+        k = int((below | above).sum())
         if k:
             if e + k > esc.size:
                 raise CorruptStreamError("escape values are missing")
-            v[escaped] = esc[e : e + k]
+            # Escapes come in position order, each below or above the window as its symbol says.
+            fill = esc[e : e + k]
+            side = below[below | above]
+            if (fill[side] >= low).any() or (fill[~side] < low + width).any():
+                raise CorruptStreamError("escape value inside its table window")
+            v[below | above] = fill
             e += k
         out[order[bounds[g] : bounds[g + 1]]] = v
-    if t != table.size or e != esc.size:
-        raise CorruptStreamError("entropy-coded section has unused table or escape data")
+    if t != table.size or e != esc.size or not coder.is_empty():
+        raise CorruptStreamError("entropy-coded section has unused table, escape or coded data")
     return out.reshape(shape)

@@ -69,8 +69,9 @@ def _quantize_layer(
 def export_model(
     model: Autoencoder,
     out_dir: Path,
-    calibration: list[np.ndarray],
+    calibration: list[np.ndarray] | None = None,
     *,
+    activation_max: list[float] | None = None,
     meta: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` as an integer-exact, content-hashed model file in ``out_dir``.
@@ -80,12 +81,19 @@ def export_model(
         out_dir: Folder for the ``<arch>-<sha8>.mcw`` file.
         calibration: Normalized float32 patches (values in [-1, 1], sides multiples of 8)
             on which activation ranges are measured.
+        activation_max: Activation ranges measured elsewhere (see :func:`calibrate`), instead
+            of ``calibration``; a federation takes the maximum of its sites' ranges, so no
+            voxel has to leave a site for the export.
         meta: Extra metadata recorded in the file (JSON-able).
 
     Returns:
         Path of the written model file.
     """
-    act_max = calibrate(model, calibration)
+    if (calibration is None) == (activation_max is None):
+        raise ValueError("give exactly one of calibration and activation_max")
+    act_max = list(activation_max) if activation_max is not None else calibrate(model, calibration)
+    if len(act_max) != len(model.g_s) - 1:
+        raise ValueError(f"activation_max needs {len(model.g_s) - 1} values, got {len(act_max)}")
     scales = [1.0] + [ACT_MAX / a for a in act_max] + [float(1 << OUT_FRAC_BITS)]
     tensors: dict[str, np.ndarray] = {
         k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items() if k.startswith("g_a.")

@@ -12,7 +12,10 @@ network therefore computes only with integers:
   down, in float32: each of those elementwise IEEE-754 operations is correctly
   rounded, hence identical on every machine.
 
-The first layer's input is the latent ``y_hat = round(y * gain)``; its bias and
+The first layer's input is the latent ``y_hat = round(y * gain)``, which has
+many channels: it is convolved in groups of :data:`FIRST_GROUP` input channels,
+each group's output exact in float32 for ``|y_hat|`` up to the model's bound,
+and the groups are summed in float64 (exact below 2**53). Its bias and
 multiplier are derived from the gain by integer arithmetic (``gain = gain_num
 / 2**16``). The last layer returns the reconstruction in fixed point: units of
 ``2**-OUT_FRAC_BITS`` of the normalized intensity (range [-1, 1]).
@@ -28,7 +31,7 @@ import torch.nn.functional as F
 
 from .network import pixel_shuffle3d
 
-__all__ = ["IntLayer", "IntSynthesis", "ACT_MAX", "SHIFT", "OUT_FRAC_BITS", "GAIN_ONE", "EXACT_LIMIT"]
+__all__ = ["IntLayer", "IntSynthesis", "ACT_MAX", "SHIFT", "OUT_FRAC_BITS", "GAIN_ONE", "EXACT_LIMIT", "FIRST_GROUP"]
 
 ACT_MAX = 255
 SHIFT = 24
@@ -36,6 +39,8 @@ OUT_FRAC_BITS = 12
 GAIN_ONE = 1 << 16
 #: Every |partial sum| of a float32 convolution stays below this, so it is exact.
 EXACT_LIMIT = 1 << 24
+#: Input channels per convolution group of the first layer.
+FIRST_GROUP = 16
 
 
 @dataclass(frozen=True)
@@ -63,10 +68,19 @@ class IntSynthesis:
     """Integer-exact synthesis transform built from :class:`IntLayer` s."""
 
     def __init__(self, layers: list[IntLayer]) -> None:
+        """Build the network, checking that the layers keep every convolution exact.
+
+        Raises:
+            ValueError: The layers do not form a valid integer synthesis transform.
+        """
+        _check_layers(layers)
         self.layers = layers
         self._weights = [torch.from_numpy(layer.weight.astype(np.float32)) for layer in layers]
-        first = layers[0].weight.astype(np.int64)
-        self._first_l1 = np.abs(first).reshape(first.shape[0], -1).sum(1)
+        first = np.abs(layers[0].weight.astype(np.int64))
+        self._first_l1 = max(
+            int(first[:, c : c + FIRST_GROUP].reshape(first.shape[0], -1).sum(1).max())
+            for c in range(0, first.shape[1], FIRST_GROUP)
+        )
 
     @property
     def latent_channels(self) -> int:
@@ -80,9 +94,9 @@ class IntSynthesis:
         layer = self.layers[0]
         bias = _div_round(layer.bias * gain_num, GAIN_ONE * GAIN_ONE)
         mult = _div_round(layer.mult * GAIN_ONE, np.int64(gain_num))
-        room = EXACT_LIMIT - 1 - int(np.abs(bias).max())
-        bound = max(0, room // max(1, int(self._first_l1.max())))
-        return bias, mult, bound
+        if int(np.abs(bias).max()) >= 1 << 52:
+            raise ValueError("first-layer bias out of range")
+        return bias, mult, (EXACT_LIMIT - 1) // max(1, self._first_l1)
 
     @torch.no_grad()
     def __call__(self, y_hat: np.ndarray, gain_num: int) -> np.ndarray:
@@ -90,15 +104,51 @@ class IntSynthesis:
         bias0, mult0, bound = self.first_layer_params(gain_num)
         if y_hat.size and int(np.abs(y_hat).max()) > bound:
             raise ValueError("latent outside the exact range of the first layer")
-        x = torch.from_numpy(y_hat.astype(np.float32))[None]
-        for i, layer in enumerate(self.layers):
-            bias = bias0 if i == 0 else layer.bias
-            mult = mult0 if i == 0 else layer.mult
-            acc = F.conv3d(x, self._weights[i], torch.from_numpy(bias.astype(np.float32)), padding=1)
-            x = _requantize(acc, mult, clamp=layer.relu)
+        x = self._first_conv(torch.from_numpy(y_hat.astype(np.float32))[None], bias0)
+        x = _requantize(x, mult0, clamp=self.layers[0].relu)
+        if self.layers[0].shuffle:
+            x = pixel_shuffle3d(x)
+        for i, layer in enumerate(self.layers[1:], start=1):
+            acc = F.conv3d(x, self._weights[i], torch.from_numpy(layer.bias.astype(np.float32)), padding=1)
+            x = _requantize(acc, layer.mult, clamp=layer.relu)
             if layer.shuffle:
                 x = pixel_shuffle3d(x)
         return x[0, 0].to(torch.int64).numpy()
+
+
+    def _first_conv(self, x: torch.Tensor, bias: np.ndarray) -> torch.Tensor:
+        """First convolution: exact float32 groups summed in float64, then rounded once to float32."""
+        w = self._weights[0]
+        acc = torch.from_numpy(bias.astype(np.float64)).view(1, -1, 1, 1, 1).expand(
+            1, w.shape[0], *x.shape[2:]
+        ).clone()
+        for c in range(0, w.shape[1], FIRST_GROUP):
+            acc += F.conv3d(x[:, c : c + FIRST_GROUP], w[:, c : c + FIRST_GROUP], padding=1).double()
+        # float64 -> float32 is one correctly rounded conversion: the same everywhere.
+        return acc.float()
+
+
+def _check_layers(layers: list[IntLayer]) -> None:
+    if not layers or layers[-1].relu or any(not layer.relu for layer in layers[:-1]):
+        raise ValueError("integer synthesis needs ReLU on every layer but the last")
+    cin = layers[0].weight.shape[1]
+    for i, layer in enumerate(layers):
+        w = layer.weight
+        if w.ndim != 5 or w.shape[1] != cin or w.shape[2:] != (3, 3, 3):
+            raise ValueError(f"layer {i} has weights of shape {w.shape}")
+        if layer.bias.shape != (w.shape[0],) or layer.mult.shape != (w.shape[0],):
+            raise ValueError(f"layer {i} bias or multiplier has the wrong shape")
+        if (np.abs(w.astype(np.int64)) > 127).any() or (layer.mult <= 0).any() or (layer.mult >= 1 << 40).any():
+            raise ValueError(f"layer {i} has weights or multipliers out of range")
+        if i:
+            worst = ACT_MAX * np.abs(w.astype(np.int64)).reshape(w.shape[0], -1).sum(1) + np.abs(layer.bias)
+            if (worst >= EXACT_LIMIT).any():
+                raise ValueError(f"layer {i} could leave float32's exact integer range")
+        cin = w.shape[0] // (8 if layer.shuffle else 1)
+        if layer.shuffle and w.shape[0] % 8:
+            raise ValueError(f"layer {i} cannot be pixel-shuffled")
+    if cin != 1:
+        raise ValueError("integer synthesis must end with one channel")
 
 
 def _div_round(num: np.ndarray, den: int | np.int64) -> np.ndarray:

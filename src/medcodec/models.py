@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: Name of the shipped default model (architecture name; the file adds its hash).
 DEFAULT_MODEL = "mc3d-s"
 _DTYPES = {"<f4": np.float32, "<i4": np.int32, "<i8": np.int64}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -162,6 +164,8 @@ def _load_path(path: str) -> CodecModel:
         synthesis = IntSynthesis(_int_layers(tensors, meta))
     except (KeyError, TypeError) as exc:
         raise ModelError(f"model {p} lacks tensor {exc}") from None
+    except ValueError as exc:
+        raise ModelError(f"model {p} is not a valid integer decoder: {exc}") from None
     return CodecModel(f"{arch.name}-{digest[:8]}", digest, arch, synthesis, tensors, meta)
 
 
@@ -212,6 +216,8 @@ def model_for_stream(name: str, sha256: str, model: str | os.PathLike | None) ->
     if model is not None:
         found = load_model(model)
     else:
+        if not _NAME.fullmatch(name):
+            raise ModelNotFoundError(f"stream names an invalid model {name!r}")
         path = WEIGHTS_DIR / f"{name}.mcw"
         if not path.is_file():
             raise ModelNotFoundError(

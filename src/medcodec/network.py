@@ -31,7 +31,7 @@ class Architecture:
     """
 
     name: str
-    latent: int = 24
+    latent: int = 192
     analysis: tuple[int, int, int] = (16, 32, 48)
     synthesis: tuple[int, int, int] = (48, 24, 8)
 

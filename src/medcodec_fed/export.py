@@ -6,10 +6,13 @@ through, so ``medcodec.compress(..., model=path)`` and ``decompress`` use it
 and it is named by its content hash. With personalization, every site also gets
 its own file in ``sites/<name>/`` (shared parameters + its own local ones).
 
-Export needs calibration patches to measure activation ranges. The global
-model's are drawn from every site's training volumes: export is the one step of
-the in-process engine that reads voxels outside local training, and it runs
-where the data already are. A site's own model is calibrated on its own data only.
+Export needs the range of every hidden synthesis layer's activations. No voxel
+leaves a site for it: each site measures the ranges of the global model on
+patches of its own training volumes (:func:`~medcodec_fed.local.calibrate_site`)
+and sends a :class:`~medcodec_fed.messages.SiteCalibration` of scalars; the
+server exports with their element-wise maximum (:func:`combine_calibrations`),
+so the integer network covers every site's activations. A site's own model is
+calibrated on its own data only.
 """
 
 from __future__ import annotations
@@ -18,21 +21,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .config import RunConfig
-from .local import build_model
-from .randomness import Purpose, derive_seed
+from .local import build_model, calibrate_site
+from .messages import GlobalModel, MessageError, SiteCalibration
 from .sites import Site, SiteData
 
-__all__ = ["export_run_models", "model_meta"]
+__all__ = ["combine_calibrations", "export_run_models", "model_meta"]
 
 
-def model_meta(config: RunConfig, sites: Sequence[Site], *, site: str | None = None) -> dict[str, Any]:
+def model_meta(
+    config: RunConfig,
+    sites: Sequence[Site] | Sequence[str],
+    *,
+    site: str | None = None,
+    engine: str = "medcodec_fed in-process",
+) -> dict[str, Any]:
     """Metadata recorded in the model file (deterministic: no times, no paths)."""
+    names = [s if isinstance(s, str) else s.name for s in sites]
     fed = {
-        "engine": "medcodec_fed in-process",
-        "sites": [s.name for s in sites],
+        "engine": engine,
+        "sites": names,
         "rounds": config.rounds,
         "local_steps": config.local_steps if config.local_epochs is None else None,
         "local_epochs": config.local_epochs,
@@ -42,18 +50,26 @@ def model_meta(config: RunConfig, sites: Sequence[Site], *, site: str | None = N
         "dropout": config.dropout,
         "local_groups": list(config.local_groups),
         "seed": config.seed,
+        "calibration": "element-wise maximum of the sites' activation ranges",
     }
-    meta: dict[str, Any] = {"trained_on": "federated: " + ", ".join(s.name for s in sites), "federated": fed}
+    meta: dict[str, Any] = {"trained_on": "federated: " + ", ".join(names), "federated": fed}
     if site is not None:
         meta["personalized_for"] = site
     return meta
 
 
-def _calibration(volumes: list[np.ndarray], config: RunConfig, index: int) -> list[np.ndarray]:
-    from medcodec.export import calibration_patches
+def combine_calibrations(calibrations: Sequence[SiteCalibration], arch: str) -> list[float]:
+    """Element-wise maximum of the sites' activation ranges (what the global export uses).
 
-    seed = derive_seed(config.seed, 0, index, Purpose.CALIBRATE)
-    return calibration_patches(volumes, count=config.calib_patches, size=config.calib_size, seed=seed)
+    Raises:
+        MessageError: No calibration, or one of another architecture.
+    """
+    if not calibrations:
+        raise MessageError("no site sent activation ranges: the model cannot be exported")
+    for c in calibrations:
+        if c.arch != arch:
+            raise MessageError(f"site {c.site!r} calibrated architecture {c.arch!r}, expected {arch!r}")
+    return [max(values) for values in zip(*(c.activation_max for c in calibrations))]
 
 
 def export_run_models(
@@ -72,15 +88,25 @@ def export_run_models(
     from medcodec.export import export_model
 
     params = state["parameters"]
-    pooled = [v for s in sites for v in data[s.name].train]
+    global_model = GlobalModel(config.arch, 0, params)
+    calibrations = [  # each at its site, on its own training volumes
+        calibrate_site(global_model, s.name, data[s.name], patches=config.calib_patches, size=config.calib_size,
+                       seed=config.seed, site_index=i)
+        for i, s in enumerate(sites)
+    ]  # fmt: skip
     model = build_model(config.arch, params)
-    path = export_model(model, out, _calibration(pooled, config, 0), meta=model_meta(config, sites))
+    act_max = combine_calibrations(calibrations, config.arch)
+    path = export_model(model, out, activation_max=act_max, meta=model_meta(config, sites))
     site_models = {}
     if len(shared_names) < len(params):
-        shared = {k: params[k] for k in shared_names}
+        shared = GlobalModel(config.arch, 0, {k: params[k] for k in shared_names})
         for i, s in enumerate(sites):
-            own = build_model(config.arch, shared, state["local"][s.name])
-            calib = _calibration(data[s.name].train, config, i + 1)
+            local = state["local"][s.name]
+            own = calibrate_site(shared, s.name, data[s.name], patches=config.calib_patches, size=config.calib_size,
+                                 seed=config.seed, site_index=i, local_state=local)  # fmt: skip
             meta = model_meta(config, sites, site=s.name)
-            site_models[s.name] = export_model(own, out / "sites" / s.name, calib, meta=meta)
+            site_models[s.name] = export_model(
+                build_model(config.arch, shared.parameters, local), out / "sites" / s.name,
+                activation_max=list(own.activation_max), meta=meta,
+            )  # fmt: skip
     return path, site_models

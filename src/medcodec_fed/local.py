@@ -1,6 +1,6 @@
-"""What a site runs: local training from the global model, and local evaluation.
+"""What a site runs: local training from the global model, local evaluation and calibration.
 
-Both functions take a :class:`~medcodec_fed.messages.GlobalModel` and the
+The functions take a :class:`~medcodec_fed.messages.GlobalModel` and the
 site's own data and return messages, so an in-process loop and a Flower
 ClientApp can call them the same way. Local training reuses
 :mod:`medcodec.train` (patch sampling, latent gains, rate-distortion loss,
@@ -22,11 +22,19 @@ from medcodec.network import ARCHITECTURES, Autoencoder
 from medcodec.train import PatchSampler, make_optimizer, rd_loss, sample_gains
 
 from .evaluate import evaluate_float
-from .messages import GlobalModel, SiteEvaluation, SiteUpdate
+from .messages import GlobalModel, SiteCalibration, SiteEvaluation, SiteUpdate
 from .randomness import Purpose, derive_seed
 from .sites import SiteData
 
-__all__ = ["LocalConfig", "build_model", "evaluate_site", "model_arrays", "proximal_term", "train_site"]
+__all__ = [
+    "LocalConfig",
+    "build_model",
+    "calibrate_site",
+    "evaluate_site",
+    "model_arrays",
+    "proximal_term",
+    "train_site",
+]
 
 
 @dataclass(frozen=True)
@@ -167,3 +175,27 @@ def evaluate_site(
     model = build_model(global_model.arch, global_model.parameters, local_state or {})
     metrics = evaluate_float(model, data.eval_crops, quality_gain)
     return SiteEvaluation(site=site, round=global_model.round, metrics=metrics)
+
+
+def calibrate_site(
+    global_model: GlobalModel,
+    site: str,
+    data: SiteData,
+    *,
+    patches: int,
+    size: int,
+    seed: int,
+    site_index: int,
+    local_state: Mapping[str, np.ndarray] | None = None,
+) -> SiteCalibration:
+    """Activation ranges of the site's model on ``patches`` random ``size``-cubed patches of its training volumes.
+
+    The patches never leave the site; only the per-layer ranges do. They derive
+    from (seed, site_index), so the same run always measures the same ranges.
+    """
+    from medcodec.export import calibrate, calibration_patches
+
+    model = build_model(global_model.arch, global_model.parameters, local_state or {})
+    stream = derive_seed(seed, 0, site_index, Purpose.CALIBRATE)
+    calib = calibration_patches(data.train, count=patches, size=size, seed=stream)
+    return SiteCalibration(site=site, arch=global_model.arch, activation_max=tuple(calibrate(model, calib)))

@@ -1,8 +1,10 @@
 """The only things that cross a site boundary: typed, validated messages.
 
 A site receives a :class:`GlobalModel` and sends back a :class:`SiteUpdate`
-(trained parameters, a sample count, a few named scalars) and a
-:class:`SiteEvaluation` (named scalars). Each message checks itself on
+(trained parameters, a sample count, a few named scalars), a
+:class:`SiteEvaluation` (named scalars) and, for the model export, a
+:class:`SiteCalibration` (one activation range per hidden synthesis layer).
+Each message checks itself on
 construction: every array must be a parameter the architecture declares, under
 its own name, with its own shape and dtype, and every scalar must carry a name
 from :data:`METRIC_NAMES`. There is no free-form field, so a voxel array (or a
@@ -30,6 +32,8 @@ __all__ = [
     "GlobalModel",
     "SiteUpdate",
     "SiteEvaluation",
+    "SiteCalibration",
+    "calibration_layers",
     "parameter_spec",
 ]
 
@@ -66,6 +70,19 @@ def parameter_spec(arch: str) -> Mapping[str, tuple[tuple[int, ...], np.dtype]]:
         MessageError: ``arch`` is not a registered architecture.
     """
     return _spec(arch)
+
+
+def calibration_layers(arch: str) -> int:
+    """How many activation ranges a :class:`SiteCalibration` of ``arch`` carries.
+
+    One per hidden synthesis layer: every ``g_s.N`` layer but the last (see
+    ``medcodec.export.calibrate``).
+
+    Raises:
+        MessageError: ``arch`` is not a registered architecture.
+    """
+    layers = {name.split(".")[1] for name in parameter_spec(arch) if name.startswith("g_s.")}
+    return len(layers) - 1
 
 
 def _check_site(site: str) -> None:
@@ -180,3 +197,41 @@ class SiteEvaluation:
         _check_site(self.site)
         _check_int("round", self.round, 0)
         object.__setattr__(self, "metrics", _freeze_metrics(self.metrics))
+
+
+@dataclass(frozen=True, eq=False)
+class SiteCalibration:
+    """Site -> server: activation ranges of a model on the site's own training volumes.
+
+    The model export needs, for every hidden synthesis layer, the range of the
+    activations the float network produces (``medcodec.export.calibrate``). Each
+    site measures it on its own patches and sends only these scalars; the server
+    exports with their element-wise maximum (:func:`~medcodec_fed.export.combine_calibrations`).
+
+    Attributes:
+        site: Sender's site name.
+        arch: Architecture of the calibrated model.
+        activation_max: One positive, finite range per hidden synthesis layer
+            (:func:`calibration_layers` of them), as a tuple of floats.
+    """
+
+    site: str
+    arch: str
+    activation_max: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        _check_site(self.site)
+        expected = calibration_layers(self.arch)
+        values = self.activation_max
+        if isinstance(values, (str, bytes, np.ndarray)) or not isinstance(values, (tuple, list)):
+            raise MessageError(f"activation_max must be a tuple of {expected} floats, got {type(values).__name__}")
+        if len(values) != expected:
+            raise MessageError(f"activation_max of {self.arch!r} holds {expected} values, got {len(values)}")
+        out = []
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise MessageError(f"activation_max[{i}] must be a real scalar, got {type(value).__name__}")
+            if not np.isfinite(value) or value <= 0:
+                raise MessageError(f"activation_max[{i}] must be finite and > 0, got {value!r}")
+            out.append(float(value))
+        object.__setattr__(self, "activation_max", tuple(out))
