@@ -273,6 +273,8 @@ def baseline_settings(*, quick: bool = False,
             return False
         if module is not None and not _available(module):
             why = "imagecodecs not installed" if imagecodecs is None else f"imagecodecs.{module} unavailable"
+            if name == HTJ2K and imagecodecs is not None:
+                why += " (OpenJPEG decodes HTJ2K but cannot encode it)"
             skipped.append(f"{name} skipped: {why}")
             return False
         return True

@@ -34,6 +34,8 @@ def rd_figure(records: Sequence[Record], volumes: Sequence[str], metric: str, ti
     Lossy sweeps are lines; near-lossless points are dashed lines with square markers.
     """
     plt = _pyplot()
+    from matplotlib import ticker
+
     n = len(volumes)
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -49,6 +51,9 @@ def rd_figure(records: Sequence[Record], volumes: Sequence[str], metric: str, ti
                     ax.plot(*zip(*pts), style, color=_COLORS[codec], ms=3.5,
                             label=f"{codec}" + (" (near-lossless)" if mode != "lossy" else ""))
         ax.set_xscale("log")
+        # Plain numbers on the major ticks only: minor log labels collide on short ranges.
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("bits per voxel")
         ax.set_ylabel("PSNR (dB, over max − min)" if metric == "psnr" else "3D SSIM")
         ax.set_title(name, fontsize=8)
@@ -118,6 +123,6 @@ def panel_figure(volume: str, modality: str, original: np.ndarray,
     fig.suptitle(f"{volume}: closest sweep point to {target:g}:1 ({modality})")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)  # noise-like error maps compress badly: keep the PNGs small
     plt.close(fig)
     return path

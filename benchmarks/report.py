@@ -207,9 +207,11 @@ def _speed_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]],
     text += "\n## Peak memory (MB, encode / decode)\n\n"
     if method == "rss":
         text += ("Growth of the process's peak resident set size over its RSS at the start of "
-                 "encode (decode): `VmHWM` reset through `/proc/self/clear_refs`. Includes native "
-                 "allocations (OpenJPEG, libjxl, torch) and the output buffers; memory the allocator "
-                 "reuses from earlier frees is not counted, so read these as lower bounds.\n\n")
+                 "encode (decode): `VmHWM` reset through `/proc/self/clear_refs` after "
+                 "`malloc_trim`, with glibc's mmap/trim thresholds fixed at 128 KiB so freed "
+                 "buffers leave the process. Includes native allocations (OpenJPEG, libjxl, torch) "
+                 "and the output (the decoded volume); excludes the input volume. Memory reused "
+                 "from allocator free lists is not counted: read these as lower bounds.\n\n")
     else:
         text += ("tracemalloc peak over the block: Python-level allocations only; native codec "
                  "allocations are not seen, so these are lower bounds.\n\n")

@@ -1,4 +1,4 @@
-"""The benchmark command.
+"""Benchmark medcodec and the standard codecs on the same volumes; write tables and figures.
 
 Usage::
 
@@ -41,7 +41,7 @@ from .codecs import (
     versions,
 )
 from .measure import Record, measure
-from .metrics import PeakMemory, ssim_region
+from .metrics import PeakMemory, return_freed_memory_to_os, ssim_region
 from .volumes import BenchVolume, center_crop, default_volume_paths, load_volume
 
 __all__ = ["main", "run_benchmark"]
@@ -159,10 +159,16 @@ def _volume_meta(vol: BenchVolume, ssim_max_voxels: int | None) -> dict[str, Any
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; returns the process exit code (1 when medcodec broke a guarantee)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.codecs or ()) - set(CODEC_ORDER))
+    if unknown:
+        parser.error(f"unknown codec(s) {', '.join(unknown)}; choose from {', '.join(CODEC_ORDER)}")
     out = args.out or (Path("runs/bench-quick") if args.quick else Path(__file__).resolve().parent)
     out.mkdir(parents=True, exist_ok=True)
 
+    # Freed buffers go back to the OS, so each setting's peak-RSS growth sees its own buffers.
+    return_freed_memory_to_os()
     settings, messages = baseline_settings(quick=args.quick, codecs=args.codecs)
     if not args.no_medcodec and (args.codecs is None or MEDCODEC in args.codecs):
         why = medcodec_status()

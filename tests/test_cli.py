@@ -28,13 +28,17 @@ DIRECTION = (_C, -_S, 0.0, _S, _C, 0.0, 0.0, 0.0, 1.0)
 
 
 def run_cli(*args: object, module: str = "medcodec") -> subprocess.CompletedProcess[str]:
-    """Run ``python -m medcodec ARGS`` in a fresh interpreter and capture its output."""
+    """Run the command as a user types it (``medcodec ARGS``) and capture its output.
+
+    The installed console script is used where it exists beside this interpreter (as after
+    ``pip install``); otherwise ``python -m medcodec`` with ``src`` on the path.
+    """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH", "")) if p)
     env.pop("MEDCODEC_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True, env=env, timeout=600
-    )
+    script = Path(sys.executable).parent / module.replace("_", "-")
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", module]
+    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
 
 
 def assert_error(proc: subprocess.CompletedProcess[str], code: int | tuple[int, ...]) -> str:

@@ -5,9 +5,10 @@ own path:
 
 * learned (integer arithmetic or float arithmetic): analysis transform ->
   integer latents -> entropy coding; the integer-exact synthesis transform gives
-  the lossy reconstruction, which is the result in lossy mode and the predictor
-  of the residual layer (:mod:`medcodec.residual`) in near-lossless and lossless
-  modes;
+  the lossy reconstruction, the predictor of the residual layer
+  (:mod:`medcodec.residual`), which bounds every voxel's error: by ``max_error``
+  in near-lossless and lossless modes, and in lossy mode by the bound a quality
+  guarantees (:func:`quality_bound`);
 * raw: lossless float volumes whose values are not all integers are stored
   bit-exact as byte planes compressed with zstandard.
 """
@@ -39,16 +40,16 @@ from .errors import (
 from .intensity import normalize, to_voxels
 from .intnet import GAIN_ONE
 from .models import CodecModel, load_model, model_for_stream
-from .residual import activity_contexts, buckets_for, choose_shift, dequantize, quantize
+from .residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .tiling import DEFAULT_TILE, pad_edge, tile_grid
 from .volume import Volume, as_volume
 
 __all__ = ["compress", "decompress", "encode", "decode", "info", "DEFAULT_QUALITY", "quality_gain"]
 
-#: Quality used when neither ``quality`` nor ``max_error`` is given.
-DEFAULT_QUALITY = 75
+#: Quality used when neither ``quality`` nor ``max_error`` is given: PSNR >= 40 dB.
+DEFAULT_QUALITY = 40
 #: Latent quality of the predictor in near-lossless and lossless modes.
-RESIDUAL_QUALITY = 70
+RESIDUAL_QUALITY = 40
 
 _LEARNED_INT, _RAW, _LEARNED_FLOAT = 0, 1, 2
 _TILE_HEAD = struct.Struct("<IBBBB")
@@ -58,6 +59,21 @@ Progress = Callable[[int, int], None]
 def quality_gain(quality: int) -> int:
     """Latent gain for a quality (1-100), as the integer ``gain * 2**16`` recorded in the stream."""
     return int(round(2.0 ** ((quality - 50) / 12.5) * GAIN_ONE))
+
+
+def quality_psnr(quality: int) -> float:
+    """The PSNR (dB, over the volume's max - min) that a lossy quality guarantees: 20 + quality / 2."""
+    return 20.0 + quality / 2.0
+
+
+def quality_bound(quality: int, lo: float, hi: float, integer: bool) -> float:
+    """The largest voxel error a lossy quality allows: ``(hi - lo) * 10**(-quality_psnr / 20)``.
+
+    Every voxel within it means the mean squared error is at most its square, so the PSNR
+    is at least :func:`quality_psnr`. Integer volumes use its floor.
+    """
+    d = (hi - lo) * 10.0 ** (-quality_psnr(quality) / 20.0)
+    return float(math.floor(d)) if integer else d
 
 
 @dataclass(frozen=True)
@@ -110,10 +126,10 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
         lo = hi = 0.0
     else:
         lo, hi = float(arr.min()), float(arr.max())
-    d = float(max_error or 0.0)
-    if mode == "near-lossless" and not integer and d < (hi - lo) * 2.0**-40:
-        raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else RESIDUAL_QUALITY
+    d = quality_bound(q, lo, hi, integer) if mode == "lossy" else float(max_error or 0.0)
+    if d and not integer and d < (hi - lo) * 2.0**-40:
+        raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(q))
 
 
@@ -130,6 +146,8 @@ def compress(
     Args:
         volume: A :class:`Volume` or a numpy array (z, y, x); 2D arrays are one slice.
         quality: Lossy quality, 1 (smallest) to 100 (best); default :data:`DEFAULT_QUALITY`.
+            Quality ``q`` guarantees a PSNR of at least ``20 + q / 2`` dB over the volume's
+            max - min, by bounding every voxel's error (see :func:`quality_bound`).
         max_error: Guaranteed bound on every voxel's absolute error, in the volume's units;
             0 means lossless (bit-exact). For integer volumes its floor is used.
         model: Model name or path to a ``.mcw`` file; default: the shipped model.
@@ -189,20 +207,16 @@ def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) 
     latents = encode_groups(y_hat, _channel_groups(y_hat.shape), y_hat.shape[0])
     o = cm.synthesis(y_hat, plan.gain_num)[: x.shape[0], : x.shape[1], : x.shape[2]]
     pred = to_voxels(o, plan.lo, plan.hi, plan.integer)
-    shift, n_buckets, residual, exceptions = 0, 0, b"", b""
-    if plan.mode == "lossy":
-        recon = pred.astype(plan.dtype)
-    else:
-        q = quantize(x, pred, plan.d, plan.integer)
-        shift, n_buckets = choose_shift(o), buckets_for(o.size)
-        residual = encode_groups(q, activity_contexts(o, shift, n_buckets), n_buckets)
-        recon = dequantize(q, pred, plan.d, plan.integer, plan.lo, plan.hi).astype(plan.dtype)
-        if not plan.integer:
-            recon, exceptions = _float_exceptions(x, recon, plan.d)
+    exceptions = b""
+    n_buckets = buckets_for(o.size)
+    residual, recon = encode_residual(x, pred, o, plan.d, plan.integer, plan.lo, plan.hi, n_buckets)
+    recon = recon.astype(plan.dtype)
+    if not plan.integer:
+        recon, exceptions = _float_exceptions(x, recon, plan.d)
     path = _LEARNED_INT if plan.integer else _LEARNED_FLOAT
     digest = _digest(recon)
     sections = b"".join(_section(s) for s in (latents, residual, exceptions))
-    return _TILE_HEAD.pack(index, path, shift, n_buckets, 0) + sections + digest, digest
+    return _TILE_HEAD.pack(index, path, LEVELS, n_buckets, 0) + sections + digest, digest
 
 
 def _float_exceptions(x: np.ndarray, recon: np.ndarray, d: float) -> tuple[np.ndarray, bytes]:
@@ -270,13 +284,13 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     for i, (tile, chunk) in enumerate(zip(tiles, tile_chunks)):
         shape = tuple(s.stop - s.start for s in tile)
         try:
-            index, path, shift, n_buckets, reserved = _TILE_HEAD.unpack_from(chunk.payload)
+            index, path, levels, n_buckets, reserved = _TILE_HEAD.unpack_from(chunk.payload)
         except struct.error:
             raise CorruptStreamError("tile chunk is too short") from None
         if index != i or reserved or path != _expected_path(header, integer):
             raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
-        if (path == _RAW or header.mode == "lossy") and (shift or n_buckets):
-            raise CorruptStreamError(f"tile chunk {i} sets context fields its path does not use")
+        if (path == _RAW) != (levels == 0 and n_buckets == 0) or levels > 8:
+            raise CorruptStreamError(f"tile chunk {i} has invalid residual layer fields")
         if path != _RAW and cm is None:
             cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
         sections, digest = _split_sections(chunk.payload[_TILE_HEAD.size :], 1 if path == _RAW else 3)
@@ -284,7 +298,7 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
             if path == _RAW:
                 recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
             else:
-                recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, shift, n_buckets, sections)
+                recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, levels, n_buckets, sections)
                 recon = recon.astype(dtype)
         except MedcodecError:
             raise
@@ -301,7 +315,7 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     return Volume(out, header.spacing, header.origin, header.direction, metadata)
 
 
-def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, shift: int, n_buckets: int, sections) -> np.ndarray:
+def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, levels: int, n_buckets: int, sections) -> np.ndarray:
     latents, residual, exceptions = sections
     c = cm.synthesis.latent_channels
     lat_shape = (c, *(-(-s // 8) for s in shape))
@@ -311,14 +325,10 @@ def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, shift:
         raise CorruptStreamError("latent values outside the model's exact range")
     o = cm.synthesis(y_hat, header.gain_num)[: shape[0], : shape[1], : shape[2]]
     pred = to_voxels(o, header.lo, header.hi, integer)
-    if header.mode == "lossy":
-        if residual or exceptions:
-            raise CorruptStreamError("lossy tile carries residual data")
-        return pred
     if not 1 <= n_buckets <= 64:
         raise CorruptStreamError("tile has an invalid context count")
-    q = decode_groups(residual, activity_contexts(o, shift, n_buckets), n_buckets)
-    recon = dequantize(q, pred, header.max_error, integer, header.lo, header.hi).astype(header.dtype)
+    recon = decode_residual(residual, pred, o, header.max_error, integer, header.lo, header.hi, n_buckets, levels)
+    recon = recon.astype(header.dtype)
     if exceptions:
         if integer:
             raise CorruptStreamError("integer tile carries float exceptions")
@@ -384,7 +394,7 @@ def info(data: bytes) -> StreamInfo:
         format_version=f"{version[0]}.{version[1]}",
         shape=header.shape, dtype=header.dtype, spacing=header.spacing, origin=header.origin,
         direction=header.direction, mode=header.mode,
-        max_error=None if header.mode == "lossy" else header.max_error,
+        max_error=header.max_error,
         quality=header.quality if header.mode == "lossy" else None,
         model_name=header.model_name, model_sha256=header.model_sha256.hex(), tile_shape=header.tile,
         n_tiles=header.n_tiles, compressed_bytes=len(data), raw_bytes=int(np.prod(header.shape)) * dtype.itemsize,

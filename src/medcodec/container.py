@@ -101,7 +101,7 @@ class Header:
             raise CorruptStreamError("header intensity range is invalid")
         if not (np.isfinite(self.max_error) and self.max_error >= 0) or self.gain_num < 1 or self.quality > 100:
             raise CorruptStreamError("header bound, gain or quality is invalid")
-        if (self.mode == "near-lossless") != (self.max_error > 0):
+        if (self.mode == "near-lossless" and self.max_error == 0) or (self.mode == "lossless" and self.max_error):
             raise CorruptStreamError("header bound does not match its mode")
         integer = np.dtype(self.dtype).kind != "f" or self.flags & FLAG_INTEGER_VALUED
         if integer and (self.lo != int(self.lo) or self.hi != int(self.hi) or max(abs(self.lo), abs(self.hi)) > 2**32):

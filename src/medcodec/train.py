@@ -27,7 +27,7 @@ import torch
 from .datasets import find_data_dir, load_manifest
 from .network import ARCHITECTURES, Autoencoder
 
-__all__ = ["TrainConfig", "PatchSampler", "rd_loss", "train", "main"]
+__all__ = ["PatchSampler", "rd_loss", "train", "main"]
 
 GAIN_RANGE = (0.25, 16.0)
 #: Distortion weight: loss = RD_WEIGHT * gain^2 * MSE + bits per voxel (MSE on [-1, 1] data).

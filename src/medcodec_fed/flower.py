@@ -1,0 +1,892 @@
+"""The Flower engine: the medcodec_fed core as a Flower ``ServerApp`` and ``ClientApp``.
+
+Every use of the ``flwr`` API lives in this module, pinned to :data:`FLWR_REQUIREMENT`;
+when Flower moves its API, this is the one file to change. The apps drive the same
+functions as the in-process engine:
+
+* the ``ClientApp`` (one per site, i.e. per SuperNode) rebuilds a
+  :class:`~medcodec_fed.messages.GlobalModel` from what it receives, runs
+  :func:`~medcodec_fed.local.train_site` / :func:`~medcodec_fed.local.evaluate_site`
+  on the site's own folder, screens its own update with
+  :func:`~medcodec_fed.aggregate.check_update` (under secure aggregation the server can
+  no longer do it) and, in the last round, sends a
+  :class:`~medcodec_fed.messages.SiteCalibration` for the model export;
+* the ``ServerApp`` runs Flower's legacy ``DefaultWorkflow`` with ``FedAvg`` and,
+  by default, ``SecAggPlusWorkflow`` (Flower 1.42 runs SecAgg+ only through that API),
+  so the server only ever sees the sum of the updates. Without SecAgg+ it screens and
+  averages with :func:`~medcodec_fed.aggregate.aggregate`, exactly as the in-process
+  engine does. At the end it writes the same run folder: the content-hashed model file
+  (exported with the element-wise maximum of the sites' activation ranges),
+  ``metrics.json`` and ``checkpoint.pt``.
+
+Optional central differential privacy uses Flower's wrappers:
+``DifferentialPrivacyClientSideFixedClipping`` with ``fixedclipping_mod`` ("client":
+every site clips its own update before it is masked, so it composes with SecAgg+) or
+``DifferentialPrivacyServerSideFixedClipping`` ("server": the server clips each update,
+which needs the individual updates and is refused together with SecAgg+). Its
+parameters are recorded in ``metrics.json``.
+
+What crosses the wire is what the message types allow: the parameter arrays in the
+architecture's sorted name order, a sample count, the metric scalars named in
+:data:`~medcodec_fed.messages.METRIC_NAMES`, the site's name and, for the export, one
+``activation-max-N`` scalar per hidden synthesis layer. The server rebuilds and checks
+the typed messages from them and refuses anything else.
+
+Entry points: :data:`server_app` and :data:`client_app` (what ``flwr run`` loads, with
+the settings of the run config), :func:`run_simulation` (Flower's simulation engine, used
+by ``medcodec-fed run --engine flower``) and :func:`write_app` (the Flower app folder of
+the deployment engine, ``medcodec-fed flower-app``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import flwr
+from flwr.app import Context
+from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import fixedclipping_mod, secaggplus_mod
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.server import LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+)
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+
+from .aggregate import aggregate, check_update
+from .config import RunConfig
+from .messages import METRIC_NAMES, GlobalModel, MessageError, SiteCalibration, SiteEvaluation, SiteUpdate
+from .messages import calibration_layers, parameter_spec
+from .sites import Site
+
+__all__ = [
+    "FLWR_REQUIREMENT",
+    "FlowerOptions",
+    "app_run_config",
+    "client_app",
+    "make_client_app",
+    "make_server_app",
+    "run_simulation",
+    "server_app",
+    "settings_from_run_config",
+    "write_app",
+]
+
+log = logging.getLogger("medcodec_fed")
+
+#: The Flower versions this module is written against (the ``flower`` extra pins the same).
+FLWR_REQUIREMENT = "flwr>=1.42,<1.43"
+_FLWR_RANGE = ((1, 42), (1, 43))
+
+
+def _check_flwr_version() -> None:
+    found = tuple(int(x) for x in re.findall(r"\d+", flwr.__version__)[:2])
+    if not _FLWR_RANGE[0] <= found < _FLWR_RANGE[1]:
+        raise ImportError(f"medcodec_fed.flower needs {FLWR_REQUIREMENT}, found flwr {flwr.__version__}")
+
+
+_check_flwr_version()
+
+# --- settings --------------------------------------------------------------------------------
+
+#: RunConfig fields the Flower engine takes from the run config (the others do not apply:
+#: aggregation is FedAvg, personalization and baselines are in-process only).
+_RUN_KEYS = (
+    "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
+    "site_dropout", "seed", "threads", "quality", "eval_crop", "calib_patches", "calib_size", "init", "plots",
+)  # fmt: skip
+_DP_MODES = ("off", "client", "server")
+
+
+@dataclass(frozen=True)
+class FlowerOptions:
+    """Settings of the Flower engine beyond :class:`~medcodec_fed.config.RunConfig`.
+
+    Attributes:
+        out: Run folder on the machine that runs the ServerApp (the coordinator).
+        secagg: Secure aggregation with SecAgg+ (the server sees only the sum of the updates).
+        secagg_shares: SecAgg+ ``num_shares``, as a fraction of the sampled sites (1.0: all).
+        secagg_threshold: SecAgg+ ``reconstruction_threshold``, as a fraction of the shares
+            (at least 2). Sites that drop out are recovered while this many of their
+            neighbours remain.
+        secagg_clipping_range: SecAgg+ clips every weighted parameter to +-this before
+            quantizing; a site refuses to send an update that would be clipped.
+        secagg_quantization_range: SecAgg+ quantization levels (2**22 by default).
+        secagg_max_weight: The largest sample count a site may report (SecAgg+ ``max_weight``);
+            0 takes ``local_steps * batch``, every site's count with ``local_steps``.
+        secagg_timeout: Seconds each SecAgg+ stage waits for replies (0: until every sampled
+            site answered or was found offline by the SuperLink).
+        min_fit_clients: Sites needed to train in a round (SecAgg+ needs 2).
+        min_available_clients: Sites that must be connected before a round starts.
+        dp: Central differential privacy: "off", "client" (client-side fixed clipping, works
+            with SecAgg+) or "server" (server-side fixed clipping; not with SecAgg+).
+        dp_noise_multiplier: Gaussian noise multiplier of the DP wrapper.
+        dp_clipping_norm: L2 clipping norm of each site's update (the change of the parameters).
+        dp_sampled_clients: ``num_sampled_clients`` of the DP wrapper (0: ``min_fit_clients``);
+            the noise standard deviation is multiplier x norm / this.
+    """
+
+    out: str = "medcodec-fed-flower"
+    secagg: bool = True
+    secagg_shares: float = 1.0
+    secagg_threshold: float = 0.5
+    secagg_clipping_range: float = 8.0
+    secagg_quantization_range: int = 1 << 22
+    secagg_max_weight: float = 0.0
+    secagg_timeout: float = 0.0
+    min_fit_clients: int = 2
+    min_available_clients: int = 2
+    dp: str = "off"
+    dp_noise_multiplier: float = 0.0
+    dp_clipping_norm: float = 0.0
+    dp_sampled_clients: int = 0
+
+    def __post_init__(self) -> None:
+        def require(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        require(0 < self.secagg_shares <= 1, "secagg-shares must be in (0, 1]")
+        require(0 < self.secagg_threshold <= 1, "secagg-threshold must be in (0, 1]")
+        require(self.secagg_clipping_range > 0, "secagg-clipping-range must be > 0")
+        require(self.secagg_quantization_range >= 2, "secagg-quantization-range must be >= 2")
+        require(self.secagg_max_weight >= 0 and self.secagg_timeout >= 0, "secagg-max-weight/timeout must be >= 0")
+        require(self.min_fit_clients >= 1, "min-fit-clients must be >= 1")
+        require(self.min_available_clients >= self.min_fit_clients, "min-available-clients must be >= min-fit-clients")
+        require(not self.secagg or self.min_fit_clients >= 2, "SecAgg+ needs min-fit-clients >= 2")
+        require(self.dp in _DP_MODES, f"dp must be one of {_DP_MODES}, got {self.dp!r}")
+        if self.dp != "off":
+            require(self.dp_noise_multiplier >= 0, "dp-noise-multiplier must be >= 0")
+            require(self.dp_clipping_norm > 0, "dp-clipping-norm must be > 0 when dp is on")
+            require(self.dp_sampled_clients >= 0, "dp-sampled-clients must be >= 0")
+        if self.dp == "server" and self.secagg:
+            raise ValueError(
+                "dp='server' clips each site's update at the server, which SecAgg+ hides (it would clip "
+                "only the sum): use dp='client' with SecAgg+, or turn SecAgg+ off"
+            )
+
+    def max_weight(self, config: RunConfig) -> float:
+        """SecAgg+'s ``max_weight``: the option, or every site's sample count with ``local_steps``."""
+        if self.secagg_max_weight:
+            return float(self.secagg_max_weight)
+        return float(config.local_steps * config.batch) if config.local_epochs is None else 1000.0
+
+    def dp_record(self) -> dict[str, Any] | None:
+        """The DP settings as recorded in metrics.json and the model file (None when off)."""
+        if self.dp == "off":
+            return None
+        sampled = self.dp_sampled_clients or self.min_fit_clients
+        wrapper = (DifferentialPrivacyClientSideFixedClipping if self.dp == "client"
+                   else DifferentialPrivacyServerSideFixedClipping)  # fmt: skip
+        return {
+            "mode": self.dp,
+            "wrapper": f"flwr.server.strategy.{wrapper.__name__}",
+            "noise_multiplier": self.dp_noise_multiplier,
+            "clipping_norm": self.dp_clipping_norm,
+            "num_sampled_clients": sampled,
+            "noise_stdev": self.dp_noise_multiplier * self.dp_clipping_norm / sampled,
+        }
+
+
+def check_flower_config(config: RunConfig) -> None:
+    """Refuse the in-process-only settings of ``config``.
+
+    Raises:
+        ValueError: Robust aggregation (needs the individual updates, which SecAgg+ hides;
+            the Flower engine averages), personalization, or baselines.
+    """
+    if config.aggregation != "fedavg":
+        raise ValueError("the Flower engine aggregates with FedAvg only (median/trimmed-mean need every update)")
+    if config.local_groups:
+        raise ValueError("local-groups (personalization) is supported by the in-process engine only")
+    if config.baselines:
+        raise ValueError("baselines are trained by the in-process engine only")
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def app_run_config(config: RunConfig, options: FlowerOptions) -> dict[str, bool | int | float | str]:
+    """The ``[tool.flwr.app.config]`` table for ``config`` and ``options`` (kebab-case keys).
+
+    Flower's run config holds only scalars: no ``local-epochs`` is 0, no ``init`` is "",
+    and per-site dropout is a string ``"NAME=P,NAME=P"``.
+    """
+    check_flower_config(config)
+    out: dict[str, bool | int | float | str] = {}
+    for name in _RUN_KEYS:
+        value = getattr(config, name)
+        if name == "site_dropout":
+            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+        elif name == "local_epochs":
+            value = 0.0 if value is None else float(value)
+        elif name == "init":
+            value = value or ""
+        out[_kebab(name)] = value
+    for f in fields(FlowerOptions):
+        out[_kebab(f.name)] = getattr(options, f.name)
+    return out
+
+
+def settings_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerOptions]:
+    """Settings from a Flower run config (kebab- or snake-case keys; missing keys take defaults).
+
+    ``flwr.simulation.run_simulation`` passes an empty run config, so every key is optional.
+
+    Raises:
+        ValueError: An unknown key or a bad value.
+    """
+    run_names = set(_RUN_KEYS)
+    option_names = {f.name for f in fields(FlowerOptions)}
+    run: dict[str, Any] = {}
+    opts: dict[str, Any] = {}
+    for key, value in run_config.items():
+        name = key.replace("-", "_")
+        if name in run_names:
+            run[name] = value
+        elif name in option_names:
+            opts[name] = value
+        else:
+            raise ValueError(f"unknown run-config key {key!r}")
+    if "local_epochs" in run:
+        run["local_epochs"] = float(run["local_epochs"]) or None
+    if "init" in run:
+        run["init"] = run["init"] or None
+    if isinstance(run.get("site_dropout"), str):
+        pairs = [p.partition("=") for p in run["site_dropout"].split(",") if p.strip()]
+        run["site_dropout"] = {k.strip(): float(v) for k, _, v in pairs}
+    for name in ("secagg_quantization_range", "min_fit_clients", "min_available_clients", "dp_sampled_clients"):
+        if name in opts:
+            opts[name] = int(opts[name])
+    config = RunConfig.from_mapping(run)
+    check_flower_config(config)
+    return config, FlowerOptions(**opts)
+
+
+# --- the Flower app folder (deployment engine) -----------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string is a JSON string for these values
+
+
+def write_app(folder: str | os.PathLike, config: RunConfig, options: FlowerOptions) -> Path:
+    """Write the Flower app folder ``flwr run`` submits: one ``pyproject.toml``.
+
+    The app holds no code: its components name :data:`server_app` and
+    :data:`client_app` of this module, which must be installed (``medcodec[flower]``)
+    on the coordinator and on every site. ``[tool.flwr.app.config]`` holds the run
+    settings; ``flwr run FOLDER CONNECTION --run-config "rounds=20 out='/srv/runs/a'"``
+    overrides them.
+
+    Returns:
+        The written ``pyproject.toml``.
+    """
+    from medcodec import __version__ as version
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table = app_run_config(config, options)
+    lines = [
+        "# A Flower app that runs medcodec_fed (written by `medcodec-fed flower-app`).",
+        "# Submit it with: flwr run <this folder> <connection>; see docs/DEPLOY.md.",
+        "[project]",
+        'name = "medcodec-fed"',
+        f'version = "{version}"',
+        'description = "Federated training of medcodec models (medcodec_fed on Flower)"',
+        f'dependencies = ["{FLWR_REQUIREMENT}", "medcodec[flower]"]',
+        "",
+        "[tool.flwr.app]",
+        'publisher = "medcodec"',
+        "",
+        "[tool.flwr.app.components]",
+        'serverapp = "medcodec_fed.flower:server_app"',
+        'clientapp = "medcodec_fed.flower:client_app"',
+        "",
+        "[tool.flwr.app.config]",
+        *(f"{key} = {_toml_value(value)}" for key, value in table.items()),
+        "",
+    ]
+    path = folder / "pyproject.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+# --- the wire format ---------------------------------------------------------------------------
+
+_SITE = "site"
+_ACT = "activation-max-"
+_CALIBRATE = "calibrate"
+_SETTINGS = "medcodec-settings"
+_ROUND = "medcodec-round"
+_SECAGG_CLIP = "medcodec-secagg-clipping-range"
+_SECAGG_WEIGHT = "medcodec-secagg-max-weight"
+
+
+def _names(arch: str) -> list[str]:
+    return sorted(parameter_spec(arch))
+
+
+def _arrays(names: list[str], ndarrays: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    if len(ndarrays) != len(names):
+        raise MessageError(f"received {len(ndarrays)} arrays, the architecture has {len(names)} parameters")
+    # Flower's own arithmetic (SecAgg+ dequantization, DP noise) may hand back float64.
+    return {n: np.asarray(a, dtype=np.float32) for n, a in zip(names, ndarrays)}
+
+
+def _split_metrics(arch: str, metrics: Mapping[str, Any]) -> tuple[str, dict[str, Any], tuple[float, ...] | None]:
+    """(site, named scalars, activation ranges or None) of a reply's metrics."""
+    site = metrics.get(_SITE)
+    scalars = {k: v for k, v in metrics.items() if k != _SITE and not k.startswith(_ACT)}
+    acts = {k: v for k, v in metrics.items() if k.startswith(_ACT)}
+    ranges = None
+    if acts:
+        n = calibration_layers(arch)
+        if set(acts) != {f"{_ACT}{i}" for i in range(n)}:
+            raise MessageError(f"activation ranges must be {_ACT}0..{n - 1}, got {sorted(acts)}")
+        ranges = tuple(acts[f"{_ACT}{i}"] for i in range(n))
+    return site, scalars, ranges
+
+
+# --- the ClientApp -----------------------------------------------------------------------------
+
+
+class SiteDropout(RuntimeError):
+    """A site leaves the round (the simulated ``dropout`` / ``site-dropout`` of the settings)."""
+
+
+class UpdateRefused(RuntimeError):
+    """A site refuses to send an update that the server could not screen (non-finite, ...)."""
+
+
+@lru_cache(maxsize=8)
+def _site_data(site: Site, eval_crop: int):
+    from .sites import load_site
+
+    return load_site(site, eval_crop=eval_crop)
+
+
+def _name_index(name: str) -> int:
+    """A stable site index from a site name (when the node config gives no ``partition-id``)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def site_from_node_config(node_config: Mapping[str, Any]) -> tuple[Site, int]:
+    """The site of a deployment SuperNode: ``--node-config "data-dir='/data' site-name='a' partition-id=0"``.
+
+    ``data-dir`` is required; ``site-name`` defaults to the folder's name; ``partition-id``
+    (the site's index in the seeds of its random choices; give 0, 1, 2, ... to reproduce an
+    in-process run) defaults to a number derived from the name; ``hold-out`` (volumes held
+    back for evaluation) to 1.
+
+    Raises:
+        ValueError: No ``data-dir``.
+    """
+    if not node_config.get("data-dir"):
+        raise ValueError("this SuperNode has no data folder: start it with --node-config \"data-dir='/path'\"")
+    folder = Path(str(node_config["data-dir"]))
+    name = str(node_config.get("site-name") or _NAME_CHARS.sub("-", folder.resolve().name).strip("-.") or "site")
+    index = int(node_config["partition-id"]) if "partition-id" in node_config else _name_index(name)
+    return Site.from_folder(name, folder, hold_out=int(node_config.get("hold-out", 1))), index
+
+
+class _SiteClient(NumPyClient):
+    """One site: trains, evaluates and calibrates on its own data; sends only what the messages allow."""
+
+    def __init__(self, site: Site, index: int) -> None:
+        self.site = site
+        self.index = index
+
+    def get_parameters(self, config: dict[str, Any]) -> list[np.ndarray]:
+        raise RuntimeError("the server holds the initial parameters; a site never sends its own")
+
+    def _job(self, parameters: list[np.ndarray], config: Mapping[str, Any]) -> tuple[RunConfig, GlobalModel]:
+        import torch
+
+        run = RunConfig.from_mapping(json.loads(str(config[_SETTINGS])))
+        torch.set_num_threads(run.threads)
+        names = _names(run.arch)
+        return run, GlobalModel(run.arch, int(config[_ROUND]), _arrays(names, parameters))
+
+    def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        from .server import local_config
+
+        run, current = self._job(parameters, config)
+        p = run.site_dropout.get(self.site.name, run.dropout)
+        if p > 0 and _dropout_draw(run.seed, current.round, self.index) < p:
+            raise SiteDropout(f"site {self.site.name!r} drops out of round {current.round}")
+        data = _site_data(self.site, run.eval_crop)
+        from .local import train_site
+
+        update, _ = train_site(current, self.site.name, data, local_config(run), seed=run.seed, site_index=self.index)
+        reason = check_update(update, current)  # the screening the server cannot do under SecAgg+
+        if reason is None and _SECAGG_CLIP in config:
+            reason = _secagg_range_problem(update, float(config[_SECAGG_CLIP]), float(config[_SECAGG_WEIGHT]))
+        if reason is not None:
+            raise UpdateRefused(f"site {self.site.name!r} refuses to send its round-{current.round} update: {reason}")
+        names = _names(run.arch)
+        return [update.parameters[n] for n in names], update.num_samples, {_SITE: self.site.name, **update.metrics}
+
+    def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
+        from .evaluate import quality_to_gain
+        from .local import calibrate_site, evaluate_site
+
+        run, current = self._job(parameters, config)
+        data = _site_data(self.site, run.eval_crop)
+        evaluation = evaluate_site(current, self.site.name, data, quality_to_gain(run.quality))
+        metrics: dict[str, Any] = {_SITE: self.site.name, **evaluation.metrics}
+        if config.get(_CALIBRATE):
+            cal = calibrate_site(current, self.site.name, data, patches=run.calib_patches, size=run.calib_size,
+                                 seed=run.seed, site_index=self.index)  # fmt: skip
+            metrics.update({f"{_ACT}{i}": v for i, v in enumerate(cal.activation_max)})
+        voxels = int(evaluation.metrics.get("voxels", 1))
+        return float(evaluation.metrics.get("mse", 0.0)), max(voxels, 1), metrics
+
+
+def _dropout_draw(seed: int, round_: int, index: int) -> float:
+    from .randomness import Purpose, derive_seed
+
+    return float(np.random.default_rng(derive_seed(seed, round_, index, Purpose.DROPOUT)).random())
+
+
+def _secagg_range_problem(update: SiteUpdate, clipping_range: float, max_weight: float) -> str | None:
+    if update.num_samples > max_weight:
+        return f"{update.num_samples} samples exceed SecAgg+'s max weight {max_weight:g} (secagg-max-weight)"
+    scale = update.num_samples / max_weight
+    worst = max(float(np.abs(v).max()) for v in update.parameters.values()) * scale
+    if worst > clipping_range:
+        return f"a weighted parameter of {worst:.3g} exceeds SecAgg+'s clipping range (secagg-clipping-range)"
+    return None
+
+
+def _only_with(record: str, mod: Callable) -> Callable:
+    """``mod``, applied only to messages that carry config record/key ``record``."""
+
+    def conditional(msg, context, call_next):
+        content = msg.content
+        present = record in content.config_records or any(
+            record in rec for key, rec in content.config_records.items() if key.endswith("config")
+        )
+        return mod(msg, context, call_next) if present else call_next(msg, context)
+
+    conditional.__name__ = f"{mod.__name__}_if_{record}"
+    return conditional
+
+
+def make_client_app(sites: Sequence[Site] | None = None) -> ClientApp:
+    """The ClientApp; with ``sites``, node ``partition-id`` N plays ``sites[N]`` (simulation).
+
+    Without ``sites`` each SuperNode's site comes from its node config
+    (:func:`site_from_node_config`). SecAgg+ (``secaggplus_mod``) and DP clipping
+    (``fixedclipping_mod``, inside it so a site clips before masking) apply to the
+    messages that ask for them.
+    """
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    chosen = tuple(sites) if sites is not None else None
+
+    def client_fn(context: Context):
+        if chosen is not None:
+            index = int(context.node_config["partition-id"])
+            return _SiteClient(chosen[index], index).to_client()
+        site, index = site_from_node_config(context.node_config)
+        return _SiteClient(site, index).to_client()
+
+    mods = [_only_with(RECORD_KEY_CONFIGS, secaggplus_mod), _only_with(KEY_CLIPPING_NORM, fixedclipping_mod)]
+    return ClientApp(client_fn=client_fn, mods=mods)
+
+
+# --- the ServerApp -----------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+class _Run:
+    """The server's record of a run: rounds, sites seen, calibrations; writes the run folder."""
+
+    def __init__(self, config: RunConfig, options: FlowerOptions, out: Path, say: Callable[[str], None]) -> None:
+        self.config, self.options, self.out, self.say = config, options, out, say
+        self.names = _names(config.arch)
+        self.sites: list[str] = []
+        self.history: list[dict[str, Any]] = []
+        self.calibrations: list[SiteCalibration] = []
+        self.parameters: dict[str, np.ndarray] = {}
+        self.started = time.perf_counter()
+
+    def seen(self, site: str) -> None:
+        if site not in self.sites:
+            self.sites.append(site)
+
+    def record(self, round_: int) -> dict[str, Any]:
+        if not self.history or self.history[-1]["round"] != round_:
+            # kept_previous until an aggregate is accepted (SecAgg+ may halt before aggregate_fit runs)
+            self.history.append({"round": round_, "sampled": [], "dropped": [], "accepted": [], "rejected": [],
+                                 "kept_previous": True, "num_samples": 0, "train": {}, "eval": {},
+                                 "global": {}, "seconds": 0.0, "failures": [], "secagg": self.options.secagg})  # fmt: skip
+        return self.history[-1]
+
+    def doc(self, **final: Any) -> dict[str, Any]:
+        doc = {
+            "format": "medcodec-fed-metrics/1",
+            "engine": f"flower {flwr.__version__}",
+            "model": None,
+            "config": self.config.to_dict(),
+            "flower": {**asdict(self.options), "dp": self.options.dp_record()},
+            "sites": [{"name": s} for s in sorted(self.sites)],
+            "rounds": self.history,
+        }
+        doc.update(final)
+        return doc
+
+    def write(self, next_round: int, **final: Any) -> dict[str, Any]:
+        from .server import CHECKPOINT, METRICS, _save_checkpoint, _write_json
+
+        doc = self.doc(**final)
+        state = {"version": 1, "engine": "flower", "config": self.config.to_dict(), "sites": doc["sites"],
+                 "next_round": next_round, "parameters": self.parameters, "local": {}, "history": self.history,
+                 "baselines": None}  # fmt: skip
+        _save_checkpoint(self.out / CHECKPOINT, state)
+        _write_json(self.out / METRICS, doc)
+        return doc
+
+
+class _FedAvg(FedAvg):
+    """Flower's FedAvg, recording every round into the run and using medcodec_fed's checks.
+
+    Without SecAgg+, the replies become :class:`SiteUpdate` messages and
+    :func:`~medcodec_fed.aggregate.aggregate` screens and averages them (sorted by site
+    name, so the sum's order is fixed). With SecAgg+, every reply carries the same
+    unmasked weighted mean; it is checked (shapes, finite values) and stored as float32.
+    """
+
+    def __init__(self, run: _Run, initial: dict[str, np.ndarray]) -> None:
+        config, options = run.config, run.options
+        super().__init__(
+            fraction_fit=config.fraction,
+            fraction_evaluate=1.0,
+            min_fit_clients=options.min_fit_clients,
+            min_evaluate_clients=1,
+            min_available_clients=options.min_available_clients,
+            initial_parameters=ndarrays_to_parameters([initial[n] for n in run.names]),
+            on_fit_config_fn=self._fit_config,
+            on_evaluate_config_fn=self._evaluate_config,
+            accept_failures=True,
+        )
+        self.run = run
+        self.current: dict[str, np.ndarray] = dict(initial)
+        self.round_started = time.perf_counter()
+
+    def _base_config(self, server_round: int) -> dict[str, Any]:
+        return {_SETTINGS: json.dumps(self.run.config.to_dict()), _ROUND: server_round}
+
+    def _fit_config(self, server_round: int) -> dict[str, Any]:
+        cfg = self._base_config(server_round)
+        if self.run.options.secagg:
+            cfg[_SECAGG_CLIP] = self.run.options.secagg_clipping_range
+            cfg[_SECAGG_WEIGHT] = self.run.options.max_weight(self.run.config)
+        return cfg
+
+    def _evaluate_config(self, server_round: int) -> dict[str, Any]:
+        return {**self._base_config(server_round), _CALIBRATE: server_round == self.run.config.rounds}
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        self.round_started = time.perf_counter()
+        self.current = _arrays(self.run.names, parameters_to_ndarrays(parameters))
+        return super().configure_fit(server_round, parameters, client_manager)
+
+    def aggregate_fit(self, server_round, results, failures):
+        run = self.run
+        rec = run.record(server_round)
+        reference = GlobalModel(run.config.arch, server_round, self.current)
+        replies: list[tuple[str, Any]] = []
+        for _, res in results:
+            try:
+                site, scalars, _ = _split_metrics(run.config.arch, res.metrics)
+                SiteEvaluation(site, server_round, scalars)  # the same name/scalar rules as every message
+            except MessageError as exc:
+                rec["rejected"].append({"site": str(res.metrics.get(_SITE, "?"))[:64], "reason": f"malformed: {exc}"})
+                log.warning("round %d: rejected a malformed reply: %s", server_round, exc)
+                continue
+            run.seen(site)
+            replies.append((site, res))
+            rec["train"][site] = {**scalars, "num_samples": int(res.num_examples)}
+        reasons = []  # Flower's SecAgg+ workflow may report one failure twice: keep distinct ones
+        for failure in failures:
+            reason = str(failure[1].status.message) if isinstance(failure, tuple) else str(failure)
+            if reason[:300] not in reasons:
+                reasons.append(reason[:300])
+                log.warning("round %d: a site failed: %s", server_round, reason[:300])
+        rec["failures"] = reasons
+        replied = sorted(site for site, _ in replies)
+        rec["sampled"] = replied  # Flower samples the nodes; the server learns names from replies
+        rec["dropped"] = sorted(set(run.sites) - set(replied))
+        if run.options.secagg:
+            params = self._secagg_mean(reference, [res for _, res in replies], rec)
+            accepted = replied if params is not None else []
+            num = sum(int(res.num_examples) for _, res in replies) if params is not None else 0
+        else:
+            updates = []
+            for site, res in sorted(replies, key=lambda r: r[0]):
+                metrics = {k: v for k, v in rec["train"][site].items() if k != "num_samples"}
+                try:
+                    arrays = _arrays(run.names, parameters_to_ndarrays(res.parameters))
+                    updates.append(SiteUpdate(site=site, arch=run.config.arch, round=server_round, parameters=arrays,
+                                              num_samples=int(res.num_examples), metrics=metrics))  # fmt: skip
+                except MessageError as exc:
+                    rec["rejected"].append({"site": site, "reason": f"malformed update: {exc}"})
+                    log.warning("round %d: rejected the update from site %r: %s", server_round, site, exc)
+            result = aggregate(reference, updates, method="fedavg")
+            rec["rejected"].extend({"site": r.site, "reason": r.reason} for r in result.rejected)
+            params, accepted, num = result.parameters, list(result.accepted), result.num_samples
+        rec["accepted"], rec["num_samples"] = accepted, num
+        rec["kept_previous"] = params is None
+        if params is None:
+            log.warning("round %d: no update accepted; the global model is kept", server_round)
+            return None, {}
+        return ndarrays_to_parameters([params[n] for n in run.names]), {}
+
+    def _secagg_mean(self, reference: GlobalModel, replies: list, rec: dict) -> dict[str, np.ndarray] | None:
+        if not replies:
+            return None
+        mean = _arrays(self.run.names, parameters_to_ndarrays(replies[0].parameters))
+        for name, ref in reference.parameters.items():
+            if mean[name].shape != ref.shape or not np.isfinite(mean[name]).all():
+                rec["rejected"].append({"site": "(sum)", "reason": f"the aggregate of {name!r} is malformed"})
+                return None
+        return mean
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        # The parameters after aggregation (and after the DP wrapper's noise): the round's result.
+        self.run.parameters = _arrays(self.run.names, parameters_to_ndarrays(parameters))
+        return super().configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        run = self.run
+        rec = run.record(server_round)
+        final = server_round == run.config.rounds
+        for _, res in results:
+            try:
+                site, scalars, ranges = _split_metrics(run.config.arch, res.metrics)
+                evaluation = SiteEvaluation(site, server_round, scalars)
+                cal = SiteCalibration(site, run.config.arch, ranges) if ranges is not None else None
+            except MessageError as exc:
+                log.warning("round %d: rejected a malformed evaluation: %s", server_round, exc)
+                continue
+            run.seen(site)
+            rec["eval"][site] = dict(evaluation.metrics)
+            if final and cal is not None:
+                run.calibrations = [c for c in run.calibrations if c.site != site] + [cal]
+        evals = rec["eval"].values()
+        losses = [rec["train"][s]["loss"] for s in rec["accepted"] if "loss" in rec["train"].get(s, {})]
+        rec["global"] = {
+            "loss": _mean(losses),
+            "psnr": _mean([e["psnr"] for e in evals if "psnr" in e]),
+            "bpv": _mean([e["bpv"] for e in evals if "bpv" in e]),
+            "ssim": _mean([e["ssim"] for e in evals if "ssim" in e]),
+        }
+        rec["seconds"] = time.perf_counter() - self.round_started
+        run.write(server_round + 1)
+        run.say(_round_line(rec, run.config.rounds))
+        return super().aggregate_evaluate(server_round, results, failures)
+
+
+def _round_line(rec: dict[str, Any], rounds: int) -> str:
+    g = rec["global"]
+    parts = [f"round {rec['round']}/{rounds}", f"trained {len(rec['accepted'])} sites"]
+    if rec["dropped"]:
+        parts.append("dropped " + ",".join(rec["dropped"]))
+    if rec["failures"]:
+        parts.append(f"{len(rec['failures'])} failed")
+    if rec["kept_previous"]:
+        parts.append("no update accepted: global model kept")
+    elif g.get("loss") is not None:
+        parts.append(f"loss {g['loss']:.4f}")
+    if g.get("psnr") is not None:
+        parts.append(f"psnr {g['psnr']:.2f} dB  bpv {g['bpv']:.4f}")
+    parts.append(f"{rec['seconds']:.1f} s")
+    return "  ".join(parts)
+
+
+def _strategy(run: _Run, initial: dict[str, np.ndarray]):
+    inner = _FedAvg(run, initial)
+    dp = run.options.dp_record()
+    if dp is None:
+        return inner
+    wrapper = (DifferentialPrivacyClientSideFixedClipping if run.options.dp == "client"
+               else DifferentialPrivacyServerSideFixedClipping)  # fmt: skip
+    return wrapper(inner, noise_multiplier=dp["noise_multiplier"], clipping_norm=dp["clipping_norm"],
+                   num_sampled_clients=dp["num_sampled_clients"])  # fmt: skip
+
+
+class _SecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ workflow, tolerant of sites that leave before sharing their keys.
+
+    In flwr 1.42 a site that drops out before the "share keys" stage completes stays in
+    the sampled set, so the "unmask" stage asks the others for shares of its secret key,
+    which they never received: every reply fails and the round's aggregation halts. Such
+    a site has contributed no key share and no mask to anyone, so after that stage only
+    the sites that shared their keys count as sampled; a site that drops out later (while
+    training, the long step) is recovered from its neighbours' shares, as SecAgg+ intends.
+    """
+
+    def share_keys_stage(self, grid, context, state) -> bool:
+        ok = super().share_keys_stage(grid, context, state)
+        state.sampled_node_ids = set(state.active_node_ids)
+        return ok
+
+
+def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, say: Callable[[str], None] = print):
+    """The ServerApp's work: run the rounds on ``grid``, then write the run folder.
+
+    Raises:
+        FileExistsError: The run folder already holds a run (the Flower engine does not resume).
+        RuntimeError: No site sent activation ranges in the last round (no model can be exported).
+    """
+    import torch
+
+    from .export import combine_calibrations, model_meta
+    from .local import build_model
+    from .server import CHECKPOINT, _sha256, initial_parameters
+
+    check_flower_config(config)
+    out = Path(options.out)
+    if (out / CHECKPOINT).exists():
+        raise FileExistsError(f"{out / CHECKPOINT} exists: the Flower engine does not resume; choose another out")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.threads)
+    initial = initial_parameters(config)
+    run = _Run(config, options, out, say)
+    run.parameters = dict(initial)
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds),
+                           strategy=_strategy(run, initial))  # fmt: skip
+    fit_workflow = None
+    if options.secagg:
+        fit_workflow = _SecAggPlus(
+            num_shares=float(options.secagg_shares),
+            reconstruction_threshold=float(options.secagg_threshold),
+            max_weight=options.max_weight(config),
+            clipping_range=float(options.secagg_clipping_range),
+            quantization_range=int(options.secagg_quantization_range),
+            timeout=options.secagg_timeout or None,
+        )
+    say(f"flower {flwr.__version__}: {config.rounds} rounds of {config.arch}, SecAgg+ {'on' if options.secagg else 'off'}"
+        + (f", DP {options.dp}" if options.dp != "off" else ""))  # fmt: skip
+    DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
+
+    model_path = None
+    if config.export:
+        if not run.calibrations:
+            run.write(config.rounds + 1)
+            raise RuntimeError("no site sent its activation ranges in the last round: the model cannot be exported")
+        meta = model_meta(config, sorted(run.sites), engine=f"flower {flwr.__version__}")
+        meta["federated"]["secagg"] = options.secagg
+        meta["federated"]["dp"] = options.dp_record()
+        meta["federated"]["calibrated_by"] = sorted(c.site for c in run.calibrations)
+        act_max = combine_calibrations(sorted(run.calibrations, key=lambda c: c.site), config.arch)
+        from medcodec.export import export_model
+
+        model_path = export_model(build_model(config.arch, run.parameters), out, activation_max=act_max, meta=meta)
+        say(f"model: {model_path}")
+    doc = run.write(config.rounds + 1, model=model_path.name if model_path else None,
+                    model_sha256=_sha256(model_path) if model_path else None, site_models={}, final={},
+                    baselines=None)  # fmt: skip
+    if config.plots:
+        from .plots import draw_all
+
+        for p in draw_all(doc, out):
+            say(f"plot: {p}")
+    return doc
+
+
+def make_server_app(
+    config: RunConfig | None = None,
+    options: FlowerOptions | None = None,
+    *,
+    say: Callable[[str], None] = print,
+) -> ServerApp:
+    """The ServerApp; with ``config``/``options`` it ignores the run config (simulation from Python)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context: Context) -> None:
+        if config is not None and options is not None:
+            serve(grid, context, config, options, say=say)
+        else:
+            serve(grid, context, *settings_from_run_config(context.run_config), say=say)
+
+    return app
+
+
+#: What ``flwr run`` loads (``medcodec_fed.flower:server_app`` / ``:client_app``).
+server_app = make_server_app()
+client_app = make_client_app()
+
+
+# --- the simulation engine ---------------------------------------------------------------------
+
+
+def run_simulation(
+    sites: Sequence[Site],
+    config: RunConfig,
+    options: FlowerOptions | None = None,
+    *,
+    say: Callable[[str], None] = print,
+    backend_config: dict[str, Any] | None = None,
+):
+    """Run the federation in Flower's simulation engine (one process per site, on this machine).
+
+    Site ``i`` is the simulation's node ``partition-id = i``, so with the same seed and no
+    SecAgg+ the result equals the in-process engine's (with SecAgg+: within its quantization).
+
+    Returns:
+        A :class:`~medcodec_fed.server.RunResult` for ``options.out``.
+
+    Raises:
+        RuntimeError: The run ended without a model file (the log above says why).
+    """
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    from .server import METRICS, RunResult
+
+    options = options or FlowerOptions()
+    check_flower_config(config)
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names) or len(names) < options.min_available_clients:
+        raise ValueError(f"need {options.min_available_clients}+ sites with unique names, got {names}")
+    out = Path(options.out)
+    backend = backend_config or {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": max(2, len(sites)), "num_gpus": 0, "logging_level": "error", "log_to_driver": False},
+    }
+    flower_run_simulation(server_app=make_server_app(config, options, say=say), client_app=make_client_app(sites),
+                          num_supernodes=len(sites), backend_config=backend)  # fmt: skip
+    metrics = out / METRICS
+    doc = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    if not doc.get("model") and config.export:
+        raise RuntimeError(f"the Flower simulation ended without a model file in {out}; see the log above")
+    return RunResult(out, doc, out / doc["model"] if doc.get("model") else None)
