@@ -201,7 +201,11 @@ def _speed_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]],
     text = "## Speed (MB/s of raw voxels, encode / decode)\n\n"
     text += ("One wall-clock run per setting (`time.perf_counter`) in one process on "
              f"{meta.get('machine', 'this machine')}; 1 MB = 10^6 bytes of the original dtype. "
-             "Small volumes give noisy numbers.\n\n")
+             "Small volumes give noisy numbers.")
+    if meta.get("load_average"):
+        start, end = meta["load_average"]
+        text += f" System load average (1 min) at start / end of the run: {start:g} / {end:g}."
+    text += "\n\n"
     text += _pair_table(records, volumes, "enc_mbps", "dec_mbps")
     method = meta.get("memory_method", "rss")
     text += "\n## Peak memory (MB, encode / decode)\n\n"

@@ -190,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     slices: dict[str, dict[str, np.ndarray]] = {}
     vol_meta: list[dict[str, Any]] = []
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]  # other jobs on the machine slow every codec down
     for path, modality in paths:
         vol = load_volume(path, modality)
         if args.quick:
@@ -215,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ssim_max_voxels": ssim_budget,
         "memory_method": PeakMemory.method,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}",
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "figures": [],
     }
     if not args.no_figures:

@@ -260,18 +260,56 @@ def assert_matches_in_process(got: dict, want: dict, config: RunConfig, per_roun
     assert np.mean(diffs > bound) <= 1e-3, f"{np.mean(diffs > bound):.2%} of the weights differ by more than {bound:.3g}"
 
 
+def _cli_argv(sites, out) -> list[str]:
+    return ["run", *(f"--site={s.name}={s.train[0].parent}" for s in sites), "--arch", TINY.arch,
+            "--rounds", str(TINY.rounds), "--local-steps", "1", "--batch", "2", "--patch", "16", "--eval-crop", "16",
+            "--calib-patches", "2", "--calib-size", "16", "--threads", "1", "--seed", "0", "--no-plots",
+            "--out", str(out)]  # fmt: skip
+
+
+def test_the_cli_refuses_what_an_engine_cannot_do(sites, tmp_path, capsys):
+    from medcodec_fed.cli import main
+
+    argv = _cli_argv(sites, tmp_path / "x")
+    assert main([*argv, "--dp", "client"]) == 2  # a Flower option without --engine flower
+    assert main([*argv, "--engine", "flower", "--resume"]) == 2
+    assert main([*argv, "--engine", "flower", "--aggregation", "median"]) == 2
+    assert main([*argv, "--engine", "flower", "--dp", "server", "--dp-clipping-norm", "1"]) == 2  # with SecAgg+
+    err = capsys.readouterr().err
+    assert "--engine flower" in err and "resume" in err and "FedAvg" in err and "SecAgg" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_cli_writes_the_flower_app(tmp_path):
+    from medcodec_fed.cli import main
+
+    assert main(["flower-app", str(tmp_path / "app"), "--arch", "mc3d-xs", "--rounds", "7", "--out", "/srv/run",
+                 "--dp", "client", "--dp-clipping-norm", "0.5", "--min-available-clients", "3"]) == 0  # fmt: skip
+    import tomllib
+
+    table = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    config, options = flower.settings_from_run_config(table)
+    assert (config.arch, config.rounds, options.out, options.dp, options.min_available_clients) == (
+        "mc3d-xs", 7, "/srv/run", "client", 3
+    )  # fmt: skip
+
+
 @pytest.mark.flower
-def test_simulation_without_secagg_equals_the_in_process_engine_bit_for_bit(sites, tmp_path):
-    options = flower.FlowerOptions(out=str(tmp_path / "flower"), secagg=False, min_available_clients=3)
-    result = flower.run_simulation(sites, TINY, options, say=lambda _: None)
-    ref = server.run(sites, TINY, tmp_path / "in-process", say=lambda _: None)
+def test_switching_the_engine_without_secagg_gives_the_in_process_result_bit_for_bit(sites, tmp_path):
+    from medcodec.models import load_model
+    from medcodec_fed.cli import main
+
+    assert main(_cli_argv(sites, tmp_path / "in-process")) == 0
+    assert main([*_cli_argv(sites, tmp_path / "flower"), "--engine", "flower", "--no-secagg",
+                 "--min-available-clients", "3"]) == 0  # fmt: skip
     got, want = _params(tmp_path / "flower"), _params(tmp_path / "in-process")
     assert all(np.array_equal(got[k], want[k]) for k in want)
-    assert [r["accepted"] for r in result.metrics["rounds"]] == [["site0", "site1", "site2"]] * 2
-    # the same activation ranges too (the model files differ only in their metadata)
-    from medcodec.models import load_model
-
-    assert load_model(result.model).meta["activation_max"] == load_model(ref.model).meta["activation_max"]
+    docs = [json.loads((tmp_path / d / server.METRICS).read_text()) for d in ("flower", "in-process")]
+    assert [r["accepted"] for r in docs[0]["rounds"]] == [["site0", "site1", "site2"]] * 2
+    assert docs[0]["engine"].startswith("flower") and docs[0]["flower"]["secagg"] is False
+    # the same activation ranges too: the model files differ only in their metadata
+    models = [load_model(str(tmp_path / d / doc["model"])) for d, doc in zip(("flower", "in-process"), docs)]
+    assert models[0].meta["activation_max"] == models[1].meta["activation_max"]
 
 
 @pytest.mark.flower

@@ -34,7 +34,7 @@ __all__ = ["encode_groups", "decode_groups", "unzstd", "MAX_TABLE_WIDTH"]
 
 #: Widest run of values a group's table covers; others escape.
 MAX_TABLE_WIDTH = 4096
-_ZSTD_LEVEL = 19
+_ZSTD_LEVEL = 9
 
 
 def _model(counts: np.ndarray):

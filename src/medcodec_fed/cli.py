@@ -6,10 +6,16 @@ Examples::
     medcodec-fed run --data ../shared/data --rounds 20 --out runs/hospitals   # manifest sites as hospitals
     medcodec-fed run --config run.toml                                         # settings from a TOML file
     medcodec-fed run --config run.toml --resume                                # continue an interrupted run
+    medcodec-fed run --engine flower --site a=/data/a --site b=/data/b --out runs/flower   # Flower simulation
+    medcodec-fed flower-app app/ --arch mc3d-s --rounds 20 --out /srv/runs/fed   # Flower app for `flwr run`
     medcodec-fed plot runs/fed                                                 # redraw plots from metrics.json
 
-Settings given on the command line override the TOML file's. Exit codes: 0 done,
-2 bad arguments or settings, 1 any other error.
+Settings given on the command line override the TOML file's. The engine is a choice,
+not code: ``--engine in-process`` (default) runs every site in this process;
+``--engine flower`` runs the same sites in Flower's simulation engine (``medcodec[flower]``),
+with SecAgg+ on by default. Real deployments (one SuperLink, one SuperNode per site) submit
+the app folder written by ``flower-app`` with ``flwr run``: see docs/DEPLOY.md.
+Exit codes: 0 done, 2 bad arguments or settings, 1 any other error.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ _SETTINGS = (
 # Options that choose sites and the run folder rather than training.
 _OTHER = ("out", "data", "partition", "num_sites", "alpha", "hold_out")
 
+# CLI option -> medcodec_fed.flower.FlowerOptions field (TOML: a [flower] table with these keys).
+_FLOWER = ("secagg", "dp", "dp_noise_multiplier", "dp_clipping_norm", "min_fit_clients", "min_available_clients")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -45,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", metavar="TOML", help="settings file (top-level keys as below, [sites] name = folder)")
     r.add_argument("--out", help="run folder (checkpoint.pt, metrics.json, model file, plots)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    r.add_argument("--engine", choices=("in-process", "flower"), default="in-process",
+                   help="in-process (default): every site in this process; flower: Flower's simulation engine")  # fmt: skip
     g = r.add_argument_group("sites")
     g.add_argument("--site", action="append", metavar="NAME=DIR", help="a site and its folder of volumes (repeat)")
     g.add_argument(
@@ -59,6 +70,26 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-sites", type=int, help="sites of a Dirichlet partition")
     g.add_argument("--alpha", type=float, help="Dirichlet concentration (small: more non-IID; default 0.5)")
     g.add_argument("--hold-out", type=int, help="volumes each site holds back for evaluation (default 1)")
+    _add_settings(r)
+    _add_flower_options(r)
+    fa = sub.add_parser(
+        "flower-app",
+        help="write the Flower app folder that `flwr run` submits to a SuperLink (deployment engine)",
+        description="Write DIR/pyproject.toml: a Flower app whose components are medcodec_fed.flower's "
+        "ServerApp and ClientApp, with these settings as its run config. Submit it with "
+        "`flwr run DIR CONNECTION` (see docs/DEPLOY.md).",
+    )
+    fa.add_argument("dir", help="folder to write (created if needed)")
+    fa.add_argument("--config", metavar="TOML", help="settings file (as for run; its [sites] are ignored)")
+    fa.add_argument("--out", help="run folder on the coordinator, where the ServerApp writes the model and metrics")
+    _add_settings(fa)
+    _add_flower_options(fa)
+    pl = sub.add_parser("plot", help="redraw the plots of a run folder from its metrics.json")
+    pl.add_argument("out")
+    return p
+
+
+def _add_settings(r: argparse.ArgumentParser) -> None:
     t = r.add_argument_group("training")
     t.add_argument("--arch", help="architecture (default mc3d-s)")
     t.add_argument("--rounds", type=int)
@@ -89,9 +120,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="also train centralized and local-only models for comparison")  # fmt: skip
     e.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None)
     e.add_argument("--export", action=argparse.BooleanOptionalAction, default=None, help="write the codec model file")
-    pl = sub.add_parser("plot", help="redraw the plots of a run folder from its metrics.json")
-    pl.add_argument("out")
-    return p
+
+
+def _add_flower_options(r: argparse.ArgumentParser) -> None:
+    f = r.add_argument_group("Flower engine (TOML: a [flower] table)")
+    f.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
+                   help="secure aggregation with SecAgg+: the server sees only the sum (default: on)")  # fmt: skip
+    f.add_argument("--dp", choices=("off", "client", "server"),
+                   help="central differential privacy: client-side clipping (works with SecAgg+) or server-side")  # fmt: skip
+    f.add_argument("--dp-noise-multiplier", type=float)
+    f.add_argument("--dp-clipping-norm", type=float, help="L2 bound of each site's update")
+    f.add_argument("--min-fit-clients", type=int, help="sites needed to train a round (default 2)")
+    f.add_argument("--min-available-clients", type=int, help="sites connected before a round starts (default 2)")
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -106,16 +146,21 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-    """(RunConfig settings, site folders, other options), TOML first, command line over it."""
+def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], dict[str, Any], dict[str, Any]]:
+    """(RunConfig settings, site folders, other options, Flower options), TOML first, command line over it."""
     settings: dict[str, Any] = {}
     sites: dict[str, str] = {}
+    flower: dict[str, Any] = {}
     if args.config:
         from dataclasses import fields
 
         from .config import RunConfig, load_toml
 
         doc, sites = load_toml(args.config)
+        table = doc.pop("flower", {})
+        if not isinstance(table, dict):
+            raise ValueError(f"{args.config}: [flower] must be a table")
+        flower = {k.replace("-", "_"): v for k, v in table.items()}
         known = {f.name for f in fields(RunConfig)} | set(_OTHER)
         for key in doc:
             if key.replace("-", "_") not in known:
@@ -130,12 +175,15 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], d
         settings["site_dropout"] = {k: float(v) for k, v in _pairs(args.site_dropout, "--site-dropout").items()}
     if args.local_group:
         settings["local_groups"] = args.local_group
-    if args.site:
+    if getattr(args, "site", None):
         sites = _pairs(args.site, "--site")
     for name in _OTHER:
-        if getattr(args, name) is not None:
+        if getattr(args, name, None) is not None:
             other[name] = getattr(args, name)
-    return settings, sites, other
+    for name in _FLOWER:
+        if getattr(args, name, None) is not None:
+            flower[name] = getattr(args, name)
+    return settings, sites, other, flower
 
 
 def _sites(folders: dict[str, str], other: dict[str, Any], seed: int) -> list:
@@ -163,17 +211,48 @@ def _sites(folders: dict[str, str], other: dict[str, Any], seed: int) -> list:
 
 def _run(args: argparse.Namespace) -> int:
     from .config import RunConfig
-    from .server import run
 
-    settings, folders, other = _gather(args)
+    settings, folders, other, flower_opts = _gather(args)
     if "out" not in other:
         raise ValueError("--out is required (or out = ... in the TOML file)")
     config = RunConfig.from_mapping(settings)
+    if args.engine == "in-process" and flower_opts:
+        raise ValueError(f"{', '.join(sorted(flower_opts))}: Flower options need --engine flower")
     sites = _sites(folders, other, config.seed)
     print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} train, "
           f"{len(s.held_out) or 'last slices'} held out)" for s in sites), flush=True)  # fmt: skip
-    result = run(sites, config, other["out"], resume=args.resume, say=lambda line: print(line, flush=True))
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if args.engine == "flower":
+        flower = _flower_module()
+        if args.resume:
+            raise ValueError("--resume: the Flower engine does not resume runs")
+        options = flower.FlowerOptions(out=str(other["out"]), **flower_opts)
+        result = flower.run_simulation(sites, config, options, say=say)
+    else:
+        from .server import run
+
+        result = run(sites, config, other["out"], resume=args.resume, say=say)
     print(f"metrics: {Path(result.out) / 'metrics.json'}")
+    return 0
+
+
+def _flower_module():
+    try:
+        from . import flower
+    except ImportError as exc:
+        raise ValueError(f"the Flower engine needs Flower: pip install 'medcodec[flower]' ({exc})") from exc
+    return flower
+
+
+def _flower_app(args: argparse.Namespace) -> int:
+    from .config import RunConfig
+
+    settings, _, other, flower_opts = _gather(args)
+    flower = _flower_module()
+    options = flower.FlowerOptions(**({"out": str(other["out"])} if "out" in other else {}), **flower_opts)
+    path = flower.write_app(args.dir, RunConfig.from_mapping(settings), options)
+    print(path)
+    print(f"submit it with: flwr run {args.dir} <connection>   (run folder on the coordinator: {options.out})")
     return 0
 
 
@@ -192,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="medcodec-fed: %(message)s")
     try:
-        return _run(args) if args.command == "run" else _plot(args)
+        return {"run": _run, "flower-app": _flower_app, "plot": _plot}[args.command](args)
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"medcodec-fed: error: {exc}", file=sys.stderr)
         return 2
