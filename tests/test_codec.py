@@ -96,6 +96,12 @@ def test_constant_volume():
         assert np.array_equal(medcodec.decompress(medcodec.compress(a, **kw)).array, a)
 
 
+def test_constant_float_volume_with_fraction():
+    a = np.full((3, 9, 10), 2.25, dtype=np.float32)
+    for kw in ({}, {"max_error": 0}, {"max_error": 0.5}):
+        assert medcodec.decompress(medcodec.compress(a, **kw)).array.tobytes() == a.tobytes()
+
+
 def test_extreme_integer_values():
     a = synthetic(dtype="int32")
     a[0, 0, 0], a[0, 0, 1] = np.iinfo(np.int32).min, np.iinfo(np.int32).max

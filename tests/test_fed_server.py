@@ -115,7 +115,8 @@ def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tm
     monkeypatch.setattr(fed_export, "calibrate_site", at_site)
     monkeypatch.setattr(medcodec.export, "export_model", export_spy)
     server.run(sites, replace(TINY, rounds=1), tmp_path / "cal", say=_quiet)
-    assert [type(c) for c in sent] == [SiteCalibration, SiteCalibration] and [c.site for c in sent] == ["site0", "site1"]
+    assert [type(c) for c in sent] == [SiteCalibration, SiteCalibration]
+    assert [c.site for c in sent] == ["site0", "site1"]
     (calibration, act_max), = exported
     assert calibration is None  # no patches reach the export, only the ranges
     assert act_max == [max(a, b) for a, b in zip(sent[0].activation_max, sent[1].activation_max)]

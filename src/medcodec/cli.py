@@ -487,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder")
     p.add_argument("-o", "--output", metavar="OUT", help="output file or folder (default: INPUT with its extension replaced by .mcz)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quality", type=int, metavar="Q", help="lossy quality level (default mode; higher is better)")
+    mode.add_argument(
+        "--quality", type=int, metavar="Q",
+        help="lossy quality 1-100 (default mode, default 40): guarantees PSNR >= 20 + Q/2 dB over max - min",
+    )  # fmt: skip
     mode.add_argument("--max-error", type=_max_error, metavar="D", help="near-lossless: every voxel within +-D of the original")
     mode.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
     _add_common(p, model_help="model name or weights file (default: the built-in model)")

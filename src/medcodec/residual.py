@@ -55,14 +55,20 @@ def quantize(x: np.ndarray, pred: np.ndarray, d: float, integer: bool) -> np.nda
     if integer:
         step = 2 * int(d) + 1
         return np.floor_divide(x.astype(np.int64) - pred + int(d), step)
-    return np.round((x.astype(np.float64) - pred) / (2.0 * d)).astype(np.int64)
+    return np.round((x.astype(np.float64) - pred) / _float_step(d)).astype(np.int64)
 
 
 def dequantize(q: np.ndarray, pred: np.ndarray, d: float, integer: bool, lo: float, hi: float) -> np.ndarray:
     """Reconstruction from the prediction and ``q``, clamped to the volume's [lo, hi]."""
     if integer:
         return np.clip(pred + q * (2 * int(d) + 1), int(lo), int(hi))
-    return np.clip(pred + q.astype(np.float64) * (2.0 * d), float(lo), float(hi))
+    return np.clip(pred + q.astype(np.float64) * _float_step(d), float(lo), float(hi))
+
+
+def _float_step(d: float) -> float:
+    # d = 0 with float arithmetic only arises for a constant volume (lossy bound of a zero
+    # range), whose residuals are all zero: any step codes it exactly.
+    return 2.0 * d if d > 0 else 1.0
 
 
 def _phases(levels: int) -> list[tuple[int, int, int, tuple[tuple[int, int], ...]]]:
@@ -154,7 +160,7 @@ def _traverse(
     the prediction it used; the reconstruction grows phase by phase, as in the decoder.
     """
     recon = np.zeros(pred.shape, dtype=np.int64 if integer else np.float64)
-    step = (2 * int(d) + 1) if integer else 2.0 * d
+    step = (2 * int(d) + 1) if integer else _float_step(d)
     s = 1 << levels
     sel = (slice(None), slice(0, None, s), slice(0, None, s))
     q, p = code(0, sel, pred[sel], _base_activity(o, s))

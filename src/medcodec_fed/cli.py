@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run folder (checkpoint.pt, metrics.json, model file, plots)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     r.add_argument("--engine", choices=("in-process", "flower"), default="in-process",
-                   help="in-process (default): every site in this process; flower: Flower's simulation engine")  # fmt: skip
+                   help="in-process (default): every site in this process; flower: Flower's simulation")  # fmt: skip
     g = r.add_argument_group("sites")
     g.add_argument("--site", action="append", metavar="NAME=DIR", help="a site and its folder of volumes (repeat)")
     g.add_argument(
@@ -127,7 +127,7 @@ def _add_flower_options(r: argparse.ArgumentParser) -> None:
     f.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
                    help="secure aggregation with SecAgg+: the server sees only the sum (default: on)")  # fmt: skip
     f.add_argument("--dp", choices=("off", "client", "server"),
-                   help="central differential privacy: client-side clipping (works with SecAgg+) or server-side")  # fmt: skip
+                   help="central DP: client-side clipping (works with SecAgg+) or server-side")  # fmt: skip
     f.add_argument("--dp-noise-multiplier", type=float)
     f.add_argument("--dp-clipping-norm", type=float, help="L2 bound of each site's update")
     f.add_argument("--min-fit-clients", type=int, help="sites needed to train a round (default 2)")
@@ -227,7 +227,10 @@ def _run(args: argparse.Namespace) -> int:
         if args.resume:
             raise ValueError("--resume: the Flower engine does not resume runs")
         options = flower.FlowerOptions(out=str(other["out"]), **flower_opts)
-        result = flower.run_simulation(sites, config, options, say=say)
+        try:
+            result = flower.run_simulation(sites, config, options, say=say)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from exc
     else:
         from .server import run
 
@@ -252,6 +255,10 @@ def _flower_app(args: argparse.Namespace) -> int:
     options = flower.FlowerOptions(**({"out": str(other["out"])} if "out" in other else {}), **flower_opts)
     path = flower.write_app(args.dir, RunConfig.from_mapping(settings), options)
     print(path)
+    if not Path(options.out).is_absolute():
+        note = (f"note: the run folder {options.out!r} is relative to the ServerApp's working directory on the "
+                "coordinator; give an absolute --out (or --run-config \"out='/path'\" to flwr run)")
+        print(note, file=sys.stderr)
     print(f"submit it with: flwr run {args.dir} <connection>   (run folder on the coordinator: {options.out})")
     return 0
 

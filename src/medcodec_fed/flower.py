@@ -52,9 +52,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import flwr
+import numpy as np
 from flwr.app import Context
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import fixedclipping_mod, secaggplus_mod
@@ -69,20 +68,32 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from .aggregate import aggregate, check_update
 from .config import RunConfig
-from .messages import METRIC_NAMES, GlobalModel, MessageError, SiteCalibration, SiteEvaluation, SiteUpdate
-from .messages import calibration_layers, parameter_spec
+from .messages import (
+    GlobalModel,
+    MessageError,
+    SiteCalibration,
+    SiteEvaluation,
+    SiteUpdate,
+    calibration_layers,
+    parameter_spec,
+)
 from .sites import Site
 
 __all__ = [
     "FLWR_REQUIREMENT",
     "FlowerOptions",
+    "SiteDropout",
+    "UpdateRefused",
     "app_run_config",
+    "check_flower_config",
     "client_app",
     "make_client_app",
     "make_server_app",
     "run_simulation",
+    "serve",
     "server_app",
     "settings_from_run_config",
+    "site_from_node_config",
     "write_app",
 ]
 
@@ -313,6 +324,7 @@ def write_app(folder: str | os.PathLike, config: RunConfig, options: FlowerOptio
         'name = "medcodec-fed"',
         f'version = "{version}"',
         'description = "Federated training of medcodec models (medcodec_fed on Flower)"',
+        'license = "Apache-2.0"',
         f'dependencies = ["{FLWR_REQUIREMENT}", "medcodec[flower]"]',
         "",
         "[tool.flwr.app]",
@@ -431,6 +443,7 @@ class _SiteClient(NumPyClient):
         return run, GlobalModel(run.arch, int(config[_ROUND]), _arrays(names, parameters))
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
+        from .local import train_site
         from .server import local_config
 
         run, current = self._job(parameters, config)
@@ -438,8 +451,6 @@ class _SiteClient(NumPyClient):
         if p > 0 and _dropout_draw(run.seed, current.round, self.index) < p:
             raise SiteDropout(f"site {self.site.name!r} drops out of round {current.round}")
         data = _site_data(self.site, run.eval_crop)
-        from .local import train_site
-
         update, _ = train_site(current, self.site.name, data, local_config(run), seed=run.seed, site_index=self.index)
         reason = check_update(update, current)  # the screening the server cannot do under SecAgg+
         if reason is None and _SECAGG_CLIP in config:
@@ -536,7 +547,6 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.calibrations: list[SiteCalibration] = []
         self.parameters: dict[str, np.ndarray] = {}
-        self.started = time.perf_counter()
 
     def seen(self, site: str) -> None:
         if site not in self.sites:
@@ -546,8 +556,8 @@ class _Run:
         if not self.history or self.history[-1]["round"] != round_:
             # kept_previous until an aggregate is accepted (SecAgg+ may halt before aggregate_fit runs)
             self.history.append({"round": round_, "sampled": [], "dropped": [], "accepted": [], "rejected": [],
-                                 "kept_previous": True, "num_samples": 0, "train": {}, "eval": {},
-                                 "global": {}, "seconds": 0.0, "failures": [], "secagg": self.options.secagg})  # fmt: skip
+                                 "kept_previous": True, "num_samples": 0, "train": {}, "eval": {}, "global": {},
+                                 "seconds": 0.0, "failures": [], "secagg": self.options.secagg})  # fmt: skip
         return self.history[-1]
 
     def doc(self, **final: Any) -> dict[str, Any]:
@@ -629,8 +639,10 @@ class _FedAvg(FedAvg):
                 site, scalars, _ = _split_metrics(run.config.arch, res.metrics)
                 SiteEvaluation(site, server_round, scalars)  # the same name/scalar rules as every message
             except MessageError as exc:
-                rec["rejected"].append({"site": str(res.metrics.get(_SITE, "?"))[:64], "reason": f"malformed: {exc}"})
-                log.warning("round %d: rejected a malformed reply: %s", server_round, exc)
+                note = " (its parameters are already in the SecAgg+ sum)" if run.options.secagg else ""
+                who = str(res.metrics.get(_SITE, "?"))[:64]
+                rec["rejected"].append({"site": who, "reason": f"malformed: {exc}{note}"})
+                log.warning("round %d: rejected a malformed reply: %s%s", server_round, exc, note)
                 continue
             run.seen(site)
             replies.append((site, res))
@@ -769,16 +781,28 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
     """
     import torch
 
-    from .export import combine_calibrations, model_meta
-    from .local import build_model
-    from .server import CHECKPOINT, _sha256, initial_parameters
+    from .server import CHECKPOINT
 
     check_flower_config(config)
     out = Path(options.out)
     if (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out / CHECKPOINT} exists: the Flower engine does not resume; choose another out")
     out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    try:
+        return _serve(grid, context, config, options, out, say)
+    finally:
+        torch.set_num_threads(threads)  # the simulation runs the ServerApp in the caller's process
+
+
+def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, out: Path, say: Callable[[str], None]):
+    from medcodec.export import export_model
+
+    from .export import combine_calibrations, model_meta
+    from .local import build_model
+    from .server import _sha256, initial_parameters
+
     initial = initial_parameters(config)
     run = _Run(config, options, out, say)
     run.parameters = dict(initial)
@@ -794,8 +818,9 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
             quantization_range=int(options.secagg_quantization_range),
             timeout=options.secagg_timeout or None,
         )
-    say(f"flower {flwr.__version__}: {config.rounds} rounds of {config.arch}, SecAgg+ {'on' if options.secagg else 'off'}"
-        + (f", DP {options.dp}" if options.dp != "off" else ""))  # fmt: skip
+    secagg = "on" if options.secagg else "off"
+    dp = f", DP {options.dp}" if options.dp != "off" else ""
+    say(f"flower {flwr.__version__}: {config.rounds} rounds of {config.arch}, SecAgg+ {secagg}{dp}")
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
 
     model_path = None
@@ -808,8 +833,6 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
         meta["federated"]["dp"] = options.dp_record()
         meta["federated"]["calibrated_by"] = sorted(c.site for c in run.calibrations)
         act_max = combine_calibrations(sorted(run.calibrations, key=lambda c: c.site), config.arch)
-        from medcodec.export import export_model
-
         model_path = export_model(build_model(config.arch, run.parameters), out, activation_max=act_max, meta=meta)
         say(f"model: {model_path}")
     doc = run.write(config.rounds + 1, model=model_path.name if model_path else None,
@@ -867,11 +890,17 @@ def run_simulation(
         A :class:`~medcodec_fed.server.RunResult` for ``options.out``.
 
     Raises:
+        ValueError: Settings the Flower engine refuses, or too few sites.
+        ImportError: Ray (``flwr[simulation]``) is not installed.
         RuntimeError: The run ended without a model file (the log above says why).
     """
-    from flwr.simulation import run_simulation as flower_run_simulation
+    import importlib.util
 
     from .server import METRICS, RunResult
+
+    if importlib.util.find_spec("ray") is None:
+        raise ImportError("Flower's simulation engine needs flwr[simulation] (Ray): pip install 'medcodec[flower]'")
+    from flwr.simulation import run_simulation as flower_run_simulation
 
     options = options or FlowerOptions()
     check_flower_config(config)

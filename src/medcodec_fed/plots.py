@@ -58,11 +58,15 @@ def plot_global_rd(metrics: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     rounds = [r["round"] for r in metrics["rounds"]]
+    def value(rec: dict[str, Any], key: str) -> float:  # a gap where a site did not report (Flower engine)
+        v = rec.get(key) if rec is not None else None
+        return np.nan if v is None else v
+
     for name in _site_names(metrics):
-        a1.plot(rounds, [r["eval"][name]["psnr"] for r in metrics["rounds"]], lw=0.8, alpha=0.6, label=name)
-        a2.plot(rounds, [r["eval"][name]["bpv"] for r in metrics["rounds"]], lw=0.8, alpha=0.6, label=name)
-    a1.plot(rounds, [r["global"]["psnr"] for r in metrics["rounds"]], "k-o", lw=2, ms=3, label="mean")
-    a2.plot(rounds, [r["global"]["bpv"] for r in metrics["rounds"]], "k-o", lw=2, ms=3, label="mean")
+        a1.plot(rounds, [value(r["eval"].get(name), "psnr") for r in metrics["rounds"]], lw=0.8, alpha=0.6, label=name)
+        a2.plot(rounds, [value(r["eval"].get(name), "bpv") for r in metrics["rounds"]], lw=0.8, alpha=0.6, label=name)
+    a1.plot(rounds, [value(r["global"], "psnr") for r in metrics["rounds"]], "k-o", lw=2, ms=3, label="mean")
+    a2.plot(rounds, [value(r["global"], "bpv") for r in metrics["rounds"]], "k-o", lw=2, ms=3, label="mean")
     q = metrics["config"]["quality"]
     a1.set(xlabel="round", ylabel="PSNR (dB)", title=f"Held-back PSNR per round (quality {q})")
     a2.set(xlabel="round", ylabel="bits per voxel", title=f"Held-back rate per round (quality {q})")
