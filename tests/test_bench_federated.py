@@ -76,7 +76,11 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
             "--qualities", "20,60,80", "--crop", "8x24x24"]  # fmt: skip
     assert fx.main(args) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["models"]) == {"federated", "federated-dropout", "centralized", "local-only/a", "local-only/b"}
+    assert set(doc["models"]) == {"federated", "federated-dropout", "centralized", "local-only/a", "local-only/b",
+                                  "federated-seed-b", "centralized-seed-b"}
+    assert doc["models"]["federated"] != doc["models"]["federated-seed-b"]
+    assert set(doc["experiments"]["seed_variation"]) == {
+        "federated_seed_a_vs_b", "centralized_seed_a_vs_b", "federated_vs_centralized_seed_b"}
     assert doc["budget"]["federated_site_steps"] == doc["budget"]["centralized_steps"] == 2 * 1 * 2
     assert doc["budget"]["local_only_steps"] == {"a": 2, "b": 2}
     assert set(doc["points"]["local-only/a"]) == {"test_b_0"}  # only the other site's volume
@@ -86,7 +90,8 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
             for q, p in by_q.items():
                 assert p["psnr"] is None or p["psnr"] >= 20 + int(q) / 2 - 1e-6  # the codec's guarantee
                 assert sum(p["parts"].values()) == p["bytes"]
-    assert set(doc["experiments"]) == {"federated_vs_centralized", "federated_vs_local_only", "dropout_vs_no_dropout"}
+    assert set(doc["experiments"]) == {"federated_vs_centralized", "federated_vs_local_only", "dropout_vs_no_dropout",
+                                       "seed_variation"}
     text = md.read_text()
     assert "central crop of at most 8×24×24" in text and "python -m benchmarks.federated" in text
     # a second invocation with --resume reuses everything (no retraining, no re-measuring)

@@ -216,8 +216,9 @@ def _run(args: argparse.Namespace) -> int:
     if "out" not in other:
         raise ValueError("--out is required (or out = ... in the TOML file)")
     config = RunConfig.from_mapping(settings)
-    if args.engine == "in-process" and flower_opts:
-        raise ValueError(f"{', '.join(sorted(flower_opts))}: Flower options need --engine flower")
+    given = ["--" + n.replace("_", "-") for n in _FLOWER if getattr(args, n, None) is not None]
+    if args.engine == "in-process" and given:  # a TOML [flower] table is simply not used in process
+        raise ValueError(f"{', '.join(given)}: Flower options need --engine flower")
     sites = _sites(folders, other, config.seed)
     print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} train, "
           f"{len(s.held_out) or 'last slices'} held out)" for s in sites), flush=True)  # fmt: skip
