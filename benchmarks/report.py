@@ -288,8 +288,23 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+#: Hand-written reports kept beside RESULTS.md and appended to it, each demoted one heading level.
+APPENDICES = ("ATTEMPTS.md", "FEDERATED_RESULTS.md")
+
+
+def appendices(folder: str | Path) -> str:
+    """The :data:`APPENDICES` found in ``folder``, as text to append to ``RESULTS.md``."""
+    parts = []
+    for name in APPENDICES:
+        f = Path(folder) / name
+        if f.is_file():
+            lines = f.read_text().splitlines()
+            parts.append("\n".join("#" + ln if ln.startswith("#") else ln for ln in lines))
+    return "\n\n".join(["", *parts]) + "\n" if parts else ""
+
+
 def write_results(records: Sequence[Record], meta: dict[str, Any], path: str | Path) -> Path:
-    """Write :func:`render_results` to ``path``."""
+    """Write :func:`render_results` to ``path``, followed by the appendices beside it."""
     path = Path(path)
-    path.write_text(render_results(records, meta))
+    path.write_text(render_results(records, meta) + appendices(path.parent))
     return path

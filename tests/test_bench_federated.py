@@ -29,7 +29,8 @@ def test_evaluation_pairs_skip_a_local_models_own_site():
 
 
 def _curve(scale):
-    return {str(q): {"bpv": scale * 2.0 ** (q / 20), "psnr": 20 + q / 2} for q in (20, 40, 60, 80)}
+    return {str(q): {"bpv": scale * 2.0 ** (q / 20), "psnr": 20 + q / 2, "bytes": 1000, "parts": {"latents": 10}}
+            for q in (20, 40, 60, 80)}
 
 
 def test_experiments_signs_and_targets():
@@ -50,6 +51,8 @@ def test_experiments_signs_and_targets():
     assert e2["per_site"]["a"]["mean"] == pytest.approx((1.02 / 1.5 - 1) * 100, abs=1e-6)
     assert e2["sites_where_federated_better"] == ["a"]
     assert not e2["holds"]
+    # latents are 1 % of every stream: without them the rate ratios, hence the BD-rates, are unchanged
+    assert ex["bd_rate_without_latents"]["federated_vs_centralized"] == pytest.approx(2.0, abs=1e-6)
 
 
 def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
@@ -90,8 +93,9 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
             for q, p in by_q.items():
                 assert p["psnr"] is None or p["psnr"] >= 20 + int(q) / 2 - 1e-6  # the codec's guarantee
                 assert sum(p["parts"].values()) == p["bytes"]
+                assert p["pred_psnr"] is None or 0 < p["pred_psnr"] < 100
     assert set(doc["experiments"]) == {"federated_vs_centralized", "federated_vs_local_only", "dropout_vs_no_dropout",
-                                       "seed_variation"}
+                                       "seed_variation", "prediction_psnr_gaps", "bd_rate_without_latents"}
     text = md.read_text()
     assert "central crop of at most 8×24×24" in text and "python -m benchmarks.federated" in text
     # a second invocation with --resume reuses everything (no retraining, no re-measuring)

@@ -38,7 +38,7 @@ def run_cli(*args: object, module: str = "medcodec") -> subprocess.CompletedProc
     env.pop("MEDCODEC_DEBUG", None)
     script = Path(sys.executable).parent / module.replace("_", "-")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", module]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run([*command, *map(str, args)], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600)
 
 
 def assert_error(proc: subprocess.CompletedProcess[str], code: int | tuple[int, ...]) -> str:

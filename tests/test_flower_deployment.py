@@ -88,7 +88,7 @@ class Federation:
         self.port = _free_port()
         self.env = dict(os.environ, FLWR_HOME=str(self.home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                         PYTHONPATH=os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                        PYTHONUNBUFFERED="1")  # fmt: skip
+                        PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", LC_ALL="C.UTF-8", LANG="C.UTF-8")  # fmt: skip
         names = [f"site{i}" for i in range(len(folders))]
         nodes = [a for n in names for a in ("--node", n)]
         subprocess.run(["bash", str(SCRIPT), str(self.creds), "--ip", "127.0.0.1", *nodes], check=True,
@@ -107,7 +107,7 @@ class Federation:
 
     def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True,
-                              text=True, timeout=timeout)  # fmt: skip
+                              encoding="utf-8", errors="replace", timeout=timeout)  # fmt: skip
 
     def start(self) -> None:
         """Start the SuperLink, register every SuperNode's key, start the SuperNodes, wait until all are online."""
