@@ -1,0 +1,62 @@
+"""Peak memory of medcodec on a 512×512×N int16 volume, each step in its own process.
+
+    PYTHONPATH=src:. python -m benchmarks.memory [--slices 300] [--quality 40]
+
+The volume is real CT: the test split's abdomen CT (134×512×512) repeated along z to N
+slices. Peak memory is the child process's maximum resident set size (``ru_maxrss``),
+which counts native allocations too; the baseline of importing medcodec and reading the
+source volume is printed alongside so the codec's own share can be read off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_CHILD = r"""
+import resource, sys, time
+import numpy as np
+import medcodec
+from medcodec.datasets import load_manifest
+step, slices, quality, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+if step == "decode":
+    data = open(path, "rb").read()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter(); vol = medcodec.decompress(data); dt = time.perf_counter() - t
+    nbytes = vol.array.nbytes
+else:
+    src = next(e for e in load_manifest(split="test") if e.name.startswith("ct_abdomen_philips"))
+    a = medcodec.read(src.path).array
+    a = np.ascontiguousarray(np.concatenate([a] * (-(-slices // a.shape[0])))[:slices])
+    medcodec.compress(a[:8, :64, :64])  # load the model outside the measurement
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter(); data = medcodec.compress(a, quality=quality); dt = time.perf_counter() - t
+    open(path, "wb").write(data)
+    nbytes = a.nbytes
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(f"{step}: {nbytes / 1e6:.0f} MB raw, peak RSS {peak / 1024:.0f} MB (before the call {base / 1024:.0f} MB), "
+      f"{dt:.1f} s, {nbytes / 1e6 / dt:.1f} MB/s")
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--slices", type=int, default=300)
+    p.add_argument("--quality", type=int, default=40)
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        stream = Path(tmp) / "volume.mcz"
+        for step in ("encode", "decode"):
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, step, str(args.slices), str(args.quality), str(stream)],
+                check=True, capture_output=True, encoding="utf-8",
+            )
+            print(out.stdout.strip())
+
+
+if __name__ == "__main__":
+    main()
