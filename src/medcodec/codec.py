@@ -48,8 +48,9 @@ __all__ = ["compress", "decompress", "encode", "decode", "info", "DEFAULT_QUALIT
 
 #: Quality used when neither ``quality`` nor ``max_error`` is given: PSNR >= 40 dB.
 DEFAULT_QUALITY = 40
-#: Latent quality of the predictor in near-lossless and lossless modes.
-RESIDUAL_QUALITY = 40
+#: Highest latent quality the predictor uses, in every mode: above it the latents cost more
+#: bits than they save in the residual layer (measured on the test split, benchmarks/RESULTS.md).
+PREDICTOR_QUALITY = 25
 
 _LEARNED_INT, _RAW, _LEARNED_FLOAT = 0, 1, 2
 _TILE_HEAD = struct.Struct("<IBBBB")
@@ -126,11 +127,11 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
         lo = hi = 0.0
     else:
         lo, hi = float(arr.min()), float(arr.max())
-    q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else RESIDUAL_QUALITY
+    q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else PREDICTOR_QUALITY
     d = quality_bound(q, lo, hi, integer) if mode == "lossy" else float(max_error or 0.0)
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
-    return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(q))
+    return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
 
 
 def compress(
