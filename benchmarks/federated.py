@@ -37,7 +37,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -606,7 +606,7 @@ def render_markdown(doc: dict[str, Any]) -> str:
     L.append("")
     L += ["## Cost", ""]
     t = doc["timing"]
-    L += [f"Training (seconds of local training on one thread, as recorded when each model was trained): " +
+    L += ["Training (seconds of local training on one thread, as recorded when each model was trained): " +
           ", ".join(f"{k} {v:.0f} s" for k, v in t["training_seconds"].items() if v is not None) + ".",
           f"Codec evaluation: {t['codec_points']} compress+decompress round trips, {t['codec_seconds']:.0f} s in all. "
           f"Wall time of the last invocation: {t['last_invocation_wall_seconds']:.0f} s.", ""]

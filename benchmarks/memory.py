@@ -11,7 +11,6 @@ source volume is printed alongside so the codec's own share can be read off.
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
