@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import intensity
 from .datasets import find_data_dir, load_manifest
 from .network import ARCHITECTURES, Autoencoder
 
@@ -34,10 +35,8 @@ RD_WEIGHT = 5000.0
 
 
 def normalize(array: np.ndarray) -> np.ndarray:
-    """Map a volume to float32 in [-1, 1] by its own min and max (the codec's intensity map)."""
-    a = array.astype(np.float64)
-    lo, hi = float(a.min()), float(a.max())
-    return ((a - lo) / max(hi - lo, 1e-12) * 2.0 - 1.0).astype(np.float32)
+    """Map a volume to float32 in [-1, 1] by its own min and max: the codec's intensity map."""
+    return intensity.normalize(array, float(array.min()), float(array.max()))
 
 
 class PatchSampler:
