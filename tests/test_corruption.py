@@ -20,11 +20,13 @@ from medcodec.container import MAGIC
 from tests.conftest import synthetic
 
 
-@pytest.fixture(scope="module", params=["lossy", "near-lossless", "lossless", "raw-float"])
+@pytest.fixture(scope="module", params=["lossy", "near-lossless", "lossless", "raw-float", "learned-float"])
 def stream(request) -> bytes:
     a = synthetic(shape=(6, 30, 28))
     if request.param == "raw-float":
         return medcodec.compress(a.astype(np.float32) + np.float32(0.25), max_error=0)
+    if request.param == "learned-float":
+        return medcodec.compress(a.astype(np.float32) + np.float32(0.25), max_error=0.5)
     kwargs = {"lossy": {"quality": 60}, "near-lossless": {"max_error": 2}, "lossless": {"max_error": 0}}
     return medcodec.compress(medcodec.Volume(a, metadata={"k": "v"}), **kwargs[request.param])
 
@@ -66,20 +68,20 @@ def test_trailing_garbage_is_rejected(stream):
 
 def test_newer_major_version_is_unsupported(stream):
     damaged = bytearray(stream)
-    struct.pack_into("<H", damaged, len(MAGIC), 2)
+    struct.pack_into("<H", damaged, len(MAGIC), 3)
     # Re-seal the header checksum so only the version is wrong.
     import zlib
 
     (size,) = struct.unpack_from("<I", damaged, len(MAGIC) + 4)
     end = len(MAGIC) + 8 + size
     struct.pack_into("<I", damaged, end, zlib.crc32(bytes(damaged[len(MAGIC) : end])))
-    with pytest.raises(UnsupportedVersionError, match="2.0"):
+    with pytest.raises(UnsupportedVersionError, match="3.0"):
         medcodec.decompress(bytes(damaged))
 
 
 def test_unknown_model_in_stream(stream, tmp_path):
     if medcodec.info(stream).model_name == "":
-        pytest.skip("raw float streams need no model")
+        pytest.skip("raw float and integer streams need no model")
     name = medcodec.info(stream).model_name.encode()
     damaged = bytearray(stream.replace(name, b"mc3d-s-00000000"[: len(name)].ljust(len(name), b"0"), 1))
     _reseal_header(damaged)
@@ -89,7 +91,7 @@ def test_unknown_model_in_stream(stream, tmp_path):
 
 def test_different_model_is_refused(stream, tmp_path):
     if medcodec.info(stream).model_name == "":
-        pytest.skip("raw float streams need no model")
+        pytest.skip("raw float and integer streams need no model")
     from medcodec.models import _parse, resolve_model, save_model_file
 
     # The same weights with other metadata: a valid model with another hash.

@@ -33,12 +33,20 @@ def test_export_is_deterministic_and_named_by_hash(tmp_path):
 
 def test_a_model_file_is_used_by_compress_and_decompress(tmp_path):
     path = _export(tmp_path)
-    data = medcodec.compress(synthetic(), max_error=1, model=str(path))
+    floats = synthetic().astype(np.float32) + np.float32(0.25)  # float arithmetic runs the network
+    data = medcodec.compress(floats, max_error=1, model=str(path))
     assert medcodec.info(data).model_name == path.stem
     out = medcodec.decompress(data, model=str(path)).array
-    assert np.abs(out.astype(np.int64) - synthetic()).max() <= 1
+    assert np.abs(out.astype(np.float64) - floats).max() <= 1
     with pytest.raises(ModelNotFoundError):
         medcodec.decompress(data)  # not shipped, and no model given
+
+
+def test_integer_streams_need_no_model(tmp_path):
+    path = _export(tmp_path)
+    data = medcodec.compress(synthetic(), max_error=1, model=str(path))
+    assert medcodec.info(data).model_name == ""
+    assert np.abs(medcodec.decompress(data).array.astype(np.int64) - synthetic()).max() <= 1
 
 
 def test_shipped_default_model_is_found_by_name():

@@ -3,7 +3,10 @@
 A volume is cut into tiles (:mod:`medcodec.tiling`); each tile is coded on its
 own path:
 
-* learned (integer arithmetic or float arithmetic): analysis transform ->
+* predictive (integer volumes, and float volumes holding only integers, in every
+  mode): the tile is coded by :mod:`medcodec.predictive` within the mode's bound
+  (``max_error``, or the bound a lossy quality guarantees); no network runs;
+* learned (float arithmetic; format 1 streams also used it for integers): analysis transform ->
   integer latents -> entropy coding; the integer-exact synthesis transform gives
   the lossy reconstruction, the predictor of the residual layer
   (:mod:`medcodec.residual`), which bounds every voxel's error: by ``max_error``
@@ -40,6 +43,8 @@ from .errors import (
 from .intensity import normalize, to_voxels
 from .intnet import GAIN_ONE
 from .models import CodecModel, load_model, model_for_stream
+from .predictive import decode_tile as decode_predictive
+from .predictive import encode_tile as encode_predictive
 from .residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .tiling import DEFAULT_TILE, pad_edge, tile_grid
 from .volume import Volume, as_volume
@@ -52,7 +57,7 @@ DEFAULT_QUALITY = 40
 #: bits than they save in the residual layer (measured on the test split, benchmarks/RESULTS.md).
 PREDICTOR_QUALITY = 25
 
-_LEARNED_INT, _RAW, _LEARNED_FLOAT = 0, 1, 2
+_LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE = 0, 1, 2, 3
 _TILE_HEAD = struct.Struct("<IBBBB")
 Progress = Callable[[int, int], None]
 
@@ -129,6 +134,9 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
         lo, hi = float(arr.min()), float(arr.max())
     q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else PREDICTOR_QUALITY
     d = quality_bound(q, lo, hi, integer) if mode == "lossy" else float(max_error or 0.0)
+    if integer:
+        # Any bound past the span reconstructs within it; capping keeps the step a small integer.
+        d = min(d, float(max(1, int(hi - lo))))
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
@@ -166,7 +174,10 @@ def compress(
     vol = as_volume(volume)
     arr = vol.array
     plan = _plan(arr, quality, max_error)
-    cm = None if plan.raw else load_model(model)
+    # Integer arithmetic needs no model; a model the caller names is still checked.
+    cm = load_model(model) if not (plan.raw or plan.integer) or model is not None else None
+    if plan.integer:
+        cm = None
     tiles = tile_grid(arr.shape, DEFAULT_TILE)
     chunks, digests = [], []
     if vol.metadata:
@@ -199,6 +210,10 @@ def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) 
         body = zstandard.ZstdCompressor(level=9).compress(_shuffle(x))
         digest = _digest(x)
         return _TILE_HEAD.pack(index, _RAW, 0, 0, 0) + _section(body) + digest, digest
+    if plan.integer:
+        section, recon = encode_predictive(x, int(plan.d), int(plan.lo), int(plan.hi))
+        digest = _digest(recon.astype(plan.dtype))
+        return _TILE_HEAD.pack(index, _PREDICTIVE, 0, 0, 0) + _section(section) + digest, digest
     assert cm is not None
     xp = pad_edge(normalize(x, plan.lo, plan.hi), 8)
     with torch.no_grad():
@@ -278,8 +293,6 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     dtype = np.dtype(header.dtype)
     integer = dtype.kind != "f"
     cm: CodecModel | None = None
-    if header.mode == "lossless" and not integer and header.model_name == "" and header.flags:
-        raise CorruptStreamError("raw float stream with flags set")
     out = np.empty(header.shape, dtype=dtype)
     digests = []
     for i, (tile, chunk) in enumerate(zip(tiles, tile_chunks)):
@@ -290,14 +303,18 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
             raise CorruptStreamError("tile chunk is too short") from None
         if index != i or reserved or path != _expected_path(header, integer):
             raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
-        if (path == _RAW) != (levels == 0 and n_buckets == 0) or levels > 8:
+        learned = path in (_LEARNED_INT, _LEARNED_FLOAT)
+        if learned == (levels == 0 and n_buckets == 0) or levels > 8:
             raise CorruptStreamError(f"tile chunk {i} has invalid residual layer fields")
-        if path != _RAW and cm is None:
+        if learned and cm is None:
             cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
-        sections, digest = _split_sections(chunk.payload[_TILE_HEAD.size :], 1 if path == _RAW else 3)
+        sections, digest = _split_sections(chunk.payload[_TILE_HEAD.size :], 3 if learned else 1)
         try:
             if path == _RAW:
                 recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
+            elif path == _PREDICTIVE:
+                lo, hi = int(header.lo), int(header.hi)
+                recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
             else:
                 recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, levels, n_buckets, sections)
                 recon = recon.astype(dtype)
@@ -346,13 +363,21 @@ def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, levels
 
 
 def _expected_path(header: Header, integer_dtype: bool) -> int:
-    """The tile path a valid stream uses, given its header (all tiles of a stream share it)."""
-    if integer_dtype:
-        return _LEARNED_INT
+    """The tile path a valid stream uses, given its header (all tiles of a stream share it).
+
+    Raises:
+        CorruptStreamError: The header's fields fit no path.
+    """
+    if integer_dtype or header.flags & FLAG_INTEGER_VALUED:
+        # Integer arithmetic: the predictive path names no model (format 1 streams used the learned one).
+        if header.model_name == "" and header.max_error > max(1.0, header.hi - header.lo):
+            raise CorruptStreamError("header bound exceeds the intensity span of a predictive stream")
+        return _PREDICTIVE if header.model_name == "" else _LEARNED_INT
     if header.mode == "lossless" and header.model_name == "":
         return _RAW
-    # Float volumes holding only integers use integer arithmetic (recorded as lo/hi whole numbers).
-    return _LEARNED_INT if header.flags & FLAG_INTEGER_VALUED else _LEARNED_FLOAT
+    if header.model_name == "":
+        raise CorruptStreamError("float stream in a lossy mode names no model")
+    return _LEARNED_FLOAT
 
 
 def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:

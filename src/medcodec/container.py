@@ -17,12 +17,14 @@ from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersion
 from .volume import SUPPORTED_DTYPES
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "FLAG_INTEGER_VALUED", "Header", "Chunk", "StreamInfo", "write_stream",
+    "MAGIC", "FORMAT_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "Header", "Chunk", "StreamInfo", "write_stream",
     "read_header", "read_stream", "MODES",
 ]  # fmt: skip
 
 MAGIC = b"\x89MCZ\r\n\x1a\n"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (2, 0)
+#: Major versions this decoder reads: 1 (the learned paths only) and 2 (adds the predictive path).
+READ_MAJORS = (1, 2)
 MODES = ("lossy", "near-lossless", "lossless")
 #: Header flag: a float volume whose values are all integers, coded with integer arithmetic.
 FLAG_INTEGER_VALUED = 1
@@ -190,9 +192,10 @@ def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
     (crc,) = struct.unpack_from("<I", data, end)
     if zlib.crc32(data[pos:end]) != crc:
         raise CorruptStreamError("header checksum mismatch")
-    if major != FORMAT_VERSION[0]:
+    if major not in READ_MAJORS:
         raise UnsupportedVersionError(
-            f"stream format version {major}.{minor} is not supported (this decoder reads {FORMAT_VERSION[0]}.x)"
+            f"stream format version {major}.{minor} is not supported"
+            f" (this decoder reads {', '.join(f'{m}.x' for m in READ_MAJORS)})"
         )
     return Header.unpack(bytes(data[pos + _PRELUDE.size : end])), end + 4, (major, minor)
 

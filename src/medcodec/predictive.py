@@ -1,0 +1,450 @@
+"""The predictive coder: lossless and error-bounded coding of integer tiles.
+
+A tile's slices are coded in z levels. With ``z_levels = L`` the key slices
+``0, 2^L, 2·2^L, ...`` come first; each later level codes the slices halfway
+between decoded ones, whose two z neighbours (at ``±h``) are then known. Within a
+level all its slices are coded together, voxel by voxel in wavefront order
+``t = 2y + x`` so that every voxel's in-plane causal neighbours (W, N, NW, NE,
+WW, NN, NWW, NNW, NNE) are decoded before it; a wavefront is one vectorized step.
+
+Each voxel's prediction is a linear combination of those neighbours (and, on
+levels after the key slices, of 5 voxels of each z neighbour), with integer
+weights that the encoder fits by least squares per level and per class (4
+activity classes by fitted thresholds × 3 gradient orientations) and sends. The
+residual, quantized with step ``2d + 1``, is coded in one of :data:`N_BUCKETS`
+contexts: a bucket of an estimate of its magnitude, a fitted non-negative
+combination of the local gradients and the decoded neighbours' residuals.
+Symbols are split into a token (:func:`tokens`) coded with the bucket's
+frequency table (measured by the encoder and sent) and raw low bits coded
+uniformly, all through one constriction ANS stream per tile.
+
+Everything the decoder computes is integer arithmetic, so it decodes the same
+voxels on every machine.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import constriction
+import numpy as np
+import zstandard
+
+from .entropy import unzstd
+from .errors import CorruptStreamError, TruncatedStreamError
+
+__all__ = ["encode_tile", "decode_tile", "tokens", "untokens", "N_BUCKETS", "MAX_Z_LEVELS"]
+
+#: In-plane causal neighbours (dy, dx), decodable in wavefront order t = 2y + x.
+INPLANE = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1))
+#: Voxels of each z neighbour slice used by the prediction (dy, dx).
+ZNEIGHBOURS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0))
+#: Fixed-point scale of the prediction weights, and of the context weights.
+W_SCALE, C_SCALE = 12, 10
+W_LIMIT, C_LIMIT = 1 << 18, 1 << 20
+N_ACTIVITY, N_ORIENT = 4, 3
+N_CLASSES = N_ACTIVITY * N_ORIENT
+#: Context buckets: bucket ``k`` holds residuals whose estimated 4·E|q| reaches THRESHOLDS[k - 1].
+THRESHOLDS = np.unique(np.round(2.0 ** (np.arange(0, 40) / 2.0)).astype(np.int64))[:19]
+N_BUCKETS = THRESHOLDS.size + 1
+#: Symbols below 2**DIRECT_BITS are their own token; larger ones keep MANTISSA_BITS below the top bit.
+DIRECT_BITS, MANTISSA_BITS = 4, 2
+MAX_TOKENS = (1 << DIRECT_BITS) + (1 << MANTISSA_BITS) * (64 - DIRECT_BITS)
+MAX_Z_LEVELS = 3
+_PAD = (2, 1, 2, 2)  # top, bottom, left, right margins of the padded planes
+_FIT_SAMPLES = 1 << 15
+_HEAD = struct.Struct("<BI")
+
+
+def tokens(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split signed symbols into (token, raw-bit count, raw bits) (int64 arrays)."""
+    u = np.where(q >= 0, 2 * q, -2 * q - 1)
+    big = u >> DIRECT_BITS > 0
+    e = np.zeros_like(u)
+    if big.any():
+        ub = u[big]
+        # floor(log2) by comparison with powers of two: exact for every int64.
+        e[big] = np.searchsorted(1 << np.arange(63, dtype=np.int64), ub, side="right") - 1
+    nraw = np.where(big, e - MANTISSA_BITS, 0)
+    tok = np.where(big, (1 << DIRECT_BITS) + ((e - DIRECT_BITS) << MANTISSA_BITS) + ((u >> nraw) & ((1 << MANTISSA_BITS) - 1)), u)
+    raw = u & ((np.int64(1) << nraw) - 1)
+    return tok, nraw, raw
+
+
+def raw_bits(tok: np.ndarray) -> np.ndarray:
+    """Raw-bit count of each token."""
+    big = tok >= 1 << DIRECT_BITS
+    return np.where(big, ((tok - (1 << DIRECT_BITS)) >> MANTISSA_BITS) + DIRECT_BITS - MANTISSA_BITS, 0)
+
+
+def untokens(tok: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """Invert :func:`tokens`."""
+    big = tok >= 1 << DIRECT_BITS
+    nraw = raw_bits(tok)
+    top = (1 << MANTISSA_BITS) + ((tok - (1 << DIRECT_BITS)) & ((1 << MANTISSA_BITS) - 1))
+    u = np.where(big, (top << nraw) | raw, tok)
+    return np.where(u & 1, -((u + 1) >> 1), u >> 1)
+
+
+@dataclass
+class _Level:
+    """What a z level's decoder needs besides the voxels: fitted once by the encoder."""
+
+    fill: int
+    act_thr: np.ndarray  # (N_ACTIVITY - 1,) nondecreasing
+    weights: np.ndarray  # (N_CLASSES, features)
+    ctx_w: np.ndarray  # (contexts,)
+    counts: np.ndarray  # (N_BUCKETS, width) token counts
+
+    def words(self) -> np.ndarray:
+        return np.concatenate([[self.fill], self.act_thr, self.weights.ravel(), self.ctx_w, [self.counts.shape[1]], self.counts.ravel()])
+
+
+def _n_features(has_z: bool) -> int:
+    return len(INPLANE) + (2 * len(ZNEIGHBOURS) if has_z else 0)
+
+
+def _n_contexts(has_z: bool) -> int:
+    return 3 + 4 if has_z else 2 + 4
+
+
+class _Planes:
+    """Padded (B, rows, cols) planes of one z level, flattened per slice, and neighbour offsets."""
+
+    def __init__(self, shape: tuple[int, int, int], fill: int, zm: np.ndarray | None, zp: np.ndarray | None) -> None:
+        b, h, w = shape
+        top, bottom, left, right = _PAD
+        self.h, self.w, self.cols = h, w, w + left + right
+        self.recon = np.full((b, (h + top + bottom) * self.cols), fill, dtype=np.int64)
+        self.err = np.zeros_like(self.recon)
+        pad = ((0, 0), (top, bottom), (left, right))
+        self.z = None if zm is None else [np.pad(s, pad, mode="edge").reshape(b, -1) for s in (zm, zp)]
+        self.off = np.array([dy * self.cols + dx for dy, dx in INPLANE], dtype=np.int64)
+        self.zoff = np.array([dy * self.cols + dx for dy, dx in ZNEIGHBOURS], dtype=np.int64)
+
+    def positions(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        return (y + _PAD[0]) * self.cols + (x + _PAD[2])
+
+    def interior(self) -> np.ndarray:
+        return self.recon.reshape(self.recon.shape[0], -1, self.cols)[:, _PAD[0] : _PAD[0] + self.h, _PAD[2] : _PAD[2] + self.w]
+
+    def front(self, t: int) -> np.ndarray:
+        """Padded positions of wavefront ``t`` (voxels with 2y + x = t)."""
+        y = np.arange(max(0, -(-(t - self.w + 1) // 2)), min(self.h - 1, t // 2) + 1)
+        return self.positions(y, t - 2 * y)
+
+    @property
+    def n_fronts(self) -> int:
+        return 2 * (self.h - 1) + self.w
+
+    def predict(self, pos: np.ndarray, lv: _Level, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (B, n) at padded positions and the context features (B, k, n) besides errors."""
+        g = self.recon[:, pos[None, :] + self.off[:, None]]
+        w_, n_, nw, ne, ww, nn = g[:, 0], g[:, 1], g[:, 2], g[:, 3], g[:, 4], g[:, 5]
+        dh = np.abs(w_ - ww) + np.abs(n_ - nw) + np.abs(n_ - ne)
+        dv = np.abs(w_ - nw) + np.abs(n_ - nn)
+        if self.z is not None:
+            zg = np.concatenate([p[:, pos[None, :] + self.zoff[:, None]] for p in self.z], axis=1)
+            base = (zg[:, 0] + zg[:, len(ZNEIGHBOURS)]) >> 1
+            dz = np.abs(zg[:, 0] - zg[:, len(ZNEIGHBOURS)])
+            g = np.concatenate([g, zg], axis=1)
+            acts = (dh, dv, dz)
+        else:
+            base = (w_ + n_) >> 1
+            acts = (dh, dv)
+        act = sum(acts)
+        cls = np.searchsorted(lv.act_thr, act, side="right") * N_ORIENT
+        cls += np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
+        f = g - base[:, None, :]
+        s = np.einsum("bkn,bnk->bn", f, lv.weights[cls])
+        pred = np.clip(base + ((s + (1 << (W_SCALE - 1))) >> W_SCALE), lo, hi)
+        return pred, np.stack(acts, axis=1)
+
+    def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level) -> np.ndarray:
+        e = self.err[:, pos[None, :] + self.off[:4, None]]
+        c = np.concatenate([acts, e], axis=1)
+        ctx = np.einsum("bkn,k->bn", c, lv.ctx_w) >> C_SCALE
+        return np.searchsorted(THRESHOLDS, ctx, side="right")
+
+
+def _levels(depth: int, z_levels: int) -> list[tuple[np.ndarray, int]]:
+    """(target slices, h) of each z level in coding order; h = 0 for the key slices."""
+    s = 1 << z_levels
+    out = [(np.arange(0, depth, s), 0)]
+    while s > 1:
+        h = s // 2
+        out.append((np.arange(h, depth, s), h))
+        s = h
+    return [(t, h) for t, h in out if t.size]
+
+
+def _z_neighbours(recon: np.ndarray, t: np.ndarray, h: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if h == 0:
+        return None, None
+    up = np.where(t + h < recon.shape[0], t + h, t - h)
+    return recon[t - h], recon[up]
+
+
+def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    reg = 1e-3 * np.eye(a.shape[1]) * max(1.0, float(np.mean(a * a)))
+    return np.linalg.solve(a.T @ a + reg, a.T @ b.astype(np.float64))
+
+
+def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, float]:
+    """Fit a level's parameters on (a sample of) its original voxels; returns them and an estimate of its bits."""
+    b, h, w = x.shape
+    has_z = zm is not None
+    fill = int(np.median(x[:, 0, :]))
+    planes = _Planes(x.shape, fill, zm, zp)
+    planes.interior()[...] = x
+    rng = np.random.default_rng(0)
+    n_pos = max(1, _FIT_SAMPLES // b)
+    ys = rng.integers(0, h, n_pos)
+    xs = rng.integers(0, w, n_pos)
+    pos = planes.positions(ys, xs)
+    # Activity classes: thresholds at quantiles of the sample's activity.
+    probe = _Level(fill, np.zeros(N_ACTIVITY - 1, np.int64), np.zeros((N_CLASSES, _n_features(has_z)), np.int64),
+                   np.zeros(_n_contexts(has_z), np.int64), np.zeros((N_BUCKETS, 2), np.int64))  # fmt: skip
+    _, acts = planes.predict(pos, probe, lo, hi)
+    act = acts.sum(axis=1).ravel()
+    probe.act_thr = np.quantile(act, np.arange(1, N_ACTIVITY) / N_ACTIVITY).astype(np.int64)
+    # Weights per class, fitted on differences to the base prediction.
+    g = planes.recon[:, pos[None, :] + planes.off[:, None]]
+    if has_z:
+        zg = np.concatenate([p[:, pos[None, :] + planes.zoff[:, None]] for p in planes.z], axis=1)
+        base = (zg[:, 0] + zg[:, len(ZNEIGHBOURS)]) >> 1
+        g = np.concatenate([g, zg], axis=1)
+    else:
+        base = (g[:, 0] + g[:, 1]) >> 1
+    f = (g - base[:, None, :]).transpose(0, 2, 1).reshape(-1, g.shape[1])
+    target = (planes.recon[:, pos] - base).ravel()
+    dh, dv = acts[:, 0].ravel(), acts[:, 1].ravel()
+    cls = np.searchsorted(probe.act_thr, act, side="right") * N_ORIENT + np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
+    weights = np.zeros((N_CLASSES, g.shape[1]), np.int64)
+    everyone = _lstsq(f, target)
+    for c in range(N_CLASSES):
+        m = cls == c
+        wc = _lstsq(f[m], target[m]) if m.sum() > 4 * f.shape[1] else everyone
+        weights[c] = np.clip(np.round(wc * (1 << W_SCALE)), -W_LIMIT, W_LIMIT)
+    probe.weights = weights
+    # Context weights: fit 4·|q| on the gradients and the neighbours' |q| (from originals).
+    near = pos[None, :] + planes.off[:4, None]
+    allpos = np.concatenate([pos, near.ravel()])
+    pred, _ = planes.predict(allpos, probe, lo, hi)
+    d = (step - 1) // 2
+    q = np.abs(np.floor_divide(planes.recon[:, allpos] - pred + d, step))
+    qs, qn = q[:, : pos.size], q[:, pos.size :].reshape(b, 4, pos.size)
+    c = np.concatenate([acts, qn], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + 4)
+    cw = np.maximum(_lstsq(c, 4 * qs.ravel()), 0.0)
+    probe.ctx_w = np.minimum(np.round(cw * (1 << C_SCALE)), C_LIMIT).astype(np.int64)
+    # Estimated bits of the sample, scaled to the level.
+    ctx = (c @ probe.ctx_w) >> C_SCALE
+    bucket = np.searchsorted(THRESHOLDS, ctx, side="right")
+    signed = np.floor_divide(planes.recon[:, pos] - pred[:, : pos.size] + d, step).ravel()
+    tok, nraw, _ = tokens(signed)
+    bits = float(nraw.sum())
+    for k in range(N_BUCKETS):
+        cnt = np.bincount(tok[bucket == k])
+        cnt = cnt[cnt > 0]
+        bits -= float((cnt * np.log2(cnt / max(1, cnt.sum()))).sum())
+    return probe, bits * x.size / signed.size
+
+
+def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Level]]:
+    """The z depth with the fewest estimated bits for this tile (0: slices coded on their own), and its levels."""
+    depth = x.shape[0]
+    best: tuple[float, int, list[_Level]] | None = None
+    for zl in range(0, MAX_Z_LEVELS + 1):
+        if zl and depth < (1 << zl) + 1:
+            break
+        fits = [_fit(x[t], *_z_neighbours(x, t, h), step, lo, hi) for t, h in _levels(depth, zl)]
+        bits = sum(b for _, b in fits)
+        if best is None or bits < best[0]:
+            best = (bits, zl, [lv for lv, _ in fits])
+    assert best is not None
+    return best[1], best[2]
+
+
+class _Writer:
+    """Collects (symbols, model) in decoding order; encodes them in reverse."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[np.ndarray, object, np.ndarray | None]] = []
+
+    def words(self) -> np.ndarray:
+        coder = constriction.stream.stack.AnsCoder()
+        for sym, model, sizes in reversed(self.items):
+            if sizes is None:
+                coder.encode_reverse(sym, model)
+            else:
+                coder.encode_reverse(sym, model, sizes)
+        return coder.get_compressed()
+
+
+_UNIFORM = constriction.stream.model.Uniform()
+
+
+def _models(counts: np.ndarray) -> list:
+    return [constriction.stream.model.Categorical(c.astype(np.float64), perfect=False) if c.sum() else None for c in counts]
+
+
+def _raw_parts(nraw: np.ndarray, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Raw bits as uniform symbols of at most 16 bits: (values, sizes) low part first."""
+    m = nraw > 0
+    lo_bits = np.minimum(nraw[m], 16)
+    parts = [((raw[m] & ((1 << lo_bits) - 1)).astype(np.int32), (1 << lo_bits).astype(np.int32))]
+    hi_n = nraw[m] - 16
+    mh = hi_n > 0
+    hb = np.minimum(hi_n[mh], 16)
+    parts.append((((raw[m][mh] >> 16) & ((1 << hb) - 1)).astype(np.int32), (1 << hb).astype(np.int32)))
+    hi2 = hi_n[mh] - 16
+    m2 = hi2 > 0
+    parts.append((((raw[m][mh][m2] >> 32)).astype(np.int32), (1 << hi2[m2]).astype(np.int32)))
+    return parts
+
+
+def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
+    """Code an integer tile within ``d`` (0: lossless); returns the section and the reconstruction (int64)."""
+    x = x.astype(np.int64)
+    step = 2 * d + 1
+    z_levels, fitted = plan_tile(x, step, lo, hi)
+    recon = np.empty_like(x)
+    writer = _Writer()
+    params = []
+    for (t, h), lv in zip(_levels(x.shape[0], z_levels), fitted):
+        zm, zp = _z_neighbours(recon, t, h)
+        xt = x[t]
+        planes = _Planes(xt.shape, lv.fill, zm, zp)
+        fronts = []
+        for f in range(planes.n_fronts):
+            pos = planes.front(f)
+            pred, acts = planes.predict(pos, lv, lo, hi)
+            bucket = planes.buckets(pos, acts, lv)
+            yx = pos - (_PAD[0] * planes.cols + _PAD[2])
+            yy, xx = yx // planes.cols, yx % planes.cols
+            target = xt[:, yy, xx]
+            q = np.floor_divide(target - pred + d, step)
+            planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
+            planes.err[:, pos] = np.minimum(np.abs(q), 1 << 24)
+            fronts.append((bucket.ravel(), q.ravel()))
+        counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
+        coded = []
+        for bucket, q in fronts:
+            tok, nraw, raw = tokens(q)
+            np.add.at(counts, (bucket, tok), 1)
+            coded.append((bucket, tok, nraw, raw))
+        width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
+        lv.counts = counts[:, :width]
+        models = _models(lv.counts)
+        for bucket, tok, nraw, raw in coded:
+            order = np.argsort(bucket, kind="stable")
+            sizes = np.bincount(bucket, minlength=N_BUCKETS)
+            start = 0
+            for k in np.flatnonzero(sizes):
+                writer.items.append((tok[order[start : start + sizes[k]]].astype(np.int32), models[k], None))
+                start += sizes[k]
+            for vals, sz in _raw_parts(nraw, raw):
+                if vals.size:
+                    writer.items.append((vals, _UNIFORM, sz))
+        recon[t] = planes.interior()
+        params.append(lv.words())
+    words = writer.words().astype("<u4").tobytes()
+    table = zstandard.ZstdCompressor(level=19).compress(np.concatenate(params).astype("<i8").tobytes())
+    section = _HEAD.pack(z_levels, len(table)) + table + words
+    return section, recon
+
+
+class _Words:
+    def __init__(self, w: np.ndarray) -> None:
+        self.w, self.pos = w, 0
+
+    def take(self, n: int) -> np.ndarray:
+        if n < 0 or self.pos + n > self.w.size:
+            raise CorruptStreamError("predictive parameters are short")
+        out = self.w[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def _read_level(r: _Words, has_z: bool, voxels: int) -> _Level:
+    fill = int(r.take(1)[0])
+    act_thr = r.take(N_ACTIVITY - 1).copy()
+    weights = r.take(N_CLASSES * _n_features(has_z)).reshape(N_CLASSES, -1).copy()
+    ctx_w = r.take(_n_contexts(has_z)).copy()
+    width = int(r.take(1)[0])
+    if not 2 <= width <= MAX_TOKENS:
+        raise CorruptStreamError("predictive token table has an invalid width")
+    counts = r.take(N_BUCKETS * width).reshape(N_BUCKETS, width).copy()
+    if (np.diff(act_thr) < 0).any() or (act_thr < 0).any() or (np.abs(weights) > W_LIMIT).any():
+        raise CorruptStreamError("predictive weights or thresholds are out of range")
+    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts < 0).any() or int(counts.sum()) != voxels:
+        raise CorruptStreamError("predictive context weights or token counts are invalid")
+    return _Level(fill, act_thr, weights, ctx_w, counts)
+
+
+def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: int) -> np.ndarray:
+    """Invert :func:`encode_tile`; returns the reconstruction (int64)."""
+    if len(data) < _HEAD.size:
+        raise TruncatedStreamError("predictive section ends inside its header")
+    z_levels, n_table = _HEAD.unpack_from(data)
+    if z_levels > MAX_Z_LEVELS or _HEAD.size + n_table > len(data):
+        raise CorruptStreamError("predictive section header is invalid")
+    levels = _levels(shape[0], z_levels)
+    max_words = sum(1 + (N_ACTIVITY - 1) + N_CLASSES * _n_features(h > 0) + _n_contexts(h > 0) + 1 + N_BUCKETS * MAX_TOKENS for _, h in levels)
+    r = _Words(np.frombuffer(unzstd(data[_HEAD.size : _HEAD.size + n_table], 8 * max_words), dtype="<i8").astype(np.int64))
+    body = data[_HEAD.size + n_table :]
+    if len(body) % 4:
+        raise CorruptStreamError("predictive section's coded words are not whole")
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+    step = 2 * d + 1
+    recon = np.empty(shape, dtype=np.int64)
+    for t, h in levels:
+        lv = _read_level(r, h > 0, t.size * shape[1] * shape[2])
+        left = lv.counts.sum(axis=1)
+        models = _models(lv.counts)
+        zm, zp = _z_neighbours(recon, t, h)
+        planes = _Planes((t.size, shape[1], shape[2]), lv.fill, zm, zp)
+        for f in range(planes.n_fronts):
+            pos = planes.front(f)
+            pred, acts = planes.predict(pos, lv, lo, hi)
+            bucket = planes.buckets(pos, acts, lv).ravel()
+            order = np.argsort(bucket, kind="stable")
+            sizes = np.bincount(bucket, minlength=N_BUCKETS)
+            left -= sizes
+            if (left < 0).any():
+                raise CorruptStreamError("predictive symbols exceed their token counts")
+            tok = np.empty(bucket.size, np.int64)
+            start = 0
+            for k in np.flatnonzero(sizes):
+                tok[order[start : start + sizes[k]]] = coder.decode(models[k], int(sizes[k]))
+                start += sizes[k]
+            nraw = raw_bits(tok)
+            raw = np.zeros_like(tok)
+            m = nraw > 0
+            if m.any():
+                nr = nraw[m]
+                lo_bits = np.minimum(nr, 16)
+                vals = coder.decode(_UNIFORM, (1 << lo_bits).astype(np.int32)).astype(np.int64)
+                hi_n = nr - 16
+                mh = hi_n > 0
+                if mh.any():
+                    hb = np.minimum(hi_n[mh], 16)
+                    v2 = coder.decode(_UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64)
+                    hi2 = hi_n[mh] - 16
+                    m2 = hi2 > 0
+                    if m2.any():
+                        if (hi2[m2] > 16).any():
+                            raise CorruptStreamError("predictive symbol is out of range")
+                        v3 = coder.decode(_UNIFORM, (1 << hi2[m2]).astype(np.int32)).astype(np.int64)
+                        v2[m2] |= v3 << 16
+                    vals[mh] |= v2 << 16
+                raw[m] = vals
+            q = untokens(tok, raw).reshape(t.size, -1)
+            planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
+            planes.err[:, pos] = np.minimum(np.abs(q), 1 << 24)
+        recon[t] = planes.interior()
+    if r.pos != r.w.size or not coder.is_empty():
+        raise CorruptStreamError("predictive section has unused parameters or coded data")
+    return recon
