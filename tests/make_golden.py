@@ -4,7 +4,7 @@ Golden streams pin the format: every future version must decode them to the
 recorded checksums. Only add new ones; never regenerate existing ones unless the
 format's major version changes.
 
-    PYTHONPATH=src python tests/make_golden.py
+    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 streams
 """
 
 from __future__ import annotations
@@ -28,6 +28,40 @@ def golden_volume() -> np.ndarray:
     z, y, x = np.meshgrid(np.linspace(-1, 1, 7), np.linspace(-1, 1, 33), np.linspace(-1, 1, 29), indexing="ij")
     v = 900 * np.exp(-(x**2 + y**2) * 2) + 40 * np.sin(5 * z) + rng.normal(0, 12, x.shape) - 300
     return v.astype(np.int16)
+
+
+def wide_volume() -> np.ndarray:
+    """An int32 volume whose residuals need raw bits past 16 and 32 (noise over 2**33)."""
+    rng = np.random.default_rng(20261203)
+    v = rng.integers(-(2**31), 2**31 - 1, size=(5, 9, 11), dtype=np.int64)
+    v[:, :4] = np.arange(4 * 11).reshape(4, 11) * 1000  # a smooth part
+    return v.astype(np.int32)
+
+
+def add_format_2() -> None:
+    """Add the format 2.0 (predictive path) streams beside the format 1.0 ones; existing entries stay."""
+    record = json.loads((HERE / "golden.json").read_text())
+    volume = medcodec.Volume(golden_volume(), spacing=(0.8, 0.8, 3.0), origin=(-10.0, 20.0, 5.5))
+    cases = {
+        "v2-lossy-q60": (volume, {"quality": 60}),
+        "v2-near-lossless-2": (volume, {"max_error": 2}),
+        "v2-lossless": (volume, {"max_error": 0}),
+        "v2-lossless-int32": (medcodec.Volume(wide_volume()), {"max_error": 0}),
+    }
+    for name, (vol, kwargs) in cases.items():
+        if name in record["streams"]:
+            continue
+        data = medcodec.compress(vol, **kwargs)
+        (HERE / f"golden-{name}.mcz").write_bytes(data)
+        decoded = medcodec.decompress(data).array
+        record["streams"][name] = {
+            "file": f"golden-{name}.mcz",
+            "voxels_sha256": hashlib.sha256(decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()).hexdigest(),
+            "dtype": str(decoded.dtype),
+            "shape": list(decoded.shape),
+            "format": "2.0",
+        }
+    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def main() -> None:
@@ -56,4 +90,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if (HERE / "golden.json").exists():
+        add_format_2()
+    else:
+        main()
+        add_format_2()
