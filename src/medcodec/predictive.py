@@ -197,9 +197,15 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     b, h, w = x.shape
     has_z = zm is not None
     fill = int(np.median(x[:, 0, :]))
-    planes = _Planes(x.shape, fill, zm, zp)
-    planes.interior()[...] = x
     rng = np.random.default_rng(0)
+    d = (step - 1) // 2
+    if d:
+        # Neighbours carry the reconstruction's error, up to +-d: fit on neighbours that do too.
+        zm, zp = (None, None) if zm is None else (v + rng.integers(-d, d + 1, v.shape) for v in (zm, zp))
+    planes = _Planes(x.shape, fill, zm, zp)
+    planes.interior()[...] = x + (rng.integers(-d, d + 1, x.shape) if d else 0)
+    orig = np.full_like(planes.recon, fill)
+    orig.reshape(b, -1, planes.cols)[:, _PAD[0] : _PAD[0] + h, _PAD[2] : _PAD[2] + w] = x
     n_pos = max(1, _FIT_SAMPLES // b)
     ys = rng.integers(0, h, n_pos)
     xs = rng.integers(0, w, n_pos)
@@ -219,7 +225,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     else:
         base = (g[:, 0] + g[:, 1]) >> 1
     f = (g - base[:, None, :]).transpose(0, 2, 1).reshape(-1, g.shape[1])
-    target = (planes.recon[:, pos] - base).ravel()
+    target = (orig[:, pos] - base).ravel()
     dh, dv = acts[:, 0].ravel(), acts[:, 1].ravel()
     cls = np.searchsorted(probe.act_thr, act, side="right") * N_ORIENT + np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
     weights = np.zeros((N_CLASSES, g.shape[1]), np.int64)
@@ -233,8 +239,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     near = pos[None, :] + planes.off[:4, None]
     allpos = np.concatenate([pos, near.ravel()])
     pred, _ = planes.predict(allpos, probe, lo, hi)
-    d = (step - 1) // 2
-    q = np.abs(np.floor_divide(planes.recon[:, allpos] - pred + d, step))
+    q = np.abs(np.floor_divide(orig[:, allpos] - pred + d, step))
     qs, qn = q[:, : pos.size], q[:, pos.size :].reshape(b, 4, pos.size)
     c = np.concatenate([acts, qn], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + 4)
     cw = np.maximum(_lstsq(c, 4 * qs.ravel()), 0.0)
@@ -242,7 +247,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     # Estimated bits of the sample, scaled to the level.
     ctx = (c @ probe.ctx_w) >> C_SCALE
     bucket = np.searchsorted(THRESHOLDS, ctx, side="right")
-    signed = np.floor_divide(planes.recon[:, pos] - pred[:, : pos.size] + d, step).ravel()
+    signed = np.floor_divide(orig[:, pos] - pred[:, : pos.size] + d, step).ravel()
     tok, nraw, _ = tokens(signed)
     bits = float(nraw.sum())
     for k in range(N_BUCKETS):
