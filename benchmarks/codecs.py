@@ -9,11 +9,18 @@ Baselines:
     JPEG-LS: CharLS via ``imagecodecs.jpegls_*``, lossless and NEAR = 1, 2, 4.
     JPEG XL: libjxl via ``imagecodecs.jpegxl_*`` at effort 7, lossless and a distance sweep.
 
+Peer codecs, each optional (skipped with a reason when its package is not installed):
+    tomoz: learned lossless coder for medical volumes (``tomoz.encode`` / ``decode``), on the
+        whole 3D volume with its built-in models.
+    SZ3: the error-bounded compressor through ``pysz`` (``pysz.sz.compress`` / ``decompress``),
+        on the whole 3D volume, absolute error bound ABS = 1, 2, 4 (the JPEG-LS NEAR values).
+
 The image codecs run slice by slice, one independent stream per (y, x) slice, as DICOM
 stores frames. They get unsigned voxels: every integer volume is shifted by ``-min`` into
 the smallest unsigned type that holds ``max - min`` (uint8 or uint16; wider ranges and float
 volumes are skipped). The shift, shape and dtype are side information stored for free; only
-codec bytes count.
+codec bytes count. The 3D peers get the volume in a type their library takes (see
+:class:`TomozCodec`, :class:`SZ3Codec`), with the same free side information.
 
 medcodec is called only through its public API (``medcodec.compress`` / ``decompress``).
 """
@@ -34,29 +41,39 @@ try:
     import imagecodecs
 except ImportError:  # the harness still runs gzip / zstd / medcodec without it
     imagecodecs = None
+try:
+    import tomoz
+except ImportError:  # optional peer: skipped with a reason
+    tomoz = None
+try:
+    import pysz
+except ImportError:  # optional peer (SZ3): skipped with a reason
+    pysz = None
 
 __all__ = [
     "CODEC_ORDER",
     "Codec",
     "CodecSetting",
     "Encoded",
-    "GZIP", "HTJ2K", "JPEG2000", "JPEGLS", "JPEGXL", "MEDCODEC", "ZSTD",
+    "GZIP", "HTJ2K", "JPEG2000", "JPEGLS", "JPEGXL", "MEDCODEC", "SZ3", "TOMOZ", "ZSTD",
     "baseline_settings",
     "medcodec_settings",
     "medcodec_status",
     "versions",
 ]
 
-GZIP, ZSTD, JPEG2000, HTJ2K, JPEGLS, JPEGXL, MEDCODEC = (
-    "gzip-6", "zstd-19", "JPEG 2000", "HTJ2K", "JPEG-LS", "JPEG XL", "medcodec")
-#: Column order of every table.
-CODEC_ORDER = (GZIP, ZSTD, JPEG2000, HTJ2K, JPEGLS, JPEGXL, MEDCODEC)
+GZIP, ZSTD, JPEG2000, HTJ2K, JPEGLS, JPEGXL, TOMOZ, SZ3, MEDCODEC = (
+    "gzip-6", "zstd-19", "JPEG 2000", "HTJ2K", "JPEG-LS", "JPEG XL", "tomoz", "SZ3", "medcodec")
+#: Column order of every table (tomoz beside JPEG XL, SZ3 beside JPEG-LS's NEAR columns).
+CODEC_ORDER = (GZIP, ZSTD, JPEG2000, HTJ2K, JPEGLS, JPEGXL, TOMOZ, SZ3, MEDCODEC)
 
 #: JPEG 2000 sweep: PSNR targets in dB over the volume's max - min (see SliceCodec).
 JPEG2000_PSNR_TARGETS = (30, 35, 40, 45, 50, 55, 60, 65, 70, 75)
 #: JPEG XL sweep: butteraugli distances (smaller is better quality).
 JPEGXL_DISTANCES = (0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 JPEGLS_NEARS = (1, 2, 4)
+#: SZ3 absolute error bounds: the JPEG-LS NEAR values, for a comparison at equal bound.
+SZ3_ABS_BOUNDS = JPEGLS_NEARS
 MEDCODEC_QUALITIES = (10, 25, 40, 55, 70, 85, 95)
 MEDCODEC_MAX_ERRORS = (0, 1, 2, 4)
 JPEGXL_EFFORT = 7
@@ -199,6 +216,84 @@ class MedcodecCodec:
         return np.asarray(medcodec.decompress(enc.chunks[0]).array)
 
 
+#: Sample types tomoz takes as they are.
+_TOMOZ_DTYPES = frozenset(np.dtype(t) for t in ("uint8", "int8", "uint16", "int16"))
+
+
+class TomozCodec:
+    """tomoz on the whole 3D volume, lossless, with its built-in models and default tiling.
+
+    uint8, int8, uint16 and int16 volumes go in as they are (tomoz codes the values, not the
+    type's width: an 8-bit range in int16 costs the same as in uint8); other integer volumes
+    are shifted into uint8 / uint16 as for the 2D codecs.
+    """
+
+    def unsupported(self, vol: BenchVolume) -> str | None:
+        if vol.array.dtype in _TOMOZ_DTYPES:
+            return None
+        target = _unsigned_target(vol.array)
+        return target if isinstance(target, str) else None
+
+    def encode(self, vol: BenchVolume) -> Encoded:
+        a = vol.array
+        if a.dtype in _TOMOZ_DTYPES:
+            return Encoded([bytes(tomoz.encode(a))], a.shape, a.dtype)
+        target = _unsigned_target(a)
+        if isinstance(target, str):
+            raise ValueError(target)
+        dtype, shift = target
+        return Encoded([bytes(tomoz.encode((a.astype(np.int64) + shift).astype(dtype)))],
+                       a.shape, a.dtype, shift)
+
+    def decode(self, enc: Encoded) -> np.ndarray:
+        out = np.asarray(tomoz.decode(enc.chunks[0])).reshape(enc.shape)
+        if enc.shift == 0 and out.dtype == enc.dtype:
+            return out
+        return (out.astype(np.int64) - enc.shift).astype(enc.dtype)
+
+
+class SZ3Codec:
+    """SZ3 through ``pysz`` on the whole 3D volume, absolute error bound ``abs_bound``.
+
+    Integer voxels go in as int32 (int64 for uint32 and int64 volumes), types pysz takes
+    natively, so decoded values stay integers; they are clipped to the original dtype's range
+    (clipping toward the original only shrinks an error) and cast back. SZ3's defaults
+    otherwise (interpolation + Lorenzo predictor, no OpenMP).
+
+    Args:
+        abs_bound: ``szConfig.absErrorBound`` with ``szErrorBoundMode.ABS``.
+    """
+
+    def __init__(self, abs_bound: int):
+        self.abs_bound = abs_bound
+
+    @staticmethod
+    def _work_dtype(dtype: np.dtype) -> np.dtype:
+        return np.dtype(np.int32 if dtype.itemsize <= 2 or dtype == np.int32 else np.int64)
+
+    def unsupported(self, vol: BenchVolume) -> str | None:
+        dtype = vol.array.dtype
+        if dtype.kind not in "iu":
+            return f"needs integer voxels (the bounds are integer steps), got {dtype}"
+        if dtype == np.uint64:
+            return "uint64 voxels: pysz takes at most int64"
+        return None
+
+    def encode(self, vol: BenchVolume) -> Encoded:
+        a = vol.array
+        config = pysz.szConfig(a.shape)
+        config.errorBoundMode = pysz.szErrorBoundMode.ABS
+        config.absErrorBound = float(self.abs_bound)
+        compressed, _ = pysz.sz.compress(a.astype(self._work_dtype(a.dtype), copy=False), config)
+        return Encoded([compressed.tobytes()], a.shape, a.dtype)
+
+    def decode(self, enc: Encoded) -> np.ndarray:
+        out, _ = pysz.sz.decompress(np.frombuffer(enc.chunks[0], np.uint8),
+                                    self._work_dtype(enc.dtype), enc.shape)
+        info = np.iinfo(enc.dtype)
+        return np.clip(out.reshape(enc.shape), info.min, info.max).astype(enc.dtype)
+
+
 @dataclass(frozen=True)
 class CodecSetting:
     """One point of one codec's sweep.
@@ -211,7 +306,8 @@ class CodecSetting:
         bound: Guaranteed max abs error (0 for lossless, NEAR, max_error), None for lossy.
         codec_impl: The adapter.
         strict: A broken guarantee or a crash stops the run (baselines: a harness bug);
-            when False it is recorded and reported (medcodec, which is under development).
+            when False it is recorded and reported (medcodec, which is under development, and
+            the third-party peers tomoz and SZ3, whose failure should not end a long run).
     """
 
     codec: str
@@ -254,9 +350,19 @@ def _available(name: str) -> bool:
     return imagecodecs is not None and bool(getattr(getattr(imagecodecs, name, None), "available", False))
 
 
+def _imagecodecs_missing(module: str) -> str | None:
+    """Why ``imagecodecs.<module>`` cannot be used (None when it can)."""
+    if _available(module):
+        return None
+    if imagecodecs is None:
+        return "imagecodecs not installed"
+    why = f"imagecodecs.{module} unavailable"
+    return why + " (OpenJPEG decodes HTJ2K but cannot encode it)" if module == "HTJ2K" else why
+
+
 def baseline_settings(*, quick: bool = False,
                       codecs: Sequence[str] | None = None) -> tuple[list[CodecSetting], list[str]]:
-    """The baseline settings to measure, and a message for each codec that is skipped.
+    """The baseline and peer settings to measure, and a message for each codec that is skipped.
 
     Args:
         quick: Fewer lossy points (``--quick``).
@@ -268,14 +374,11 @@ def baseline_settings(*, quick: bool = False,
     out: list[CodecSetting] = []
     skipped: list[str] = []
 
-    def want(name: str, module: str | None) -> bool:
+    def want(name: str, why_not: str | None) -> bool:
         if name not in wanted:
             return False
-        if module is not None and not _available(module):
-            why = "imagecodecs not installed" if imagecodecs is None else f"imagecodecs.{module} unavailable"
-            if name == HTJ2K and imagecodecs is not None:
-                why += " (OpenJPEG decodes HTJ2K but cannot encode it)"
-            skipped.append(f"{name} skipped: {why}")
+        if why_not is not None:
+            skipped.append(f"{name} skipped: {why_not}")
             return False
         return True
 
@@ -286,28 +389,34 @@ def baseline_settings(*, quick: bool = False,
         zc = RawBytesCodec(zstandard.ZstdCompressor(level=19).compress,
                            zstandard.ZstdDecompressor().decompress)
         out.append(CodecSetting(ZSTD, "lossless", "level=19", None, 0, zc))
-    if want(JPEG2000, "JPEG2K"):
+    if want(JPEG2000, _imagecodecs_missing("JPEG2K")):
         dec = imagecodecs.jpeg2k_decode
         out.append(CodecSetting(JPEG2000, "lossless", "lossless", None, 0,
                                 SliceCodec(_fixed(imagecodecs.jpeg2k_encode), dec)))
         for t in QUICK_JPEG2000_PSNR_TARGETS if quick else JPEG2000_PSNR_TARGETS:
             out.append(CodecSetting(JPEG2000, "lossy", f"target={t}dB", float(t), None,
                                     SliceCodec(_jpeg2k_lossy_encoder(t), dec)))
-    if want(HTJ2K, "HTJ2K"):
+    if want(HTJ2K, _imagecodecs_missing("HTJ2K")):
         out.append(CodecSetting(HTJ2K, "lossless", "lossless", None, 0,
                                 SliceCodec(_fixed(imagecodecs.htj2k_encode), imagecodecs.htj2k_decode)))
-    if want(JPEGLS, "JPEGLS"):
+    if want(JPEGLS, _imagecodecs_missing("JPEGLS")):
         for near in (0, *JPEGLS_NEARS):
             mode, param = ("lossless", "lossless") if near == 0 else ("near-lossless", f"NEAR={near}")
             out.append(CodecSetting(JPEGLS, mode, param, float(near), near,
                                     SliceCodec(_fixed(_jpegls_encoder(near)), imagecodecs.jpegls_decode)))
-    if want(JPEGXL, "JPEGXL"):
+    if want(JPEGXL, _imagecodecs_missing("JPEGXL")):
         dec = imagecodecs.jpegxl_decode
         lossless = lambda s: imagecodecs.jpegxl_encode(s, lossless=True, effort=JPEGXL_EFFORT)  # noqa: E731
         out.append(CodecSetting(JPEGXL, "lossless", "lossless", None, 0, SliceCodec(_fixed(lossless), dec)))
         for d in QUICK_JPEGXL_DISTANCES if quick else JPEGXL_DISTANCES:
             out.append(CodecSetting(JPEGXL, "lossy", f"distance={d}", float(d), None,
                                     SliceCodec(_fixed(_jpegxl_lossy_encoder(d)), dec)))
+    if want(TOMOZ, None if tomoz is not None else "tomoz not installed"):
+        out.append(CodecSetting(TOMOZ, "lossless", "lossless", None, 0, TomozCodec(), strict=False))
+    if want(SZ3, None if pysz is not None else "pysz (SZ3) not installed"):
+        for b in SZ3_ABS_BOUNDS:
+            out.append(CodecSetting(SZ3, "near-lossless", f"ABS={b}", float(b), b, SZ3Codec(b),
+                                    strict=False))
     return out, skipped
 
 
@@ -350,6 +459,15 @@ def versions() -> dict[str, str]:
                 out[lib] = getattr(imagecodecs, f"{lib}_version")()
             except Exception:  # a codec compiled out of this imagecodecs build
                 pass
+    if tomoz is not None:
+        out["tomoz"] = tomoz.__version__
+    if pysz is not None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            out["pysz (SZ3)"] = version("pysz")
+        except PackageNotFoundError:  # imported from a source tree
+            out["pysz (SZ3)"] = "unknown"
     try:
         import medcodec
 

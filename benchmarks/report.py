@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from .bdrate import PSNR_RANGE, bd_rate, psnr_overlap, rate_at_psnr
-from .codecs import CODEC_ORDER, JPEG2000, JPEGLS, JPEGXL, MEDCODEC
+from .codecs import (
+    CODEC_ORDER, JPEG2000, JPEGLS, JPEGXL, JPEGXL_EFFORT, MEDCODEC, SZ3, SZ3_ABS_BOUNDS, TOMOZ,
+)
 from .measure import Record
 
 __all__ = ["BD_PAIRS", "PSNR_TARGETS", "bd_rates", "render_results", "write_results"]
@@ -16,8 +18,12 @@ __all__ = ["BD_PAIRS", "PSNR_TARGETS", "bd_rates", "render_results", "write_resu
 #: Columns of the bpv-at-PSNR table (dB).
 PSNR_TARGETS = (40, 45, 50, 55, 60, 65)
 #: (test, reference) codec pairs of the BD-rate table; the last is a baselines-only reference.
+#: Lossy sweeps only: tomoz (lossless) and SZ3 (ABS bounds) have no lossy curve, and are
+#: compared in the lossless and near-lossless tables instead.
 BD_PAIRS = ((MEDCODEC, JPEG2000), (MEDCODEC, JPEGXL), (JPEGXL, JPEG2000))
 _LOSSY_CODECS = (JPEG2000, JPEGXL, MEDCODEC)
+#: Codecs whose near-lossless settings get a speed column.
+_NEAR_SPEED_CODECS = (JPEGLS, SZ3)
 _MODALITY_ORDER = ("CT", "MR", "other")
 _DASH = "—"
 
@@ -68,6 +74,26 @@ def _with_modality_means(volumes: Sequence[dict[str, Any]], n_cols: int,
     return rows
 
 
+def _z_spacing(v: dict[str, Any]) -> float | None:
+    spacing = v.get("spacing") or ()
+    return float(spacing[2]) if len(spacing) >= 3 else None
+
+
+def _describe(v: dict[str, Any]) -> str:
+    """``"CT, 134×512×512, 3 mm"``: modality, shape (z×y×x) and z spacing of a volume row."""
+    z = _z_spacing(v)
+    return f"{v['modality']}, {'×'.join(map(str, v['shape']))}, {_DASH if z is None else f'{z:g} mm'}"
+
+
+def _with_descriptions(rows: list[list[str]], volumes: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Rows of :func:`_with_modality_means` with :func:`_describe` after each volume's name."""
+    return [[r[0], _describe(volumes[i]) if i < len(volumes) else "", *r[1:]] for i, r in enumerate(rows)]
+
+
+#: Header of the :func:`_describe` column.
+_DESCRIBE_HEADER = "modality, z×y×x, z spacing"
+
+
 def _curve(records: Sequence[Record], volume: str, codec: str) -> tuple[list[float], list[float]]:
     pts = [r for r in _ok(records) if r.volume == volume and r.codec == codec and r.mode == "lossy"]
     return [r.bpv for r in pts], [r.psnr for r in pts]
@@ -96,33 +122,49 @@ def _lossless_section(records: Sequence[Record], volumes: Sequence[dict[str, Any
         r = next((r for r in _ok(records) if r.volume == name and r.codec == codecs[i]
                   and r.mode == "lossless"), None)
         return None if r is None else r.ratio
+    labels = [f"{c} (effort {JPEGXL_EFFORT})" if c == JPEGXL else c for c in codecs]
     text = "## Lossless (bpv, lower is better)\n\n"
-    header = ["volume", *(f"{c} e7" if c == JPEGXL else c for c in codecs)]
-    text += _table(header, _with_modality_means(volumes, len(codecs), bpv))
+    notes = [f"JPEG XL at effort {JPEGXL_EFFORT}"] if JPEGXL in codecs else []
+    if TOMOZ in codecs:
+        notes.append("tomoz on the whole 3D volume (built-in models), the 2D codecs slice by slice")
+    text += "".join(f"{n}; " for n in notes) + "z spacing: distance between slices (mm).\n\n"
+    header = ["volume", _DESCRIBE_HEADER, *labels]
+    text += _table(header, _with_descriptions(_with_modality_means(volumes, len(codecs), bpv), volumes))
     text += "\nCompression ratio (raw bytes of the original dtype / stream bytes), mean per modality:\n\n"
     rows = [[f"{m} (n={len(names)})", *(_fmt(_mean([ratio(n, i) for n in names]), 2)
                                        for i in range(len(codecs)))]
             for m, names in _modality_groups(volumes)]
-    text += _table(["modality", *header[1:]], rows)
+    text += _table(["modality", *labels], rows)
     return text
 
 
 def _near_lossless_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) -> str:
-    keys = sorted({(r.codec, r.value or 0.0, r.param) for r in records if r.mode == "near-lossless"},
-                  key=lambda k: (CODEC_ORDER.index(k[0]), k[1]))
+    # Grouped by bound, so the codecs at one bound (JPEG-LS NEAR=2, SZ3 ABS=2, ...) sit together.
+    keys = sorted({(r.codec, r.bound or 0, r.param) for r in records if r.mode == "near-lossless"},
+                  key=lambda k: (k[1], CODEC_ORDER.index(k[0])))
     if not keys:
         return ""
     def cell(name: str, i: int) -> float | None:
         r = _find(records, name, f"{keys[i][0]} {keys[i][2]}")
         return None if r is None else r.bpv
     text = "## Near-lossless (bpv; every voxel within ±bound)\n\n"
+    text += ("Columns grouped by bound: JPEG-LS NEAR (slice by slice), SZ3 ABS (absolute error "
+             "bound, whole 3D volume) and medcodec max_error all guarantee every voxel within "
+             "±bound. The last row is the largest voxel error measured on any volume; z spacing: "
+             "distance between slices (mm).\n\n")
     rows = _with_modality_means(volumes, len(keys), cell)
     for row, v in zip(rows, volumes):  # flag a broken bound next to its number
         for i, (codec, _, param) in enumerate(keys):
             r = _find(records, v["name"], f"{codec} {param}")
             if r is not None and r.bound_ok is False:
                 row[i + 1] += f" ✗ (max err {r.max_abs_error:g})"
-    text += _table(["volume", *(f"{c} {p}" for c, _, p in keys)], rows)
+    def max_error(i: int) -> str:
+        found = [_find(records, v["name"], f"{keys[i][0]} {keys[i][2]}") for v in volumes]
+        errs = [r.max_abs_error for r in found if r is not None]
+        return _DASH if not errs else f"{max(errs):g}"
+    rows.append(["**max abs error (all volumes)**", *(max_error(i) for i in range(len(keys)))])
+    text += _table(["volume", _DESCRIBE_HEADER, *(f"{c} {p}" for c, _, p in keys)],
+                   _with_descriptions(rows, volumes))
     return text
 
 
@@ -174,8 +216,9 @@ def _speed_columns(records: Sequence[Record]) -> list[tuple[str, Callable[[Recor
         cols.append((f"{c} lossless", lambda r, c=c: r.codec == c and r.mode == "lossless"))
     for c in _codecs_present(records, "lossy", _LOSSY_CODECS):
         cols.append((f"{c} lossy (median of sweep)", lambda r, c=c: r.codec == c and r.mode == "lossy"))
-    if any(r.codec == JPEGLS and r.mode == "near-lossless" for r in records):
-        cols.append((f"{JPEGLS} NEAR (median)", lambda r: r.codec == JPEGLS and r.mode == "near-lossless"))
+    for c in _codecs_present(records, "near-lossless", _NEAR_SPEED_CODECS):
+        label = "NEAR" if c == JPEGLS else "ABS"
+        cols.append((f"{c} {label} (median)", lambda r, c=c: r.codec == c and r.mode == "near-lossless"))
     return cols
 
 
@@ -237,7 +280,8 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
     Args:
         records: Every measured setting.
         meta: Run description: ``command``, ``date``, ``volumes`` (dicts with ``name``,
-            ``modality``, ``shape``, ``dtype``, ``source``, ``ssim_slices``), ``versions``,
+            ``modality``, ``shape``, ``spacing`` (x, y, z mm; optional), ``dtype``, ``source``,
+            ``ssim_slices``), ``versions``,
             ``messages``, ``figures``, ``quick``, ``ssim_max_voxels``, ``memory_method``, ``machine``.
     """
     volumes = meta["volumes"]
@@ -270,11 +314,18 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
         "and near-lossless results were checked on the decoded voxels (bit-exact / within "
         "±bound). JPEG 2000 lossy: OpenJPEG fixed-quality mode (irreversible 9/7), its PSNR "
         "target offset by 20 log10((2^bits − 1)/(max − min)) so the target reads as PSNR over "
-        "max − min. JPEG XL: effort 7, distance sweep. medcodec: public API only; each setting "
+        f"max − min. JPEG XL: effort {JPEGXL_EFFORT}, distance sweep. tomoz: `tomoz.encode` / "
+        "`tomoz.decode` on the whole 3D volume (uint8/int8/uint16/int16 as they are, other "
+        "integer types shifted like the 2D codecs' input), built-in models. SZ3: `pysz` on the "
+        "whole 3D volume as int32 (int64 for wider types), absolute error bound "
+        f"(`szErrorBoundMode.ABS`) {', '.join(map(str, SZ3_ABS_BOUNDS))}, decoded values clipped "
+        "to the original dtype. medcodec: public API only; each setting "
         "first ran once on a small crop so model loading is not timed.\n")
-    out.append(_table(["volume", "modality", "shape (z×y×x)", "dtype", "source"],
-                      [[v["name"], v["modality"], "×".join(map(str, v["shape"])), v["dtype"], v["source"]]
-                       for v in volumes]))
+    out.append(_table(["volume", "modality", "shape (z×y×x)", "spacing x×y×z (mm)", "dtype",
+                       "source"],
+                      [[v["name"], v["modality"], "×".join(map(str, v["shape"])),
+                        "×".join(f"{s:g}" for s in v["spacing"]) if v.get("spacing") else _DASH,
+                        v["dtype"], v["source"]] for v in volumes]))
     records = list(records)
     for section in (_lossless_section(records, volumes), _near_lossless_section(records, volumes),
                     _lossy_section(records, volumes), _bd_section(records, volumes),

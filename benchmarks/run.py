@@ -147,8 +147,9 @@ def run_benchmark(volumes: Sequence[BenchVolume], settings: Sequence[CodecSettin
 
 def _volume_meta(vol: BenchVolume, ssim_max_voxels: int | None) -> dict[str, Any]:
     meta = {"name": vol.name, "modality": vol.modality, "shape": list(vol.array.shape),
-            "dtype": str(vol.array.dtype), "source": vol.source, "min": float(vol.array.min()),
-            "max": float(vol.array.max()), "ssim_slices": None}
+            "spacing": [float(s) for s in vol.spacing], "dtype": str(vol.array.dtype),
+            "source": vol.source, "min": float(vol.array.min()), "max": float(vol.array.max()),
+            "ssim_slices": None}
     if ssim_max_voxels is not None:
         zs = ssim_region(vol.array.shape, ssim_max_voxels)[0]
         if zs.stop - zs.start < vol.array.shape[0]:
@@ -157,7 +158,7 @@ def _volume_meta(vol: BenchVolume, ssim_max_voxels: int | None) -> dict[str, Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the benchmark; returns the process exit code (1 when medcodec broke a guarantee)."""
+    """Run the benchmark; returns the process exit code (1 when medcodec or a peer broke a guarantee)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)

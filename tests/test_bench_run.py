@@ -15,7 +15,12 @@ pytest.importorskip("imagecodecs", reason="imagecodecs (the bench extra) is not 
 sitk = pytest.importorskip("SimpleITK")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 
+from benchmarks import codecs as bench_codecs  # noqa: E402
 from benchmarks import run  # noqa: E402
+
+#: The optional peer codecs installed here (each skipped with a reason otherwise).
+PEERS = {name for name, mod in (("tomoz", bench_codecs.tomoz), ("SZ3", bench_codecs.pysz))
+         if mod is not None}
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -68,7 +73,7 @@ def test_end_to_end_baselines_and_medcodec(tmp_path, files, monkeypatch):
     recs = results["records"]
     assert {r["volume"] for r in recs} == {"ct_synth", "mr_synth"}
     assert {r["codec"] for r in recs} == {"gzip-6", "zstd-19", "JPEG 2000", "HTJ2K", "JPEG-LS",
-                                          "JPEG XL", "medcodec"}
+                                          "JPEG XL", "medcodec", *PEERS}
     assert all(r["exact"] for r in recs if r["mode"] == "lossless")
     assert all(r["bound_ok"] for r in recs if r["mode"] == "near-lossless")
     assert {r["modality"] for r in recs} == {"CT", "MR"}
@@ -80,6 +85,11 @@ def test_end_to_end_baselines_and_medcodec(tmp_path, files, monkeypatch):
         assert heading in text
     assert "**CT mean (n=1)**" in text and "**MR mean (n=1)**" in text
     assert "medcodec vs JPEG 2000" in text and "medcodec max_error=2" in text
+    assert "| JPEG XL (effort 7) |" in text
+    if "tomoz" in PEERS:
+        assert "| JPEG XL (effort 7) | tomoz |" in text
+    if "SZ3" in PEERS:
+        assert "| JPEG-LS NEAR=2 | SZ3 ABS=2 | medcodec max_error=2 |" in text
     for fig in results["meta"]["figures"]:
         assert (out / fig).stat().st_size > 0
     if results["meta"]["figures"]:
