@@ -37,7 +37,13 @@ from .errors import CorruptStreamError, TruncatedStreamError
 __all__ = ["encode_tile", "decode_tile", "tokens", "untokens", "N_BUCKETS", "MAX_Z_LEVELS"]
 
 #: In-plane causal neighbours (dy, dx), decodable in wavefront order t = 2y + x.
-INPLANE = ((0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1))
+INPLANE = (
+    (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1),
+    (0, -3), (-3, 0), (-2, -2), (-2, 2), (-1, -3), (-3, -1), (-3, 1), (-2, -3),
+)  # fmt: skip
+#: The first N_FEEDBACK in-plane neighbours' quantized residuals are prediction features too (bias feedback).
+N_FEEDBACK = 4
+ERR_LIMIT = 1 << 24
 #: Voxels of each z neighbour slice used by the prediction (dy, dx).
 ZNEIGHBOURS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0))
 #: Fixed-point scale of the prediction weights, and of the context weights.
@@ -52,7 +58,12 @@ N_BUCKETS = THRESHOLDS.size + 1
 DIRECT_BITS, MANTISSA_BITS = 4, 2
 MAX_TOKENS = (1 << DIRECT_BITS) + (1 << MANTISSA_BITS) * (64 - DIRECT_BITS)
 MAX_Z_LEVELS = 3
-_PAD = (2, 1, 2, 2)  # top, bottom, left, right margins of the padded planes
+
+def _margins() -> tuple[int, int, int, int]:
+    """Top, bottom, left and right margins of the padded planes: room for every neighbour offset."""
+    offs = INPLANE + ZNEIGHBOURS
+    return (max(-dy for dy, _ in offs), max(dy for dy, _ in offs), max(-dx for _, dx in offs), max(dx for _, dx in offs))
+
 _FIT_SAMPLES = 1 << 15
 _HEAD = struct.Struct("<BI")
 
@@ -102,7 +113,7 @@ class _Level:
 
 
 def _n_features(has_z: bool) -> int:
-    return len(INPLANE) + (2 * len(ZNEIGHBOURS) if has_z else 0)
+    return len(INPLANE) + (2 * len(ZNEIGHBOURS) if has_z else 0) + N_FEEDBACK
 
 
 def _n_contexts(has_z: bool) -> int:
@@ -114,7 +125,7 @@ class _Planes:
 
     def __init__(self, shape: tuple[int, int, int], fill: int, zm: np.ndarray | None, zp: np.ndarray | None) -> None:
         b, h, w = shape
-        top, bottom, left, right = _PAD
+        top, bottom, left, right = self.pad = _margins()
         self.h, self.w, self.cols = h, w, w + left + right
         self.recon = np.full((b, (h + top + bottom) * self.cols), fill, dtype=np.int64)
         self.err = np.zeros_like(self.recon)
@@ -124,10 +135,11 @@ class _Planes:
         self.zoff = np.array([dy * self.cols + dx for dy, dx in ZNEIGHBOURS], dtype=np.int64)
 
     def positions(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        return (y + _PAD[0]) * self.cols + (x + _PAD[2])
+        return (y + self.pad[0]) * self.cols + (x + self.pad[2])
 
     def interior(self) -> np.ndarray:
-        return self.recon.reshape(self.recon.shape[0], -1, self.cols)[:, _PAD[0] : _PAD[0] + self.h, _PAD[2] : _PAD[2] + self.w]
+        top, left = self.pad[0], self.pad[2]
+        return self.recon.reshape(self.recon.shape[0], -1, self.cols)[:, top : top + self.h, left : left + self.w]
 
     def front(self, t: int) -> np.ndarray:
         """Padded positions of wavefront ``t`` (voxels with 2y + x = t)."""
@@ -157,12 +169,14 @@ class _Planes:
         cls = np.searchsorted(lv.act_thr, act, side="right") * N_ORIENT
         cls += np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
         f = g - base[:, None, :]
+        if N_FEEDBACK:
+            f = np.concatenate([f, self.err[:, pos[None, :] + self.off[:N_FEEDBACK, None]]], axis=1)
         s = np.einsum("bkn,bnk->bn", f, lv.weights[cls])
         pred = np.clip(base + ((s + (1 << (W_SCALE - 1))) >> W_SCALE), lo, hi)
         return pred, np.stack(acts, axis=1)
 
     def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level) -> np.ndarray:
-        e = self.err[:, pos[None, :] + self.off[:4, None]]
+        e = np.abs(self.err[:, pos[None, :] + self.off[:4, None]])
         c = np.concatenate([acts, e], axis=1)
         ctx = np.einsum("bkn,k->bn", c, lv.ctx_w) >> C_SCALE
         return np.searchsorted(THRESHOLDS, ctx, side="right")
@@ -192,6 +206,17 @@ def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.linalg.solve(a.T @ a + reg, a.T @ b.astype(np.float64))
 
 
+def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: int) -> np.ndarray:
+    """Fixed-point least-squares weights per class (``zeros`` trailing features left at 0)."""
+    weights = np.zeros((N_CLASSES, f.shape[1] + zeros), np.int64)
+    everyone = _lstsq(f, target)
+    for c in range(N_CLASSES):
+        m = cls == c
+        wc = _lstsq(f[m], target[m]) if m.sum() > 4 * f.shape[1] else everyone
+        weights[c, : f.shape[1]] = np.clip(np.round(wc * (1 << W_SCALE)), -W_LIMIT, W_LIMIT)
+    return weights
+
+
 def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, float]:
     """Fit a level's parameters on (a sample of) its original voxels; returns them and an estimate of its bits."""
     b, h, w = x.shape
@@ -205,7 +230,8 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     planes = _Planes(x.shape, fill, zm, zp)
     planes.interior()[...] = x + (rng.integers(-d, d + 1, x.shape) if d else 0)
     orig = np.full_like(planes.recon, fill)
-    orig.reshape(b, -1, planes.cols)[:, _PAD[0] : _PAD[0] + h, _PAD[2] : _PAD[2] + w] = x
+    top, left = planes.pad[0], planes.pad[2]
+    orig.reshape(b, -1, planes.cols)[:, top : top + h, left : left + w] = x
     n_pos = max(1, _FIT_SAMPLES // b)
     ys = rng.integers(0, h, n_pos)
     xs = rng.integers(0, w, n_pos)
@@ -228,26 +254,26 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     target = (orig[:, pos] - base).ravel()
     dh, dv = acts[:, 0].ravel(), acts[:, 1].ravel()
     cls = np.searchsorted(probe.act_thr, act, side="right") * N_ORIENT + np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
-    weights = np.zeros((N_CLASSES, g.shape[1]), np.int64)
-    everyone = _lstsq(f, target)
-    for c in range(N_CLASSES):
-        m = cls == c
-        wc = _lstsq(f[m], target[m]) if m.sum() > 4 * f.shape[1] else everyone
-        weights[c] = np.clip(np.round(wc * (1 << W_SCALE)), -W_LIMIT, W_LIMIT)
-    probe.weights = weights
-    # Context weights: fit 4·|q| on the gradients and the neighbours' |q| (from originals).
+    probe.weights = _class_weights(f, target, cls, N_FEEDBACK)
+    # The neighbours' residuals under those weights, then weights that also see them.
     near = pos[None, :] + planes.off[:4, None]
-    allpos = np.concatenate([pos, near.ravel()])
-    pred, _ = planes.predict(allpos, probe, lo, hi)
-    q = np.abs(np.floor_divide(orig[:, allpos] - pred + d, step))
-    qs, qn = q[:, : pos.size], q[:, pos.size :].reshape(b, 4, pos.size)
-    c = np.concatenate([acts, qn], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + 4)
-    cw = np.maximum(_lstsq(c, 4 * qs.ravel()), 0.0)
+    pred, _ = planes.predict(near.ravel(), probe, lo, hi)
+    qn = np.floor_divide(orig[:, near.ravel()] - pred + d, step)
+    planes.err[:, near.ravel()] = np.clip(qn, -ERR_LIMIT, ERR_LIMIT)
+    qn = qn.reshape(b, 4, pos.size)
+    if N_FEEDBACK:
+        fb = planes.err[:, pos[None, :] + planes.off[:N_FEEDBACK, None]].transpose(0, 2, 1).reshape(-1, N_FEEDBACK)
+        probe.weights = _class_weights(np.concatenate([f, fb], axis=1), target, cls, 0)
+    pred, _ = planes.predict(pos, probe, lo, hi)
+    signed = np.floor_divide(orig[:, pos] - pred + d, step)
+    # Context weights: fit 4·|q| on the gradients and the neighbours' |q|.
+    c = np.concatenate([acts, np.abs(qn)], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + 4)
+    cw = np.maximum(_lstsq(c, 4 * np.abs(signed).ravel()), 0.0)
     probe.ctx_w = np.minimum(np.round(cw * (1 << C_SCALE)), C_LIMIT).astype(np.int64)
     # Estimated bits of the sample, scaled to the level.
     ctx = (c @ probe.ctx_w) >> C_SCALE
     bucket = np.searchsorted(THRESHOLDS, ctx, side="right")
-    signed = np.floor_divide(orig[:, pos] - pred[:, : pos.size] + d, step).ravel()
+    signed = signed.ravel()
     tok, nraw, _ = tokens(signed)
     bits = float(nraw.sum())
     for k in range(N_BUCKETS):
@@ -327,12 +353,12 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
             pos = planes.front(f)
             pred, acts = planes.predict(pos, lv, lo, hi)
             bucket = planes.buckets(pos, acts, lv)
-            yx = pos - (_PAD[0] * planes.cols + _PAD[2])
+            yx = pos - (planes.pad[0] * planes.cols + planes.pad[2])
             yy, xx = yx // planes.cols, yx % planes.cols
             target = xt[:, yy, xx]
             q = np.floor_divide(target - pred + d, step)
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
-            planes.err[:, pos] = np.minimum(np.abs(q), 1 << 24)
+            planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
             fronts.append((bucket.ravel(), q.ravel()))
         counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
         coded = []
@@ -448,7 +474,7 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
                 raw[m] = vals
             q = untokens(tok, raw).reshape(t.size, -1)
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
-            planes.err[:, pos] = np.minimum(np.abs(q), 1 << 24)
+            planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
         recon[t] = planes.interior()
     if r.pos != r.w.size or not coder.is_empty():
         raise CorruptStreamError("predictive section has unused parameters or coded data")
