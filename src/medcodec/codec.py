@@ -23,7 +23,10 @@ import json
 import math
 import numbers
 import struct
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +63,8 @@ PREDICTOR_QUALITY = 25
 _LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE = 0, 1, 2, 3
 _TILE_HEAD = struct.Struct("<IBBBB")
 Progress = Callable[[int, int], None]
+#: Threads that code numpy-only tiles at once.
+_WORKERS = min(2, os.cpu_count() or 1)
 
 
 def quality_gain(quality: int) -> int:
@@ -183,8 +188,8 @@ def compress(
     if vol.metadata:
         meta = json.dumps({str(k): str(v) for k, v in vol.metadata.items()}, sort_keys=True).encode()
         chunks.append(Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta)))
-    for i, tile in enumerate(tiles):
-        payload, digest = _encode_tile(i, arr[tile], plan, cm)
+    encoded = _tile_map(lambda i: _encode_tile(i, arr[tiles[i]], plan, cm), range(len(tiles)), parallel=cm is None)
+    for i, (payload, digest) in enumerate(encoded):
         chunks.append(Chunk(b"TILE", payload))
         digests.append(digest)
         if progress:
@@ -293,44 +298,72 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     dtype = np.dtype(header.dtype)
     integer = dtype.kind != "f"
     cm: CodecModel | None = None
+    expected = _expected_path(header, integer)
+    learned = expected in (_LEARNED_INT, _LEARNED_FLOAT)
+    if learned:
+        cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
+
+    def decode_one(i: int) -> tuple[np.ndarray, bytes]:
+        return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, cm)
+
     out = np.empty(header.shape, dtype=dtype)
     digests = []
-    for i, (tile, chunk) in enumerate(zip(tiles, tile_chunks)):
-        shape = tuple(s.stop - s.start for s in tile)
-        try:
-            index, path, levels, n_buckets, reserved = _TILE_HEAD.unpack_from(chunk.payload)
-        except struct.error:
-            raise CorruptStreamError("tile chunk is too short") from None
-        if index != i or reserved or path != _expected_path(header, integer):
-            raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
-        learned = path in (_LEARNED_INT, _LEARNED_FLOAT)
-        if learned == (levels == 0 and n_buckets == 0) or levels > 8:
-            raise CorruptStreamError(f"tile chunk {i} has invalid residual layer fields")
-        if learned and cm is None:
-            cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
-        sections, digest = _split_sections(chunk.payload[_TILE_HEAD.size :], 3 if learned else 1)
-        try:
-            if path == _RAW:
-                recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
-            elif path == _PREDICTIVE:
-                lo, hi = int(header.lo), int(header.hi)
-                recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
-            else:
-                recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, levels, n_buckets, sections)
-                recon = recon.astype(dtype)
-        except MedcodecError:
-            raise
-        except (ValueError, IndexError, RuntimeError, TypeError, OverflowError) as exc:
-            raise CorruptStreamError(f"tile {i} cannot be decoded: {exc}") from None
-        if _digest(recon) != digest:
-            raise ChecksumError(f"tile {i}: decoded voxels do not match the encoder's checksum")
-        out[tile] = recon
+    for i, (recon, digest) in enumerate(_tile_map(decode_one, range(len(tiles)), parallel=not learned)):
+        out[tiles[i]] = recon
         digests.append(digest)
         if progress:
             progress(i + 1, len(tiles))
     if hashlib.sha256(b"".join(digests)).digest() != header.voxel_sha256:
         raise ChecksumError("decoded volume does not match the encoder's checksum")
     return Volume(out, header.spacing, header.origin, header.direction, metadata)
+
+
+def _tile_map(fn: Callable[[int], Any], indices: range, parallel: bool) -> Iterator[Any]:
+    """``fn`` over tile indices, results in order; numpy-only tiles run on two threads (numpy releases the GIL)."""
+    if not parallel or len(indices) < 2 or _WORKERS < 2:
+        yield from map(fn, indices)
+        return
+    pool = ThreadPoolExecutor(max_workers=_WORKERS)
+    try:
+        yield from pool.map(fn, indices)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _decode_tile(i: int, tile, payload: bytes, header: Header, expected: int, cm: CodecModel | None) -> tuple[np.ndarray, bytes]:
+    """Validate and decode tile chunk ``i``; returns its voxels and checksum.
+
+    Raises:
+        TruncatedStreamError, CorruptStreamError, ChecksumError: The chunk is damaged.
+    """
+    dtype = np.dtype(header.dtype)
+    shape = tuple(s.stop - s.start for s in tile)
+    try:
+        index, path, levels, n_buckets, reserved = _TILE_HEAD.unpack_from(payload)
+    except struct.error:
+        raise CorruptStreamError("tile chunk is too short") from None
+    if index != i or reserved or path != expected:
+        raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
+    learned = path in (_LEARNED_INT, _LEARNED_FLOAT)
+    if learned == (levels == 0 and n_buckets == 0) or levels > 8:
+        raise CorruptStreamError(f"tile chunk {i} has invalid residual layer fields")
+    sections, digest = _split_sections(payload[_TILE_HEAD.size :], 3 if learned else 1)
+    try:
+        if path == _RAW:
+            recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
+        elif path == _PREDICTIVE:
+            lo, hi = int(header.lo), int(header.hi)
+            recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
+        else:
+            recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, levels, n_buckets, sections)
+            recon = recon.astype(dtype)
+    except MedcodecError:
+        raise
+    except (ValueError, IndexError, RuntimeError, TypeError, OverflowError) as exc:
+        raise CorruptStreamError(f"tile {i} cannot be decoded: {exc}") from None
+    if _digest(recon) != digest:
+        raise ChecksumError(f"tile {i}: decoded voxels do not match the encoder's checksum")
+    return recon, digest
 
 
 def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, levels: int, n_buckets: int, sections) -> np.ndarray:

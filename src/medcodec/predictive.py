@@ -56,7 +56,8 @@ THRESHOLDS = np.unique(np.round(2.0 ** (np.arange(0, 40) / 2.0)).astype(np.int64
 N_BUCKETS = THRESHOLDS.size + 1
 #: Symbols below 2**DIRECT_BITS are their own token; larger ones keep MANTISSA_BITS below the top bit.
 DIRECT_BITS, MANTISSA_BITS = 4, 2
-MAX_TOKENS = (1 << DIRECT_BITS) + (1 << MANTISSA_BITS) * (64 - DIRECT_BITS)
+#: Tokens cover |q| <= 2**33 (every integer span the format allows): at most 32 raw bits, two uniform parts.
+MAX_TOKENS = (1 << DIRECT_BITS) + (1 << MANTISSA_BITS) * (35 - DIRECT_BITS)
 MAX_Z_LEVELS = 3
 
 def _margins() -> tuple[int, int, int, int]:
@@ -64,7 +65,8 @@ def _margins() -> tuple[int, int, int, int]:
     offs = INPLANE + ZNEIGHBOURS
     return (max(-dy for dy, _ in offs), max(dy for dy, _ in offs), max(-dx for _, dx in offs), max(dx for _, dx in offs))
 
-_FIT_SAMPLES = 1 << 15
+#: Voxels sampled to fit a level's parameters, and to compare z depths.
+_FIT_SAMPLES, _PLAN_SAMPLES = 1 << 15, 1 << 13
 _HEAD = struct.Struct("<BI")
 
 
@@ -201,9 +203,11 @@ def _z_neighbours(recon: np.ndarray, t: np.ndarray, h: int) -> tuple[np.ndarray 
 
 
 def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Ridge-regularized least squares (a tiny ridge keeps collinear neighbours solvable)."""
     a = a.astype(np.float64)
-    reg = 1e-3 * np.eye(a.shape[1]) * max(1.0, float(np.mean(a * a)))
-    return np.linalg.solve(a.T @ a + reg, a.T @ b.astype(np.float64))
+    gram = a.T @ a
+    reg = 1e-3 * max(1.0, float(np.trace(gram)) / a.size)
+    return np.linalg.solve(gram + reg * np.eye(a.shape[1]), a.T @ b.astype(np.float64))
 
 
 def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: int) -> np.ndarray:
@@ -217,7 +221,7 @@ def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: in
     return weights
 
 
-def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, float]:
+def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT_SAMPLES) -> tuple[_Level, float]:
     """Fit a level's parameters on (a sample of) its original voxels; returns them and an estimate of its bits."""
     b, h, w = x.shape
     has_z = zm is not None
@@ -232,7 +236,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int) -> tuple[_Level, fl
     orig = np.full_like(planes.recon, fill)
     top, left = planes.pad[0], planes.pad[2]
     orig.reshape(b, -1, planes.cols)[:, top : top + h, left : left + w] = x
-    n_pos = max(1, _FIT_SAMPLES // b)
+    n_pos = max(1, samples // b)
     ys = rng.integers(0, h, n_pos)
     xs = rng.integers(0, w, n_pos)
     pos = planes.positions(ys, xs)
@@ -290,12 +294,13 @@ def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Le
     for zl in range(0, MAX_Z_LEVELS + 1):
         if zl and depth < (1 << zl) + 1:
             break
-        fits = [_fit(x[t], *_z_neighbours(x, t, h), step, lo, hi) for t, h in _levels(depth, zl)]
-        bits = sum(b for _, b in fits)
-        if best is None or bits < best[0]:
-            best = (bits, zl, [lv for lv, _ in fits])
+        bits = sum(_fit(x[t], *_z_neighbours(x, t, h), step, lo, hi, _PLAN_SAMPLES)[1] for t, h in _levels(depth, zl))
+        # A deeper z order must earn its parameters and the estimate's noise: 1 % at least.
+        if best is None or bits < 0.99 * best[0]:
+            best = (bits, zl)
     assert best is not None
-    return best[1], best[2]
+    zl = best[1]
+    return zl, [_fit(x[t], *_z_neighbours(x, t, h), step, lo, hi)[0] for t, h in _levels(depth, zl)]
 
 
 class _Writer:
@@ -329,10 +334,7 @@ def _raw_parts(nraw: np.ndarray, raw: np.ndarray) -> list[tuple[np.ndarray, np.n
     hi_n = nraw[m] - 16
     mh = hi_n > 0
     hb = np.minimum(hi_n[mh], 16)
-    parts.append((((raw[m][mh] >> 16) & ((1 << hb) - 1)).astype(np.int32), (1 << hb).astype(np.int32)))
-    hi2 = hi_n[mh] - 16
-    m2 = hi2 > 0
-    parts.append((((raw[m][mh][m2] >> 32)).astype(np.int32), (1 << hi2[m2]).astype(np.int32)))
+    parts.append(((raw[m][mh] >> 16).astype(np.int32), (1 << hb).astype(np.int32)))
     return parts
 
 
@@ -360,12 +362,11 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
             planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
             fronts.append((bucket.ravel(), q.ravel()))
-        counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
-        coded = []
-        for bucket, q in fronts:
-            tok, nraw, raw = tokens(q)
-            np.add.at(counts, (bucket, tok), 1)
-            coded.append((bucket, tok, nraw, raw))
+        sizes = np.cumsum([0] + [q.size for _, q in fronts])
+        bucket_all = np.concatenate([b for b, _ in fronts])
+        tok_all, nraw_all, raw_all = tokens(np.concatenate([q for _, q in fronts]))
+        counts = np.bincount(bucket_all * MAX_TOKENS + tok_all, minlength=N_BUCKETS * MAX_TOKENS).reshape(N_BUCKETS, MAX_TOKENS)
+        coded = [(bucket_all[a:b], tok_all[a:b], nraw_all[a:b], raw_all[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
         width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
         lv.counts = counts[:, :width]
         models = _models(lv.counts)
@@ -399,7 +400,7 @@ class _Words:
         return out
 
 
-def _read_level(r: _Words, has_z: bool, voxels: int) -> _Level:
+def _read_level(r: _Words, has_z: bool, voxels: int, lo: int, hi: int) -> _Level:
     fill = int(r.take(1)[0])
     act_thr = r.take(N_ACTIVITY - 1).copy()
     weights = r.take(N_CLASSES * _n_features(has_z)).reshape(N_CLASSES, -1).copy()
@@ -410,8 +411,10 @@ def _read_level(r: _Words, has_z: bool, voxels: int) -> _Level:
     counts = r.take(N_BUCKETS * width).reshape(N_BUCKETS, width).copy()
     if (np.diff(act_thr) < 0).any() or (act_thr < 0).any() or (np.abs(weights) > W_LIMIT).any():
         raise CorruptStreamError("predictive weights or thresholds are out of range")
-    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts < 0).any() or int(counts.sum()) != voxels:
+    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts < 0).any() or (counts > voxels).any():
         raise CorruptStreamError("predictive context weights or token counts are invalid")
+    if int(counts.sum()) != voxels or not lo <= fill <= hi:
+        raise CorruptStreamError("predictive token counts or fill value do not match the tile")
     return _Level(fill, act_thr, weights, ctx_w, counts)
 
 
@@ -432,7 +435,7 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
     step = 2 * d + 1
     recon = np.empty(shape, dtype=np.int64)
     for t, h in levels:
-        lv = _read_level(r, h > 0, t.size * shape[1] * shape[2])
+        lv = _read_level(r, h > 0, t.size * shape[1] * shape[2], lo, hi)
         left = lv.counts.sum(axis=1)
         models = _models(lv.counts)
         zm, zp = _z_neighbours(recon, t, h)
@@ -462,15 +465,7 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
                 mh = hi_n > 0
                 if mh.any():
                     hb = np.minimum(hi_n[mh], 16)
-                    v2 = coder.decode(_UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64)
-                    hi2 = hi_n[mh] - 16
-                    m2 = hi2 > 0
-                    if m2.any():
-                        if (hi2[m2] > 16).any():
-                            raise CorruptStreamError("predictive symbol is out of range")
-                        v3 = coder.decode(_UNIFORM, (1 << hi2[m2]).astype(np.int32)).astype(np.int64)
-                        v2[m2] |= v3 << 16
-                    vals[mh] |= v2 << 16
+                    vals[mh] |= coder.decode(_UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64) << 16
                 raw[m] = vals
             q = untokens(tok, raw).reshape(t.size, -1)
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)

@@ -1,0 +1,76 @@
+"""The predictive coder: exact round trips, the bound at every voxel, z depth chosen from the data, clean refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import medcodec
+from medcodec import CorruptStreamError, MedcodecError
+from medcodec import codec as codec_module
+from medcodec.predictive import MAX_TOKENS, decode_tile, encode_tile, plan_tile, tokens, untokens
+from tests.conftest import synthetic
+
+
+def test_tokens_round_trip_over_the_whole_symbol_range():
+    rng = np.random.default_rng(1)
+    edges = np.array([0, 1, -1, 7, -8, 8, -9, 2**16, -(2**16), 2**32 - 1, 2**33, -(2**33)], dtype=np.int64)
+    q = np.concatenate([edges, rng.integers(-(2**33), 2**33, 5000), rng.integers(-40, 40, 5000)])
+    tok, nraw, raw = tokens(q)
+    assert (tok < MAX_TOKENS).all() and (nraw <= 32).all() and (raw < (np.int64(1) << nraw)).all()
+    assert np.array_equal(untokens(tok, raw), q)
+    assert (tok[np.abs(q) < 8] == np.where(q[np.abs(q) < 8] >= 0, 2 * q[np.abs(q) < 8], -2 * q[np.abs(q) < 8] - 1)).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 6, 9), (2, 3, 2), (9, 13, 11), (17, 20, 18)])
+@pytest.mark.parametrize("d", [0, 1, 3])
+def test_tile_round_trip_holds_the_bound(shape, d):
+    x = synthetic(shape=shape, seed=sum(shape) + d).astype(np.int64)
+    lo, hi = int(x.min()), int(x.max())
+    section, recon = encode_tile(x, d, lo, hi)
+    assert np.abs(recon - x).max() <= d
+    if d == 0:
+        assert np.array_equal(recon, x)
+    assert np.array_equal(decode_tile(section, shape, d, lo, hi), recon)
+
+
+def test_wide_int32_spans_round_trip():
+    rng = np.random.default_rng(7)
+    x = rng.integers(-(2**31), 2**31 - 1, size=(4, 10, 12), dtype=np.int64)
+    lo, hi = int(x.min()), int(x.max())
+    section, recon = encode_tile(x, 0, lo, hi)
+    assert np.array_equal(recon, x) and np.array_equal(decode_tile(section, x.shape, 0, lo, hi), x)
+
+
+def test_z_depth_follows_the_data():
+    rng = np.random.default_rng(3)
+    plane = np.cumsum(np.cumsum(rng.normal(0, 3, (40, 40)), 0), 1)
+    smooth_z = np.stack([plane + k for k in range(16)]).round().astype(np.int64)  # slices nearly equal
+    independent = rng.integers(0, 4000, size=(16, 40, 40)).astype(np.int64)  # nothing to gain from z
+    assert plan_tile(smooth_z, 1, int(smooth_z.min()), int(smooth_z.max()))[0] > 0
+    assert plan_tile(independent, 1, 0, 4000)[0] == 0
+
+
+def test_damaged_parameters_are_refused():
+    x = synthetic(shape=(5, 16, 16), seed=2).astype(np.int64)
+    lo, hi = int(x.min()), int(x.max())
+    section, _ = encode_tile(x, 0, lo, hi)
+    with pytest.raises(MedcodecError):
+        decode_tile(section[:3], x.shape, 0, lo, hi)
+    with pytest.raises(MedcodecError):
+        decode_tile(section[:-4], x.shape, 0, lo, hi)
+    with pytest.raises(CorruptStreamError):
+        decode_tile(bytes([9]) + section[1:], x.shape, 0, lo, hi)  # more z levels than the format allows
+    with pytest.raises(MedcodecError):
+        decode_tile(section, x.shape, 0, lo + 1, hi)  # fill or counts no longer fit
+
+
+def test_tiles_decode_the_same_on_one_and_two_threads(monkeypatch):
+    vol = synthetic(shape=(70, 40, 30), seed=9)  # two tiles along z
+    data = medcodec.compress(vol, max_error=1)
+    assert medcodec.info(data).n_tiles == 2
+    two = medcodec.decompress(data).array
+    monkeypatch.setattr(codec_module, "_WORKERS", 1)
+    one = medcodec.decompress(data).array
+    assert np.array_equal(one, two) and np.abs(one.astype(np.int64) - vol).max() <= 1
+    assert medcodec.compress(vol, max_error=1) == data
