@@ -53,7 +53,10 @@ N_ACTIVITY, N_ORIENT = 4, 3
 N_CLASSES = N_ACTIVITY * N_ORIENT
 #: Context buckets: bucket ``k`` holds residuals whose estimated 4·E|q| reaches THRESHOLDS[k - 1].
 THRESHOLDS = np.unique(np.round(2.0 ** (np.arange(0, 40) / 2.0)).astype(np.int64))[:19]
-N_BUCKETS = THRESHOLDS.size + 1
+N_MAGNITUDES = THRESHOLDS.size + 1
+#: Predictions this close to ``lo`` (in steps: 0, 1, 2-3) get tables of their own: residuals there are one-sided.
+N_EDGES = 4
+N_BUCKETS = N_MAGNITUDES * N_EDGES
 #: Symbols below 2**DIRECT_BITS are their own token; larger ones keep MANTISSA_BITS below the top bit.
 DIRECT_BITS, MANTISSA_BITS = 4, 2
 #: Tokens cover |q| <= 2**33 (every integer span the format allows): at most 32 raw bits, two uniform parts.
@@ -67,7 +70,9 @@ def _margins() -> tuple[int, int, int, int]:
 
 #: Voxels sampled to fit a level's parameters, and to compare z depths.
 _FIT_SAMPLES, _PLAN_SAMPLES = 1 << 15, 1 << 13
-_HEAD = struct.Struct("<BI")
+#: Token frequencies are sent with this much precision per table: enough for the coder, cheap to send.
+COUNT_TOTAL = 1 << 14
+_HEAD = struct.Struct("<BII")
 
 
 def tokens(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,10 +113,17 @@ class _Level:
     act_thr: np.ndarray  # (N_ACTIVITY - 1,) nondecreasing
     weights: np.ndarray  # (N_CLASSES, features)
     ctx_w: np.ndarray  # (contexts,)
-    counts: np.ndarray  # (N_BUCKETS, width) token counts
+    counts: np.ndarray  # (N_BUCKETS, width) token frequencies, each row normalized (:func:`_normalized`)
 
     def words(self) -> np.ndarray:
-        return np.concatenate([[self.fill], self.act_thr, self.weights.ravel(), self.ctx_w, [self.counts.shape[1]], self.counts.ravel()])
+        return np.concatenate([[self.fill], self.act_thr, self.weights.ravel(), self.ctx_w, [self.counts.shape[1]]])
+
+
+def _normalized(counts: np.ndarray) -> np.ndarray:
+    """Rows of token counts scaled to sum about COUNT_TOTAL (rows already below stay exact; nonzero stays nonzero)."""
+    total = counts.sum(axis=1, keepdims=True)
+    scaled = np.where(counts > 0, np.maximum(1, (counts * COUNT_TOTAL + total // 2) // np.maximum(total, 1)), 0)
+    return np.where(total <= COUNT_TOTAL, counts, scaled)
 
 
 def _n_features(has_z: bool) -> int:
@@ -177,11 +189,18 @@ class _Planes:
         pred = np.clip(base + ((s + (1 << (W_SCALE - 1))) >> W_SCALE), lo, hi)
         return pred, np.stack(acts, axis=1)
 
-    def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level) -> np.ndarray:
+    def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level, pred: np.ndarray, lo: int, step: int) -> np.ndarray:
         e = np.abs(self.err[:, pos[None, :] + self.off[:4, None]])
         c = np.concatenate([acts, e], axis=1)
         ctx = np.einsum("bkn,k->bn", c, lv.ctx_w) >> C_SCALE
-        return np.searchsorted(THRESHOLDS, ctx, side="right")
+        return _bucket(ctx, pred, lo, step)
+
+
+def _bucket(ctx: np.ndarray, pred: np.ndarray, lo: int, step: int) -> np.ndarray:
+    """Coding context: the magnitude estimate's bucket, and how close the prediction is to ``lo``."""
+    gap = (pred - lo) // step
+    edge = np.where(gap == 0, 1, np.where(gap == 1, 2, np.where(gap <= 3, 3, 0)))
+    return np.searchsorted(THRESHOLDS, ctx, side="right") + N_MAGNITUDES * edge
 
 
 def _levels(depth: int, z_levels: int) -> list[tuple[np.ndarray, int]]:
@@ -276,7 +295,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT
     probe.ctx_w = np.minimum(np.round(cw * (1 << C_SCALE)), C_LIMIT).astype(np.int64)
     # Estimated bits of the sample, scaled to the level.
     ctx = (c @ probe.ctx_w) >> C_SCALE
-    bucket = np.searchsorted(THRESHOLDS, ctx, side="right")
+    bucket = _bucket(ctx, pred.ravel(), lo, step)
     signed = signed.ravel()
     tok, nraw, _ = tokens(signed)
     bits = float(nraw.sum())
@@ -345,7 +364,8 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
     z_levels, fitted = plan_tile(x, step, lo, hi)
     recon = np.empty_like(x)
     writer = _Writer()
-    params = []
+    params: list[np.ndarray] = []
+    tables: list[np.ndarray] = []
     for (t, h), lv in zip(_levels(x.shape[0], z_levels), fitted):
         zm, zp = _z_neighbours(recon, t, h)
         xt = x[t]
@@ -354,7 +374,7 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
         for f in range(planes.n_fronts):
             pos = planes.front(f)
             pred, acts = planes.predict(pos, lv, lo, hi)
-            bucket = planes.buckets(pos, acts, lv)
+            bucket = planes.buckets(pos, acts, lv, pred, lo, step)
             yx = pos - (planes.pad[0] * planes.cols + planes.pad[2])
             yy, xx = yx // planes.cols, yx % planes.cols
             target = xt[:, yy, xx]
@@ -368,7 +388,7 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
         counts = np.bincount(bucket_all * MAX_TOKENS + tok_all, minlength=N_BUCKETS * MAX_TOKENS).reshape(N_BUCKETS, MAX_TOKENS)
         coded = [(bucket_all[a:b], tok_all[a:b], nraw_all[a:b], raw_all[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
         width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
-        lv.counts = counts[:, :width]
+        lv.counts = _normalized(counts[:, :width])
         models = _models(lv.counts)
         for bucket, tok, nraw, raw in coded:
             order = np.argsort(bucket, kind="stable")
@@ -382,9 +402,12 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
                     writer.items.append((vals, _UNIFORM, sz))
         recon[t] = planes.interior()
         params.append(lv.words())
+        tables.append(lv.counts.ravel())
     words = writer.words().astype("<u4").tobytes()
-    table = zstandard.ZstdCompressor(level=19).compress(np.concatenate(params).astype("<i8").tobytes())
-    section = _HEAD.pack(z_levels, len(table)) + table + words
+    zc = zstandard.ZstdCompressor(level=19)
+    head = zc.compress(np.concatenate(params).astype("<i8").tobytes())
+    table = zc.compress(np.concatenate(tables).astype("<u2").tobytes())
+    section = _HEAD.pack(z_levels, len(head), len(table)) + head + table + words
     return section, recon
 
 
@@ -400,7 +423,7 @@ class _Words:
         return out
 
 
-def _read_level(r: _Words, has_z: bool, voxels: int, lo: int, hi: int) -> _Level:
+def _read_level(r: _Words, rc: _Words, has_z: bool, lo: int, hi: int) -> _Level:
     fill = int(r.take(1)[0])
     act_thr = r.take(N_ACTIVITY - 1).copy()
     weights = r.take(N_CLASSES * _n_features(has_z)).reshape(N_CLASSES, -1).copy()
@@ -408,13 +431,11 @@ def _read_level(r: _Words, has_z: bool, voxels: int, lo: int, hi: int) -> _Level
     width = int(r.take(1)[0])
     if not 2 <= width <= MAX_TOKENS:
         raise CorruptStreamError("predictive token table has an invalid width")
-    counts = r.take(N_BUCKETS * width).reshape(N_BUCKETS, width).copy()
+    counts = rc.take(N_BUCKETS * width).reshape(N_BUCKETS, width).copy()
     if (np.diff(act_thr) < 0).any() or (act_thr < 0).any() or (np.abs(weights) > W_LIMIT).any():
         raise CorruptStreamError("predictive weights or thresholds are out of range")
-    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts < 0).any() or (counts > voxels).any():
-        raise CorruptStreamError("predictive context weights or token counts are invalid")
-    if int(counts.sum()) != voxels or not lo <= fill <= hi:
-        raise CorruptStreamError("predictive token counts or fill value do not match the tile")
+    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts > COUNT_TOTAL).any() or not lo <= fill <= hi:
+        raise CorruptStreamError("predictive context weights, token frequencies or fill value are invalid")
     return _Level(fill, act_thr, weights, ctx_w, counts)
 
 
@@ -422,33 +443,34 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
     """Invert :func:`encode_tile`; returns the reconstruction (int64)."""
     if len(data) < _HEAD.size:
         raise TruncatedStreamError("predictive section ends inside its header")
-    z_levels, n_table = _HEAD.unpack_from(data)
-    if z_levels > MAX_Z_LEVELS or _HEAD.size + n_table > len(data):
+    z_levels, n_head, n_table = _HEAD.unpack_from(data)
+    if z_levels > MAX_Z_LEVELS or _HEAD.size + n_head + n_table > len(data):
         raise CorruptStreamError("predictive section header is invalid")
     levels = _levels(shape[0], z_levels)
-    max_words = sum(1 + (N_ACTIVITY - 1) + N_CLASSES * _n_features(h > 0) + _n_contexts(h > 0) + 1 + N_BUCKETS * MAX_TOKENS for _, h in levels)
-    r = _Words(np.frombuffer(unzstd(data[_HEAD.size : _HEAD.size + n_table], 8 * max_words), dtype="<i8").astype(np.int64))
-    body = data[_HEAD.size + n_table :]
+    max_words = sum(1 + (N_ACTIVITY - 1) + N_CLASSES * _n_features(h > 0) + _n_contexts(h > 0) + 1 for _, h in levels)
+    at = _HEAD.size
+    r = _Words(np.frombuffer(unzstd(data[at : at + n_head], 8 * max_words), dtype="<i8").astype(np.int64))
+    at += n_head
+    rc = _Words(np.frombuffer(unzstd(data[at : at + n_table], 2 * N_BUCKETS * MAX_TOKENS * len(levels)), dtype="<u2").astype(np.int64))
+    body = data[at + n_table :]
     if len(body) % 4:
         raise CorruptStreamError("predictive section's coded words are not whole")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
     step = 2 * d + 1
     recon = np.empty(shape, dtype=np.int64)
     for t, h in levels:
-        lv = _read_level(r, h > 0, t.size * shape[1] * shape[2], lo, hi)
-        left = lv.counts.sum(axis=1)
+        lv = _read_level(r, rc, h > 0, lo, hi)
         models = _models(lv.counts)
         zm, zp = _z_neighbours(recon, t, h)
         planes = _Planes((t.size, shape[1], shape[2]), lv.fill, zm, zp)
         for f in range(planes.n_fronts):
             pos = planes.front(f)
             pred, acts = planes.predict(pos, lv, lo, hi)
-            bucket = planes.buckets(pos, acts, lv).ravel()
+            bucket = planes.buckets(pos, acts, lv, pred, lo, step).ravel()
             order = np.argsort(bucket, kind="stable")
             sizes = np.bincount(bucket, minlength=N_BUCKETS)
-            left -= sizes
-            if (left < 0).any():
-                raise CorruptStreamError("predictive symbols exceed their token counts")
+            if any(models[k] is None for k in np.flatnonzero(sizes)):
+                raise CorruptStreamError("predictive symbols fall in a context with no frequencies")
             tok = np.empty(bucket.size, np.int64)
             start = 0
             for k in np.flatnonzero(sizes):
@@ -471,6 +493,6 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
             planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
         recon[t] = planes.interior()
-    if r.pos != r.w.size or not coder.is_empty():
+    if r.pos != r.w.size or rc.pos != rc.w.size or not coder.is_empty():
         raise CorruptStreamError("predictive section has unused parameters or coded data")
     return recon
