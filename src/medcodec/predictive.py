@@ -43,6 +43,8 @@ INPLANE = (
 )  # fmt: skip
 #: The first N_FEEDBACK in-plane neighbours' quantized residuals are prediction features too (bias feedback).
 N_FEEDBACK = 4
+#: The first N_ERR_CONTEXT in-plane neighbours' |residuals| enter the coding context.
+N_ERR_CONTEXT = 6
 ERR_LIMIT = 1 << 24
 #: Voxels of each z neighbour slice used by the prediction (dy, dx).
 ZNEIGHBOURS = ((0, 0), (0, 1), (1, 0), (0, -1), (-1, 0))
@@ -131,7 +133,7 @@ def _n_features(has_z: bool) -> int:
 
 
 def _n_contexts(has_z: bool) -> int:
-    return 3 + 4 if has_z else 2 + 4
+    return (3 if has_z else 2) + N_ERR_CONTEXT
 
 
 class _Planes:
@@ -190,7 +192,7 @@ class _Planes:
         return pred, np.stack(acts, axis=1)
 
     def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level, pred: np.ndarray, lo: int, step: int) -> np.ndarray:
-        e = np.abs(self.err[:, pos[None, :] + self.off[:4, None]])
+        e = np.abs(self.err[:, pos[None, :] + self.off[:N_ERR_CONTEXT, None]])
         c = np.concatenate([acts, e], axis=1)
         ctx = np.einsum("bkn,k->bn", c, lv.ctx_w) >> C_SCALE
         return _bucket(ctx, pred, lo, step)
@@ -279,18 +281,18 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT
     cls = np.searchsorted(probe.act_thr, act, side="right") * N_ORIENT + np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
     probe.weights = _class_weights(f, target, cls, N_FEEDBACK)
     # The neighbours' residuals under those weights, then weights that also see them.
-    near = pos[None, :] + planes.off[:4, None]
+    near = pos[None, :] + planes.off[:N_ERR_CONTEXT, None]
     pred, _ = planes.predict(near.ravel(), probe, lo, hi)
     qn = np.floor_divide(orig[:, near.ravel()] - pred + d, step)
     planes.err[:, near.ravel()] = np.clip(qn, -ERR_LIMIT, ERR_LIMIT)
-    qn = qn.reshape(b, 4, pos.size)
+    qn = qn.reshape(b, N_ERR_CONTEXT, pos.size)
     if N_FEEDBACK:
         fb = planes.err[:, pos[None, :] + planes.off[:N_FEEDBACK, None]].transpose(0, 2, 1).reshape(-1, N_FEEDBACK)
         probe.weights = _class_weights(np.concatenate([f, fb], axis=1), target, cls, 0)
     pred, _ = planes.predict(pos, probe, lo, hi)
     signed = np.floor_divide(orig[:, pos] - pred + d, step)
     # Context weights: fit 4·|q| on the gradients and the neighbours' |q|.
-    c = np.concatenate([acts, np.abs(qn)], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + 4)
+    c = np.concatenate([acts, np.abs(qn)], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + N_ERR_CONTEXT)
     cw = np.maximum(_lstsq(c, 4 * np.abs(signed).ravel()), 0.0)
     probe.ctx_w = np.minimum(np.round(cw * (1 << C_SCALE)), C_LIMIT).astype(np.int64)
     # Estimated bits of the sample, scaled to the level.
