@@ -71,7 +71,7 @@ def _margins() -> tuple[int, int, int, int]:
     return (max(-dy for dy, _ in offs), max(dy for dy, _ in offs), max(-dx for _, dx in offs), max(dx for _, dx in offs))
 
 #: Voxels sampled to fit a level's parameters, and to compare z depths.
-_FIT_SAMPLES, _PLAN_SAMPLES = 1 << 15, 1 << 13
+_FIT_SAMPLES, _PLAN_SAMPLES = 1 << 14, 1 << 12
 #: Token frequencies are sent with this much precision per table: enough for the coder, cheap to send.
 COUNT_TOTAL = 1 << 14
 _HEAD = struct.Struct("<BII")
