@@ -98,14 +98,15 @@ def central_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 _TILE_HEAD = struct.Struct("<IBBBB")
-_RAW = 1
+_RAW, _PREDICTIVE = 1, 3
 
 
 def stream_sections(data: bytes) -> dict[str, int]:
     """Bytes of a medcodec stream by part: latents, residual layer, float exceptions, rest.
 
     Parses the container (``medcodec.container.read_stream``) and each tile's sections
-    (docs/FORMAT.md): tile head, then length-prefixed latents / residual / exceptions.
+    (docs/FORMAT.md): tile head, then length-prefixed latents / residual / exceptions. A
+    predictive tile (integer volumes, no network) has one section, counted as residual.
     """
     from medcodec.container import read_stream
 
@@ -118,6 +119,9 @@ def stream_sections(data: bytes) -> dict[str, int]:
         if p[4] == _RAW:
             continue
         pos = _TILE_HEAD.size
+        if p[4] == _PREDICTIVE:
+            out["residual"] += struct.unpack_from("<I", p, pos)[0]
+            continue
         for name in ("latents", "residual", "exceptions"):
             (n,) = struct.unpack_from("<I", p, pos)
             out[name] += n

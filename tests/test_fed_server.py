@@ -292,3 +292,56 @@ def test_baselines_and_plots(sites, tmp_path):
     assert base["steps"]["centralized"] == 2 * cfg.local_steps
     for name in ("local_loss", "global_rd", "ratio_per_site", "slices", "comparison"):
         assert (tmp_path / "base" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def three_sites(tmp_path_factory):
+    """site0 and site1 as in ``sites``, plus site2, which the hostile-site tests corrupt."""
+    return _make_sites(tmp_path_factory.mktemp("three"), n=3)
+
+
+@pytest.fixture(scope="module")
+def honest_only(three_sites, tmp_path_factory):
+    """The parameters of a run of the two honest sites alone."""
+    out = tmp_path_factory.mktemp("honest") / "run"
+    server.run(three_sites[:2], replace(TINY, export=False), out, say=_quiet)
+    return _checkpoint_params(out)
+
+
+@pytest.mark.parametrize("attack", ["1e30", "scaled", "samples"])
+def test_a_hostile_site_cannot_move_the_global_model_and_the_run_goes_on(
+    attack, three_sites, honest_only, tmp_path, monkeypatch, caplog
+):
+    real = server.train_site
+
+    def hostile(current, site, *args, **kwargs):
+        update, local = real(current, site, *args, **kwargs)
+        if site != "site2":
+            return update, local
+        params, n = dict(update.parameters), update.num_samples
+        if attack == "1e30":
+            params = {k: np.full_like(v, 1e30) for k, v in params.items()}
+        elif attack == "scaled":
+            params = {k: v * np.float32(1e4) for k, v in params.items()}
+        else:
+            n = 2**63 - 1
+        return SiteUpdate(site=site, arch=update.arch, round=update.round, parameters=params, num_samples=n,
+                          metrics=update.metrics), local  # fmt: skip
+
+    monkeypatch.setattr(server, "train_site", hostile)
+    out = tmp_path / "hostile"
+    with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
+        result = server.run(three_sites, replace(TINY, export=False), out, say=_quiet)
+    honest_weight = TINY.local_steps * TINY.batch
+    for rec in result.metrics["rounds"]:
+        assert {"site0", "site1"} <= set(rec["accepted"])  # honest sites never diverge
+        if attack == "samples":
+            assert rec["capped"] == ["site2"] and rec["num_samples"] == 3 * honest_weight
+        else:
+            assert rec["accepted"] == ["site0", "site1"] and rec["num_samples"] == 2 * honest_weight
+            (rej,) = rec["rejected"]
+            assert rej["site"] == "site2" and "distance" in rej["reason"]
+    got = _checkpoint_params(out)
+    diff = np.sqrt(sum(np.square(got[k].astype(np.float64) - honest_only[k]).sum() for k in honest_only))
+    norm = np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in honest_only.values()))
+    assert diff / norm < 0.05

@@ -49,6 +49,16 @@ def test_integer_streams_need_no_model(tmp_path):
     assert np.abs(medcodec.decompress(data).array.astype(np.int64) - synthetic()).max() <= 1
 
 
+def test_streams_without_a_network_ignore_a_given_model(tmp_path):
+    path = _export(tmp_path)
+    floats = synthetic().astype(np.float32) + np.float32(0.25)  # lossless fractional floats: raw byte planes
+    data = medcodec.compress(floats, max_error=0, model=str(path))
+    assert medcodec.info(data).model_name == ""
+    assert np.array_equal(medcodec.decompress(data).array, floats)
+    with pytest.raises(ModelNotFoundError):
+        medcodec.compress(floats, max_error=0, model=str(tmp_path / "missing.mcw"))  # still checked
+
+
 def test_shipped_default_model_is_found_by_name():
     names = list_models()
     assert names and all(n.startswith("mc3d-") for n in names)

@@ -181,7 +181,7 @@ def compress(
     plan = _plan(arr, quality, max_error)
     # Integer arithmetic needs no model; a model the caller names is still checked.
     cm = load_model(model) if not (plan.raw or plan.integer) or model is not None else None
-    if plan.integer:
+    if plan.integer or plan.raw:
         cm = None
     tiles = tile_grid(arr.shape, DEFAULT_TILE)
     chunks, digests = [], []

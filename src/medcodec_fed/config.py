@@ -37,6 +37,10 @@ class RunConfig:
         aggregation: "fedavg" (weighted by sample counts), "median" or "trimmed-mean"
             (coordinate-wise, unweighted).
         trim: Fraction trimmed from each end per coordinate for "trimmed-mean".
+        max_samples: The largest sample count a site's update is weighted with by
+            "fedavg" (a site reporting more weighs this much). None: ``local_steps * batch``
+            with ``local_steps`` (what every honest site reports), else
+            ``medcodec_fed.aggregate.MAX_SAMPLES`` (2**20 patches).
         local_groups: Glob patterns of parameter names that stay at each site
             (personalization), e.g. ``("prior.*",)``.
         seed: Seed of every random choice.
@@ -67,6 +71,7 @@ class RunConfig:
     site_dropout: Mapping[str, float] = field(default_factory=dict)
     aggregation: str = "fedavg"
     trim: float = 0.1
+    max_samples: int | None = None
     local_groups: tuple[str, ...] = ()
     seed: int = 0
     threads: int = 1
@@ -102,10 +107,19 @@ class RunConfig:
             _require(0 <= p <= 1, f"dropout probabilities must be in [0, 1], got {p}")
         _require(self.aggregation in AGGREGATIONS, f"aggregation must be one of {AGGREGATIONS}")
         _require(0 <= self.trim < 0.5, "trim must be in [0, 0.5)")
+        _require(self.max_samples is None or self.max_samples >= 1, "max_samples must be >= 1")
         _require(self.seed >= 0, "seed must be >= 0")
         _require(self.threads >= 1, "threads must be >= 1")
         _require(1 <= self.quality <= 100, "quality must be in 1..100")
         _require(1 <= self.calib_patches, "calib_patches must be >= 1")
+
+    def sample_cap(self) -> int:
+        """The sample count an update is weighted with at most (see ``max_samples``)."""
+        from .aggregate import MAX_SAMPLES
+
+        if self.max_samples is not None:
+            return self.max_samples
+        return self.local_steps * self.batch if self.local_epochs is None else MAX_SAMPLES
 
     def local_names(self, names: list[str]) -> list[str]:
         """The parameter names among ``names`` that stay local; every pattern must match one.

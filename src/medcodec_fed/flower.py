@@ -119,6 +119,7 @@ _check_flwr_version()
 _RUN_KEYS = (
     "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
     "site_dropout", "seed", "threads", "quality", "eval_crop", "calib_patches", "calib_size", "init", "plots",
+    "max_samples",
 )  # fmt: skip
 _DP_MODES = ("off", "client", "server")
 
@@ -235,8 +236,8 @@ def _kebab(name: str) -> str:
 def app_run_config(config: RunConfig, options: FlowerOptions) -> dict[str, bool | int | float | str]:
     """The ``[tool.flwr.app.config]`` table for ``config`` and ``options`` (kebab-case keys).
 
-    Flower's run config holds only scalars: no ``local-epochs`` is 0, no ``init`` is "",
-    and per-site dropout is a string ``"NAME=P,NAME=P"``.
+    Flower's run config holds only scalars: no ``local-epochs`` (or ``max-samples``) is 0,
+    no ``init`` is "", and per-site dropout is a string ``"NAME=P,NAME=P"``.
     """
     check_flower_config(config)
     out: dict[str, bool | int | float | str] = {}
@@ -246,6 +247,8 @@ def app_run_config(config: RunConfig, options: FlowerOptions) -> dict[str, bool 
             value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
         elif name == "local_epochs":
             value = 0.0 if value is None else float(value)
+        elif name == "max_samples":
+            value = 0 if value is None else int(value)
         elif name == "init":
             value = value or ""
         out[_kebab(name)] = value
@@ -276,6 +279,8 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, 
             raise ValueError(f"unknown run-config key {key!r}")
     if "local_epochs" in run:
         run["local_epochs"] = float(run["local_epochs"]) or None
+    if "max_samples" in run:
+        run["max_samples"] = int(run["max_samples"]) or None
     if "init" in run:
         run["init"] = run["init"] or None
     if isinstance(run.get("site_dropout"), str):
@@ -556,8 +561,9 @@ class _Run:
         if not self.history or self.history[-1]["round"] != round_:
             # kept_previous until an aggregate is accepted (SecAgg+ may halt before aggregate_fit runs)
             self.history.append({"round": round_, "sampled": [], "dropped": [], "accepted": [], "rejected": [],
-                                 "kept_previous": True, "num_samples": 0, "train": {}, "eval": {}, "global": {},
-                                 "seconds": 0.0, "failures": [], "secagg": self.options.secagg})  # fmt: skip
+                                 "kept_previous": True, "num_samples": 0, "capped": [], "train": {}, "eval": {},
+                                 "global": {}, "seconds": 0.0, "failures": [],
+                                 "secagg": self.options.secagg})  # fmt: skip
         return self.history[-1]
 
     def doc(self, **final: Any) -> dict[str, Any]:
@@ -672,9 +678,10 @@ class _FedAvg(FedAvg):
                 except MessageError as exc:
                     rec["rejected"].append({"site": site, "reason": f"malformed update: {exc}"})
                     log.warning("round %d: rejected the update from site %r: %s", server_round, site, exc)
-            result = aggregate(reference, updates, method="fedavg")
+            result = aggregate(reference, updates, method="fedavg", max_samples=run.config.sample_cap())
             rec["rejected"].extend({"site": r.site, "reason": r.reason} for r in result.rejected)
             params, accepted, num = result.parameters, list(result.accepted), result.num_samples
+            rec["capped"] = list(result.capped)
         rec["accepted"], rec["num_samples"] = accepted, num
         rec["kept_previous"] = params is None
         if params is None:

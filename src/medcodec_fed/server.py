@@ -293,7 +293,7 @@ def _round(
             continue
         updates.append(update)
         new_local[name] = local
-    result = aggregate(current, updates, method=config.aggregation, trim=config.trim)
+    result = aggregate(current, updates, method=config.aggregation, trim=config.trim, max_samples=config.sample_cap())
     if result.parameters is not None:
         params.update(result.parameters)
         for name in result.accepted:  # a rejected site's local part is as suspect as its update
@@ -314,6 +314,7 @@ def _round(
         "rejected": [{"site": x.site, "reason": x.reason} for x in rejected],
         "kept_previous": result.parameters is None,
         "num_samples": result.num_samples,
+        "capped": list(result.capped),
         "train": train,
         "eval": evals,
         "global": {
