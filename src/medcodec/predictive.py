@@ -226,9 +226,10 @@ def _z_neighbours(recon: np.ndarray, t: np.ndarray, h: int) -> tuple[np.ndarray 
 def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ridge-regularized least squares (a tiny ridge keeps collinear neighbours solvable)."""
     a = a.astype(np.float64)
-    gram = a.T @ a
+    # einsum, not BLAS: BLAS threads spin against the tile threads on a small machine.
+    gram = np.einsum("ni,nj->ij", a, a)
     reg = 1e-3 * max(1.0, float(np.trace(gram)) / a.size)
-    return np.linalg.solve(gram + reg * np.eye(a.shape[1]), a.T @ b.astype(np.float64))
+    return np.linalg.solve(gram + reg * np.eye(a.shape[1]), np.einsum("ni,n->i", a, b.astype(np.float64)))
 
 
 def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: int) -> np.ndarray:
