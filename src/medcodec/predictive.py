@@ -2,26 +2,29 @@
 
 A tile's slices are coded in z levels. With ``z_levels = L`` the key slices
 ``0, 2^L, 2·2^L, ...`` come first; each later level codes the slices halfway
-between decoded ones, whose two z neighbours (at ``±h``) are then known. Within a
+between decoded ones, whose two z neighbours (at ``±h``) are then known. The
+encoder picks ``L`` per tile from estimated bits (0 for thick slices). Within a
 level all its slices are coded together, voxel by voxel in wavefront order
-``t = 2y + x`` so that every voxel's in-plane causal neighbours (W, N, NW, NE,
-WW, NN, NWW, NNW, NNE) are decoded before it; a wavefront is one vectorized step.
+``t = 2y + x`` so that every voxel's 17 in-plane causal neighbours
+(:data:`INPLANE`) are decoded before it; a wavefront is one vectorized step.
 
-Each voxel's prediction is a linear combination of those neighbours (and, on
-levels after the key slices, of 5 voxels of each z neighbour), with integer
-weights that the encoder fits by least squares per level and per class (4
-activity classes by fitted thresholds × 3 gradient orientations) and sends. The
-residual, quantized with step ``2d + 1``, is coded in one of :data:`N_BUCKETS`
-contexts: a bucket of an estimate of its magnitude, a fitted non-negative
-combination of the local gradients and the decoded neighbours' residuals.
-Symbols are split into a token (:func:`tokens`) coded with the bucket's
-frequency table (measured by the encoder and sent) and raw low bits coded
-uniformly, all through one constriction ANS stream per tile.
+Each voxel's prediction is a linear combination of those neighbours, of 5 voxels
+of each z neighbour slice (levels after the key slices) and of the quantized
+residuals of its first :data:`N_FEEDBACK` neighbours, with integer weights that
+the encoder fits by least squares per level and per class (4 activity classes
+by fitted thresholds × 3 gradient orientations) and sends. The residual,
+quantized with step ``2d + 1``, is coded in one of :data:`N_BUCKETS` contexts: a
+bucket of an estimate of its magnitude (a fitted non-negative combination of the
+local gradients and the |residuals| of :data:`N_ERR_CONTEXT` neighbours), times
+whether the prediction lies within 0-3 steps of ``lo``, where residuals are
+one-sided (air in CT, background in MR). Symbols are split into a token
+(:func:`tokens`) coded with the context's frequency table (measured by the
+encoder, normalized and sent) and raw low bits coded uniformly, all through one
+constriction ANS stream per tile. docs/FORMAT.md, section 12, specifies it.
 
 Everything the decoder computes is integer arithmetic, so it decodes the same
 voxels on every machine.
 """
-
 from __future__ import annotations
 
 import struct
