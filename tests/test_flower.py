@@ -209,6 +209,25 @@ def test_without_secagg_the_server_screens_and_averages_like_the_in_process_engi
     assert all(np.array_equal(g, want.parameters[n]) for g, n in zip(got, NAMES))
 
 
+def test_without_secagg_a_huge_finite_update_and_a_huge_count_are_screened_as_in_process(tmp_path):
+    run, strategy = _strategy(tmp_path, flower.FlowerOptions(secagg=False))
+    init = server.initial_parameters(TINY)
+    rng = np.random.default_rng(2)
+    ups = {s: {n: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32) for n, v in init.items()} for s in "abc"}
+    hostile = {n: np.full_like(v, 1e30) for n, v in init.items()}
+    results = [_fit_res(ups["a"], "a"), _fit_res(ups["b"], "b"), _fit_res(ups["c"], "c", 2**63 - 1),
+               _fit_res(hostile, "evil")]  # fmt: skip
+    params, _ = strategy.aggregate_fit(1, results, [])
+    rec = run.history[-1]
+    assert rec["accepted"] == ["a", "b", "c"] and rec["capped"] == ["c"] and rec["num_samples"] == 6
+    assert [r["site"] for r in rec["rejected"]] == ["evil"] and "distance" in rec["rejected"][0]["reason"]
+    from medcodec_fed.messages import SiteUpdate
+
+    updates = [SiteUpdate(s, TINY.arch, 1, ups[s], 2) for s in "abc"]  # equal weights
+    want = aggregate(GlobalModel(TINY.arch, 1, init), updates)
+    assert all(np.array_equal(g, want.parameters[n]) for g, n in zip(parameters_to_ndarrays(params), NAMES))
+
+
 def test_with_secagg_the_server_checks_the_sum_and_keeps_the_model_when_it_is_broken(tmp_path):
     run, strategy = _strategy(tmp_path, flower.FlowerOptions(secagg=True))
     init = server.initial_parameters(TINY)

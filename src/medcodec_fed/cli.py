@@ -32,7 +32,7 @@ __all__ = ["main"]
 # CLI option -> RunConfig field, for the options that map one to one.
 _SETTINGS = (
     "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
-    "aggregation", "trim", "seed", "threads", "quality", "eval_crop", "final_crop", "calib_patches",
+    "aggregation", "trim", "max_samples", "seed", "threads", "quality", "eval_crop", "final_crop", "calib_patches",
     "calib_size", "baselines", "init", "plots", "export",
 )  # fmt: skip
 
@@ -108,6 +108,8 @@ def _add_settings(r: argparse.ArgumentParser) -> None:
     a.add_argument("--site-dropout", action="append", metavar="NAME=P", help="per-site dropout probability (repeat)")
     a.add_argument("--aggregation", choices=("fedavg", "median", "trimmed-mean"))
     a.add_argument("--trim", type=float, help="fraction trimmed at each end by trimmed-mean")
+    a.add_argument("--max-samples", type=int,
+                   help="largest sample count a site is weighted with (default: local-steps x batch)")  # fmt: skip
     a.add_argument("--local-group", action="append", metavar="PATTERN",
                    help="parameters that stay at each site, e.g. 'prior.*' (repeat)")  # fmt: skip
     e = r.add_argument_group("evaluation and output")
