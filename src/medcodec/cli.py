@@ -417,9 +417,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
 
     n_voxels = math.prod(header.shape)
-    model = header.model_name or "none"
-    if header.model_sha256:
-        model += f" (sha256 {header.model_sha256[:16]}...)"
+    if header.model_name:
+        model = f"{header.model_name} (sha256 {header.model_sha256[:16]}...)"
+    else:
+        model = "none (decodes without a network)"
     rows = [
         ("file", str(source)),
         ("format", f"medcodec stream version {header.format_version}"),
