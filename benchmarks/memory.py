@@ -1,6 +1,6 @@
 """Peak memory of medcodec on a 512×512×N int16 volume, each step in its own process.
 
-    PYTHONPATH=src:. python -m benchmarks.memory [--slices 300] [--quality 40]
+    PYTHONPATH=src:. python -m benchmarks.memory [--slices 300] [--quality 40 | --max-error 2]
 
 The volume is real CT: the test split's abdomen CT (134×512×512) repeated along z to N
 slices. Peak memory is the child process's maximum resident set size (``ru_maxrss``),
@@ -22,6 +22,7 @@ import numpy as np
 import medcodec
 from medcodec.datasets import load_manifest
 step, slices, quality, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+options = {"quality": quality} if quality >= 0 else {"max_error": -1 - quality}
 if step == "decode":
     data = open(path, "rb").read()
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -33,7 +34,7 @@ else:
     a = np.ascontiguousarray(np.concatenate([a] * (-(-slices // a.shape[0])))[:slices])
     medcodec.compress(a[:8, :64, :64])  # load the model outside the measurement
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t = time.perf_counter(); data = medcodec.compress(a, quality=quality); dt = time.perf_counter() - t
+    t = time.perf_counter(); data = medcodec.compress(a, **options); dt = time.perf_counter() - t
     open(path, "wb").write(data)
     nbytes = a.nbytes
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -46,12 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--slices", type=int, default=300)
     p.add_argument("--quality", type=int, default=40)
+    p.add_argument("--max-error", type=int, default=None, help="measure this max_error instead of a quality")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         stream = Path(tmp) / "volume.mcz"
+        # One integer argument carries the mode: a quality (>= 0), or -1 - max_error.
+        code = args.quality if args.max_error is None else -1 - args.max_error
         for step in ("encode", "decode"):
             out = subprocess.run(
-                [sys.executable, "-c", _CHILD, step, str(args.slices), str(args.quality), str(stream)],
+                [sys.executable, "-c", _CHILD, step, str(args.slices), str(code), str(stream)],
                 check=True, capture_output=True, encoding="utf-8",
             )
             print(out.stdout.strip())
