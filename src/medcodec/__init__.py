@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import (
+    CheckpointError,
     ChecksumError,
     CorruptStreamError,
     InvalidInputError,
@@ -59,6 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_QUALITY",
+    "CheckpointError",
     "ChecksumError",
     "CorruptStreamError",
     "InvalidInputError",

@@ -19,6 +19,7 @@ __all__ = [
     "ModelError",
     "ModelNotFoundError",
     "ModelMismatchError",
+    "CheckpointError",
     "VolumeIOError",
     "OutputExistsError",
 ]
@@ -82,6 +83,16 @@ class ModelMismatchError(ModelError):
     """A model with the stream's name exists but its SHA-256 differs."""
 
     exit_code = 7
+
+
+class CheckpointError(MedcodecError, ValueError):
+    """A training checkpoint or state dict that is malformed or holds more than plain data.
+
+    Checkpoints are loaded with ``torch.load(weights_only=True)``; a file that needs
+    anything else (a pickled object, whose unpickling could run code) is refused.
+    """
+
+    exit_code = 2
 
 
 class VolumeIOError(MedcodecError, OSError):

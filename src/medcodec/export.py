@@ -122,12 +122,20 @@ def calibration_patches(volumes: list[np.ndarray], count: int = 12, size: int = 
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, data: str | None = None) -> Path:
-    """Export a training checkpoint (see :mod:`medcodec.train`) using train-split calibration patches."""
-    from .datasets import load_manifest
-    from .io import read
-    from .train import normalize
+    """Export a training checkpoint (see :mod:`medcodec.train`) using train-split calibration patches.
 
-    ckpt = torch.load(checkpoint, weights_only=False)
+    Raises:
+        CheckpointError: The checkpoint holds more than plain data (it is never unpickled
+            as objects) or is not one of :mod:`medcodec.train`'s.
+    """
+    from .datasets import load_manifest
+    from .errors import CheckpointError
+    from .io import read
+    from .train import load_checkpoint, normalize
+
+    ckpt = load_checkpoint(checkpoint)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("arch") not in ARCHITECTURES:
+        raise CheckpointError(f"{checkpoint}: not a medcodec.train checkpoint (no 'model' and known 'arch')")
     model = Autoencoder(ARCHITECTURES[ckpt["arch"]])
     model.load_state_dict(ckpt["model"])
     entries = load_manifest(Path(data) if data else None, split="train")

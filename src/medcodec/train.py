@@ -19,15 +19,17 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import intensity
 from .datasets import find_data_dir, load_manifest
+from .errors import CheckpointError
 from .network import ARCHITECTURES, Autoencoder
 
-__all__ = ["PatchSampler", "rd_loss", "train", "main"]
+__all__ = ["PatchSampler", "load_checkpoint", "rd_loss", "train", "main"]
 
 GAIN_RANGE = (0.25, 16.0)
 #: Distortion weight: loss = RD_WEIGHT * gain^2 * MSE + bits per voxel (MSE on [-1, 1] data).
@@ -96,6 +98,37 @@ def make_optimizer(model: Autoencoder, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam([{"params": rest, "lr": lr}, {"params": prior, "lr": lr * 5}])
 
 
+def load_checkpoint(path: str | os.PathLike) -> Any:
+    """Load a checkpoint or state dict that holds only tensors, numbers, strings and containers.
+
+    ``torch.load(weights_only=True)``: unpickling never calls anything the file names,
+    so a checkpoint from elsewhere cannot run code here. The checkpoints :func:`train`
+    writes (and the federated engine's) are plain data of this kind; they always were.
+
+    Raises:
+        CheckpointError: The file needs more than plain data (e.g. a pickled object), or is
+            not a readable torch file.
+        OSError: It cannot be opened (FileNotFoundError when it does not exist).
+    """
+    import pickle
+    import re
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except pickle.UnpicklingError as exc:
+        # torch's message advises weights_only=False, the very thing not to do: pass on the cause only.
+        wanted = re.search(r"GLOBAL ([\w.]+)", str(exc))  # a class or function unpickling would call
+        if wanted:
+            raise CheckpointError(
+                f"{path}: refused: it holds more than tensors, numbers and strings (it names {wanted[1]})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (not a pickle of plain data)") from None
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError... for a file that is not its own
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
+
+
 def train(args: argparse.Namespace) -> Path:
     """Run (or resume) training; returns the checkpoint path."""
     torch.set_num_threads(args.threads)
@@ -108,7 +141,7 @@ def train(args: argparse.Namespace) -> Path:
     opt = make_optimizer(model, args.lr)
     step, elapsed = 0, 0.0
     if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed = ckpt["step"], ckpt["elapsed_s"]
@@ -153,6 +186,7 @@ def _save(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, step: int,
             "step": step,
             "elapsed_s": elapsed,
             "arch": args.arch,
+            # Plain values only (not the Namespace): the checkpoint loads with weights_only=True.
             "config": {k: v for k, v in vars(args).items() if k != "export"},
         },
         tmp,

@@ -94,13 +94,25 @@ def dropped_sites(config: RunConfig, names: Sequence[str], sampled: Sequence[int
 
 
 def initial_parameters(config: RunConfig) -> dict[str, np.ndarray]:
-    """Round-0 parameters: from ``config.init`` (a checkpoint or state dict) or seeded initialization."""
+    """Round-0 parameters: from ``config.init`` (a checkpoint or state dict) or seeded initialization.
+
+    Raises:
+        medcodec.CheckpointError: ``config.init`` holds more than plain tensors and builtins
+            (it is never unpickled as objects), or no state dict of ``config.arch``.
+    """
+    from medcodec.errors import CheckpointError
     from medcodec.network import ARCHITECTURES, Autoencoder
+    from medcodec.train import load_checkpoint
 
     if config.init:
-        blob = torch.load(config.init, map_location="cpu", weights_only=False)
+        blob = load_checkpoint(config.init)  # an operator-supplied file: plain data only
         state = blob.get("model", blob) if isinstance(blob, dict) else blob
-        model = build_model(config.arch, {k: v.numpy() for k, v in state.items()})
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise CheckpointError(f"{config.init}: neither a state dict nor a checkpoint holding one under 'model'")
+        try:
+            model = build_model(config.arch, {k: v.numpy() for k, v in state.items()})
+        except (ValueError, RuntimeError) as exc:  # missing parameters, or shapes of another architecture
+            raise CheckpointError(f"{config.init}: not a state dict of {config.arch!r}: {exc}") from None
         return model_arrays(model)
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed(config.seed, 0, 0, Purpose.INIT))
@@ -129,7 +141,9 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    blob = torch.load(path, map_location="cpu", weights_only=True)  # plain tensors and builtins only
+    from medcodec.train import load_checkpoint
+
+    blob = load_checkpoint(path)  # plain tensors and builtins only
     if blob.get("version") != _CHECKPOINT_VERSION:
         raise ValueError(f"{path}: checkpoint version {blob.get('version')} is not {_CHECKPOINT_VERSION}")
     blob["parameters"] = _to_arrays(blob["parameters"])
