@@ -107,3 +107,18 @@ def _reseal_header(buf: bytearray) -> None:
     (size,) = struct.unpack_from("<I", buf, len(MAGIC) + 4)
     end = len(MAGIC) + 8 + size
     struct.pack_into("<I", buf, end, zlib.crc32(bytes(buf[len(MAGIC) : end])))
+
+
+def test_deeply_nested_metadata_is_corrupt_not_a_recursion_error():
+    import zstandard
+
+    from medcodec.container import Chunk, read_stream, write_stream
+
+    a = synthetic(shape=(6, 30, 28))
+    header, chunks = read_stream(medcodec.compress(medcodec.Volume(a, metadata={"k": "v"}), max_error=0))
+    assert b"meta" in [c.kind for c in chunks]
+    deep = zstandard.ZstdCompressor().compress(b"[" * 100_000 + b"]" * 100_000)
+    # write_stream seals every chunk with its own CRC: only the metadata's content is wrong.
+    damaged = write_stream(header, [Chunk(c.kind, deep) if c.kind == b"meta" else c for c in chunks])
+    with pytest.raises(CorruptStreamError, match="metadata.*nests too deeply"):
+        medcodec.decompress(damaged)

@@ -75,3 +75,16 @@ def test_unknown_and_broken_models(tmp_path):
     bad.write_bytes(b"MCWEIGHT\xff\xff\xff\x00{")
     with pytest.raises(ModelError):
         load_model(bad)
+
+
+def test_a_deeply_nested_model_header_is_a_model_error(tmp_path):
+    import struct
+
+    from medcodec.models import MAGIC
+
+    header = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "deep.mcw"
+    path.write_bytes(MAGIC + struct.pack("<I", len(header)) + header)
+    with pytest.raises(ModelError, match="nests too deeply") as excinfo:
+        load_model(path)
+    assert str(path) in str(excinfo.value)

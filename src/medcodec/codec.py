@@ -435,6 +435,8 @@ def _metadata(chunks: list[Chunk]) -> dict:
                 meta = json.loads(unzstd(c.payload, 64 << 20))
             except ValueError:
                 raise CorruptStreamError("metadata chunk is not valid JSON") from None
+            except RecursionError:  # json recurses per nesting level: [[[[...]]]] exhausts the stack
+                raise CorruptStreamError("metadata chunk nests too deeply (it must be an object of strings)") from None
             if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
                 raise CorruptStreamError("metadata chunk is not an object of strings")
             return meta

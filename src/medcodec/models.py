@@ -134,6 +134,8 @@ def _parse(data: bytes, where: str) -> tuple[Architecture, dict[str, np.ndarray]
         return arch, tensors, header.get("meta", {})
     except (ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError) as exc:
         raise ModelError(f"cannot load model {where}: {exc}") from None
+    except RecursionError:  # json recurses per nesting level: a header of [[[[...]]]] exhausts the stack
+        raise ModelError(f"cannot load model {where}: its JSON header nests too deeply") from None
 
 
 def _int_layers(tensors: dict[str, np.ndarray], meta: dict) -> list[IntLayer]:
