@@ -101,3 +101,63 @@ def test_an_existing_run_needs_resume(site_dirs, tmp_path, capsys):
     assert main(argv) == 0
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
+
+
+class _Payload:
+    """Unpickling this creates the marker file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("medcodec-fed: error: ") and "Traceback" not in err
+    return err
+
+
+def test_an_unreadable_volume_is_a_one_line_error_and_leaves_no_folder(site_dirs, tmp_path, capsys):
+    import shutil
+
+    north, _ = site_dirs
+    broken = tmp_path / "broken"
+    shutil.copytree(north, broken)
+    (broken / "scan1.nii.gz").write_bytes(b"this is not a volume")
+    out = tmp_path / "runs" / "fed"
+    argv = ["run", "--site", f"north={north}", "--site", f"broken={broken}", "--rounds", "1", "--out", str(out),
+            "--no-plots", *TINY]  # fmt: skip
+    assert main(argv) == 8  # medcodec's exit code for a volume that cannot be read
+    err = _one_line_error(capsys)
+    assert "'broken'" in err and "scan1.nii.gz" in err
+    assert not out.exists()
+
+
+def test_a_wrongly_typed_toml_value_is_a_one_line_error_and_leaves_no_folder(site_dirs, tmp_path, capsys):
+    north, _ = site_dirs
+    out = tmp_path / "fed"
+    toml = tmp_path / "run.toml"
+    for line, setting in [('rounds = "abc"', "rounds"), ("plots = 1", "plots"), ('local-groups = "prior.*"',
+                          "local_groups"), ("hold-out = 1.5", "hold-out")]:  # fmt: skip
+        toml.write_text(f'out = "{out}"\n{line}\n[sites]\nnorth = "{north}"\n')
+        assert main(["run", "--config", str(toml)]) == 2
+        err = _one_line_error(capsys)
+        assert setting in err, err
+        assert not out.exists()
+
+
+def test_a_refused_init_checkpoint_is_a_one_line_error_and_leaves_no_folder(site_dirs, tmp_path, capsys):
+    import torch
+
+    north, south = site_dirs
+    evil = tmp_path / "init.pt"
+    torch.save({"model": {}, "x": _Payload(tmp_path / "pwned")}, evil)
+    out = tmp_path / "fed"
+    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--init", str(evil), "--out", str(out),
+            *TINY]  # fmt: skip
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert str(evil) in err and "refused" in err
+    assert not out.exists() and not (tmp_path / "pwned").exists()

@@ -15,7 +15,11 @@ not code: ``--engine in-process`` (default) runs every site in this process;
 ``--engine flower`` runs the same sites in Flower's simulation engine (``medcodec[flower]``),
 with SecAgg+ on by default. Real deployments (one SuperLink, one SuperNode per site) submit
 the app folder written by ``flower-app`` with ``flwr run``: see docs/DEPLOY.md.
-Exit codes: 0 done, 2 bad arguments or settings, 1 any other error.
+An error prints one line, ``medcodec-fed: error: <message>``. Exit codes: 0 done; 2 bad
+arguments or settings (a wrongly typed TOML value, a refused ``--init`` checkpoint);
+8 a site's volume that cannot be read (the other errors of medcodec exit with the code
+``medcodec --help`` lists for them); 130 interrupted; 1 any other error. A run that fails
+before writing anything leaves no ``--out`` folder behind.
 """
 
 from __future__ import annotations
@@ -37,8 +41,10 @@ _SETTINGS = (
 )  # fmt: skip
 
 
-# Options that choose sites and the run folder rather than training.
+# Options that choose sites and the run folder rather than training, with the types a TOML
+# file must give them (the command line's parser converts its own).
 _OTHER = ("out", "data", "partition", "num_sites", "alpha", "hold_out")
+_OTHER_TYPES = {"out": str, "data": str, "partition": str, "num_sites": int, "alpha": (int, float), "hold_out": int}
 
 # CLI option -> medcodec_fed.flower.FlowerOptions field (TOML: a [flower] table with these keys).
 _FLOWER = ("secagg", "dp", "dp_noise_multiplier", "dp_clipping_norm", "min_fit_clients", "min_available_clients")
@@ -169,6 +175,9 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], d
                 raise ValueError(f"{args.config}: unknown setting {key!r}; known: {', '.join(sorted(known))}")
         settings = {k.replace("-", "_"): v for k, v in doc.items()}
     other = {k: settings.pop(k) for k in _OTHER if k in settings}
+    for key, value in other.items():
+        if not isinstance(value, _OTHER_TYPES[key]) or isinstance(value, bool):
+            raise ValueError(f"{args.config}: {key.replace('_', '-')} has the wrong type: {value!r}")
     for name in _SETTINGS:
         value = getattr(args, name)
         if value is not None:
@@ -225,19 +234,26 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} train, "
           f"{len(s.held_out) or 'last slices'} held out)" for s in sites), flush=True)  # fmt: skip
     say = lambda line: print(line, flush=True)  # noqa: E731
-    if args.engine == "flower":
-        flower = _flower_module()
-        if args.resume:
-            raise ValueError("--resume: the Flower engine does not resume runs")
-        options = flower.FlowerOptions(out=str(other["out"]), **flower_opts)
-        try:
-            result = flower.run_simulation(sites, config, options, say=say)
-        except ImportError as exc:
-            raise ValueError(str(exc)) from exc
-    else:
-        from .server import run
+    out = Path(other["out"])
+    created = not out.exists()
+    try:
+        if args.engine == "flower":
+            flower = _flower_module()
+            if args.resume:
+                raise ValueError("--resume: the Flower engine does not resume runs")
+            options = flower.FlowerOptions(out=str(other["out"]), **flower_opts)
+            try:
+                result = flower.run_simulation(sites, config, options, say=say)
+            except ImportError as exc:
+                raise ValueError(str(exc)) from exc
+        else:
+            from .server import run
 
-        result = run(sites, config, other["out"], resume=args.resume, say=say)
+            result = run(sites, config, other["out"], resume=args.resume, say=say)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
     print(f"metrics: {Path(result.out) / 'metrics.json'}")
     return 0
 
@@ -280,8 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``medcodec-fed`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="medcodec-fed: %(message)s")
+    from medcodec.errors import MedcodecError
+
     try:
         return {"run": _run, "flower-app": _flower_app, "plot": _plot}[args.command](args)
+    except MedcodecError as exc:  # an unreadable volume, a refused checkpoint: medcodec's own exit codes
+        print(f"medcodec-fed: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (ValueError, FileExistsError, FileNotFoundError) as exc:
         print(f"medcodec-fed: error: {exc}", file=sys.stderr)
         return 2

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import fnmatch
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AGGREGATIONS", "RunConfig", "load_toml", "RESUMABLE_KEYS"]
+__all__ = ["AGGREGATIONS", "RunConfig", "check_field_types", "load_toml", "RESUMABLE_KEYS"]
 
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
 
@@ -88,7 +89,15 @@ class RunConfig:
     def __post_init__(self) -> None:
         from medcodec.network import ARCHITECTURES
 
-        object.__setattr__(self, "local_groups", tuple(self.local_groups))
+        check_field_types(self)
+        groups = self.local_groups
+        if isinstance(groups, str) or not all(isinstance(g, str) for g in groups):
+            raise ValueError(f"local_groups must be a list of glob patterns, got {groups!r}")
+        object.__setattr__(self, "local_groups", tuple(groups))
+        if not isinstance(self.site_dropout, Mapping) or not all(
+            isinstance(v, numbers.Real) and not isinstance(v, bool) for v in self.site_dropout.values()
+        ):
+            raise ValueError(f"site_dropout must map site names to probabilities, got {self.site_dropout!r}")
         object.__setattr__(self, "site_dropout", {str(k): float(v) for k, v in dict(self.site_dropout).items()})
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
@@ -157,6 +166,37 @@ class RunConfig:
                 raise ValueError(f"unknown setting {key!r}; known: {', '.join(sorted(known))}")
             kwargs[name] = value
         return cls(**kwargs)
+
+
+# Annotation -> the values a setting of that type accepts, and how an error names them.
+_SCALARS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "int": (numbers.Integral, "an integer"),
+    "float": (numbers.Real, "a number"),
+    "str": (str, "a string"),
+    "bool": (bool, "true or false"),
+}
+
+
+def check_field_types(settings: Any) -> None:
+    """Check that every scalar field of dataclass ``settings`` holds its annotated type.
+
+    A TOML file or a run config can hold any type (``rounds = "abc"``); comparing such a
+    value in a range check would raise TypeError instead of naming the setting. Only
+    ``int``, ``float``, ``str`` and ``bool`` annotations (optionally ``| None``) are
+    checked; an int is a valid float, a bool is not a number.
+
+    Raises:
+        ValueError: A field holds another type.
+    """
+    for f in fields(settings):
+        annotation = str(f.type)
+        base, _, rest = annotation.partition(" | ")
+        value = getattr(settings, f.name)
+        if base not in _SCALARS or rest not in ("", "None") or (rest and value is None):
+            continue
+        kinds, words = _SCALARS[base]
+        if not isinstance(value, kinds) or (base != "bool" and isinstance(value, bool)):
+            raise ValueError(f"{f.name} must be {words}{' or unset' if rest else ''}, got {value!r}")
 
 
 def _require(ok: bool, message: str) -> None:

@@ -67,7 +67,7 @@ from flwr.server.strategy import (
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from .aggregate import aggregate, check_update
-from .config import RunConfig
+from .config import RunConfig, check_field_types
 from .messages import (
     GlobalModel,
     MessageError,
@@ -172,6 +172,7 @@ class FlowerOptions:
             if not ok:
                 raise ValueError(message)
 
+        check_field_types(self)  # a [flower] table can hold any type
         require(0 < self.secagg_shares <= 1, "secagg-shares must be in (0, 1]")
         require(0 < self.secagg_threshold <= 1, "secagg-threshold must be in (0, 1]")
         require(self.secagg_clipping_range > 0, "secagg-clipping-range must be > 0")

@@ -228,6 +228,10 @@ def run(
     Raises:
         FileExistsError: ``out`` holds a checkpoint and ``resume`` is False.
         ValueError: Bad sites or settings, or settings that differ from the checkpoint's.
+        medcodec.CheckpointError: ``config.init`` is refused.
+        medcodec.VolumeIOError: A site's volume cannot be read.
+
+    A run that fails before it wrote anything removes the ``out`` folder it created.
     """
     out = Path(out)
     names = [s.name for s in sites]
@@ -242,10 +246,10 @@ def run(
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another out")
-    out.mkdir(parents=True, exist_ok=True)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
+    created = not out.exists()
     try:
         if resume and ckpt_path.exists():
             state = _load_checkpoint(ckpt_path)
@@ -262,6 +266,7 @@ def run(
                 "history": [], "baselines": None,
             }  # fmt: skip
         data = {s.name: load_site(s, eval_crop=config.eval_crop) for s in sites}
+        out.mkdir(parents=True, exist_ok=True)  # only once the inputs are readable
         gain = quality_to_gain(config.quality)
         lc = local_config(config)
         for r in range(state["next_round"], config.rounds + 1):
@@ -272,6 +277,10 @@ def run(
             _write_json(out / METRICS, _metrics_doc(state, sites, config))
             say(_round_line(rec, config.rounds, len(sites)))
         return _finish(state, sites, data, config, out, shared_names, gain, say)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before its first checkpoint leaves nothing behind
+        raise
     finally:
         torch.set_num_threads(threads)
 

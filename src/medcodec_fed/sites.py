@@ -226,7 +226,20 @@ def held_out_volumes(site: Site) -> list:
 
 
 def load_site(site: Site, *, eval_crop: int) -> SiteData:
-    """Read and normalize a site's volumes (with ``medcodec.train.normalize``)."""
+    """Read and normalize a site's volumes (with ``medcodec.train.normalize``).
+
+    Raises:
+        medcodec.VolumeIOError: A volume cannot be read (the message names the site and file).
+    """
+    from medcodec.errors import VolumeIOError
+
+    try:
+        return _load_site(site, eval_crop)
+    except VolumeIOError as exc:
+        raise type(exc)(f"site {site.name!r}: {exc}") from None
+
+
+def _load_site(site: Site, eval_crop: int) -> SiteData:
     from medcodec.io import read
     from medcodec.train import normalize
 
