@@ -376,7 +376,8 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
         zm, zp = _z_neighbours(recon, t, h)
         xt = x[t]
         planes = _Planes(xt.shape, lv.fill, zm, zp)
-        fronts = []
+        fronts: list[np.ndarray] = []
+        buckets: list[np.ndarray] = []
         for f in range(planes.n_fronts):
             pos = planes.front(f)
             pred, acts = planes.predict(pos, lv, lo, hi)
@@ -387,11 +388,17 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
             q = np.floor_divide(target - pred + d, step)
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
             planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
-            fronts.append((bucket.ravel(), q.ravel()))
-        sizes = np.cumsum([0] + [q.size for _, q in fronts])
-        bucket_all = np.concatenate([b for b, _ in fronts])
-        tok_all, nraw_all, raw_all = tokens(np.concatenate([q for _, q in fronts]))
+            fronts.append(q.ravel())
+            buckets.append(bucket.ravel().astype(np.uint8))
+        # Tokens of the whole level at once (fast), kept in the narrowest types (memory).
+        sizes = np.cumsum([0] + [q.size for q in fronts])
+        tok_all, nraw_all, raw_all = tokens(np.concatenate(fronts))
+        del fronts
+        bucket_all = np.concatenate(buckets).astype(np.int64)
+        del buckets
         counts = np.bincount(bucket_all * MAX_TOKENS + tok_all, minlength=N_BUCKETS * MAX_TOKENS).reshape(N_BUCKETS, MAX_TOKENS)
+        bucket_all = bucket_all.astype(np.uint8)
+        tok_all, nraw_all, raw_all = tok_all.astype(np.uint8), nraw_all.astype(np.uint8), raw_all.astype(np.uint32)
         coded = [(bucket_all[a:b], tok_all[a:b], nraw_all[a:b], raw_all[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
         width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
         lv.counts = _normalized(counts[:, :width])
@@ -403,7 +410,7 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
             for k in np.flatnonzero(sizes):
                 writer.items.append((tok[order[start : start + sizes[k]]].astype(np.int32), models[k], None))
                 start += sizes[k]
-            for vals, sz in _raw_parts(nraw, raw):
+            for vals, sz in _raw_parts(nraw.astype(np.int64), raw.astype(np.int64)):
                 if vals.size:
                     writer.items.append((vals, _UNIFORM, sz))
         recon[t] = planes.interior()
