@@ -72,3 +72,17 @@ def test_encoding_on_one_or_two_threads_writes_the_same_stream(monkeypatch):
     monkeypatch.setattr(codec_module, "_WORKERS", 1)
     assert medcodec.compress(vol, max_error=1) == data
     assert np.abs(medcodec.decompress(data).array.astype(np.int64) - vol).max() <= 1
+
+
+def test_integer_streams_never_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, medcodec\n"
+        "a = np.arange(6000, dtype=np.int16).reshape(6, 20, 50)\n"
+        "d = medcodec.compress(a, max_error=1); medcodec.info(d); medcodec.decompress(d)\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
+    assert out.stdout.strip() == "False"

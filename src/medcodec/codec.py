@@ -22,15 +22,14 @@ import hashlib
 import json
 import math
 import numbers
-import struct
 import os
+import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import zstandard
 
 from .container import FLAG_INTEGER_VALUED, Chunk, Header, StreamInfo, read_header, read_stream, write_stream
@@ -43,14 +42,16 @@ from .errors import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
+from .fixedpoint import GAIN_ONE
 from .intensity import normalize, to_voxels
-from .intnet import GAIN_ONE
-from .models import CodecModel, load_model, model_for_stream
 from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 from .residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .tiling import DEFAULT_TILE, pad_edge, tile_grid
 from .volume import Volume, as_volume
+
+if TYPE_CHECKING:
+    from .models import CodecModel
 
 __all__ = ["compress", "decompress", "encode", "decode", "info", "DEFAULT_QUALITY", "quality_gain"]
 
@@ -180,7 +181,11 @@ def compress(
     arr = vol.array
     plan = _plan(arr, quality, max_error)
     # Integer arithmetic needs no model; a model the caller names is still checked.
-    cm = load_model(model) if not (plan.raw or plan.integer) or model is not None else None
+    cm = None
+    if not (plan.raw or plan.integer) or model is not None:
+        from .models import load_model  # torch: only where a network runs, or a model is named
+
+        cm = load_model(model)
     if plan.integer or plan.raw:
         cm = None
     tiles = tile_grid(arr.shape, DEFAULT_TILE)
@@ -221,6 +226,8 @@ def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) 
         return _TILE_HEAD.pack(index, _PREDICTIVE, 0, 0, 0) + _section(section) + digest, digest
     assert cm is not None
     xp = pad_edge(normalize(x, plan.lo, plan.hi), 8)
+    import torch
+
     with torch.no_grad():
         y = cm.analysis(torch.from_numpy(np.ascontiguousarray(xp))[None, None])[0].numpy()
     _, _, bound = cm.synthesis.first_layer_params(plan.gain_num)
@@ -301,6 +308,8 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     expected = _expected_path(header, integer)
     learned = expected in (_LEARNED_INT, _LEARNED_FLOAT)
     if learned:
+        from .models import model_for_stream
+
         cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
 
     def decode_one(i: int) -> tuple[np.ndarray, bytes]:

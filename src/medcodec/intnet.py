@@ -29,14 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .fixedpoint import GAIN_ONE, OUT_FRAC_BITS
 from .network import pixel_shuffle3d
 
 __all__ = ["IntLayer", "IntSynthesis", "ACT_MAX", "SHIFT", "OUT_FRAC_BITS", "GAIN_ONE", "EXACT_LIMIT", "FIRST_GROUP"]
 
 ACT_MAX = 255
 SHIFT = 24
-OUT_FRAC_BITS = 12
-GAIN_ONE = 1 << 16
 #: Every |partial sum| of a float32 convolution stays below this, so it is exact.
 EXACT_LIMIT = 1 << 24
 #: Input channels per convolution group of the first layer.

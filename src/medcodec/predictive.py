@@ -75,6 +75,10 @@ def _margins() -> tuple[int, int, int, int]:
 
 #: Voxels sampled to fit a level's parameters, and to compare z depths.
 _FIT_SAMPLES, _PLAN_SAMPLES = 1 << 14, 1 << 12
+#: Slices of a level the fit looks at, at most (evenly spread).
+_FIT_SLICES = 16
+#: Fronts whose symbols are turned into tokens at once (bounds the encoder's transient memory).
+_TOKEN_BATCH = 64
 #: Token frequencies are sent with this much precision per table: enough for the coder, cheap to send.
 COUNT_TOTAL = 1 << 14
 _HEAD = struct.Struct("<BII")
@@ -248,9 +252,13 @@ def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: in
 
 def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT_SAMPLES) -> tuple[_Level, float]:
     """Fit a level's parameters on (a sample of) its original voxels; returns them and an estimate of its bits."""
-    b, h, w = x.shape
-    has_z = zm is not None
+    voxels, has_z = x.size, zm is not None
     fill = int(np.median(x[:, 0, :]))
+    if x.shape[0] > _FIT_SLICES:
+        # A spread of slices carries the statistics; all of them would only cost memory.
+        keep = np.unique(np.linspace(0, x.shape[0] - 1, _FIT_SLICES).round().astype(np.int64))
+        x, zm, zp = x[keep], None if zm is None else zm[keep], None if zp is None else zp[keep]
+    b, h, w = x.shape
     rng = np.random.default_rng(0)
     d = (step - 1) // 2
     if d:
@@ -309,7 +317,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT
         cnt = np.bincount(tok[bucket == k])
         cnt = cnt[cnt > 0]
         bits -= float((cnt * np.log2(cnt / max(1, cnt.sum()))).sum())
-    return probe, bits * x.size / signed.size
+    return probe, bits * voxels / signed.size
 
 
 def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Level]]:
@@ -363,6 +371,16 @@ def _raw_parts(nraw: np.ndarray, raw: np.ndarray) -> list[tuple[np.ndarray, np.n
     return parts
 
 
+def _tokenized(fronts: list[tuple[np.ndarray, np.ndarray]], counts: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """Fronts' (bucket, q) as (bucket, token, raw-bit count, raw bits) in the narrowest types; counts updated."""
+    sizes = np.cumsum([0] + [q.size for _, q in fronts])
+    bucket = np.concatenate([bk for bk, _ in fronts])
+    tok, nraw, raw = tokens(np.concatenate([q for _, q in fronts]))
+    counts += np.bincount(bucket * MAX_TOKENS + tok, minlength=counts.size)
+    bucket, tok, nraw, raw = bucket.astype(np.uint8), tok.astype(np.uint8), nraw.astype(np.uint8), raw.astype(np.uint32)
+    return [(bucket[a:b], tok[a:b], nraw[a:b], raw[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
+
+
 def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
     """Code an integer tile within ``d`` (0: lossless); returns the section and the reconstruction (int64)."""
     x = x.astype(np.int64)
@@ -376,8 +394,9 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
         zm, zp = _z_neighbours(recon, t, h)
         xt = x[t]
         planes = _Planes(xt.shape, lv.fill, zm, zp)
-        fronts: list[np.ndarray] = []
-        buckets: list[np.ndarray] = []
+        fronts: list[tuple[np.ndarray, np.ndarray]] = []
+        coded: list[tuple[np.ndarray, ...]] = []
+        counts = np.zeros(N_BUCKETS * MAX_TOKENS, np.int64)
         for f in range(planes.n_fronts):
             pos = planes.front(f)
             pred, acts = planes.predict(pos, lv, lo, hi)
@@ -388,18 +407,11 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
             q = np.floor_divide(target - pred + d, step)
             planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
             planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
-            fronts.append(q.ravel())
-            buckets.append(bucket.ravel().astype(np.uint8))
-        # Tokens of the whole level at once (fast), kept in the narrowest types (memory).
-        sizes = np.cumsum([0] + [q.size for q in fronts])
-        tok_all, nraw_all, raw_all = tokens(np.concatenate(fronts))
-        del fronts
-        bucket_all = np.concatenate(buckets).astype(np.int64)
-        del buckets
-        counts = np.bincount(bucket_all * MAX_TOKENS + tok_all, minlength=N_BUCKETS * MAX_TOKENS).reshape(N_BUCKETS, MAX_TOKENS)
-        bucket_all = bucket_all.astype(np.uint8)
-        tok_all, nraw_all, raw_all = tok_all.astype(np.uint8), nraw_all.astype(np.uint8), raw_all.astype(np.uint32)
-        coded = [(bucket_all[a:b], tok_all[a:b], nraw_all[a:b], raw_all[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
+            fronts.append((bucket.ravel(), q.ravel()))
+            if len(fronts) == _TOKEN_BATCH or f == planes.n_fronts - 1:
+                coded += _tokenized(fronts, counts)
+                fronts = []
+        counts = counts.reshape(N_BUCKETS, MAX_TOKENS)
         width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
         lv.counts = _normalized(counts[:, :width])
         models = _models(lv.counts)
