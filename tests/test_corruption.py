@@ -122,3 +122,32 @@ def test_deeply_nested_metadata_is_corrupt_not_a_recursion_error():
     damaged = write_stream(header, [Chunk(c.kind, deep) if c.kind == b"meta" else c for c in chunks])
     with pytest.raises(CorruptStreamError, match="metadata.*nests too deeply"):
         medcodec.decompress(damaged)
+
+
+def test_a_header_announcing_billions_of_tiles_is_refused_before_building_them():
+    from medcodec.container import Header, write_stream
+
+    header = Header(
+        dtype="int16", mode="lossless", quality=0, shape=(1, 65535, 65535), spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0), direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), max_error=0.0,
+        lo=0.0, hi=1.0, gain_num=1 << 16, tile=(1, 1, 1), n_tiles=65535 * 65535, model_name="",
+        model_sha256=bytes(32), voxel_sha256=bytes(32),
+    )  # fmt: skip
+    data = write_stream(header, [])
+    assert len(data) < 400
+    with pytest.raises(CorruptStreamError, match="4294836225"):
+        medcodec.decompress(data)
+
+
+def test_a_zstd_frame_without_its_size_cannot_expand_past_the_limit():
+    import zstandard
+
+    from medcodec.entropy import unzstd
+
+    cobj = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
+    blob = cobj.compress(bytes(64 << 20)) + cobj.flush()  # 64 MiB of zeros in a few kB
+    assert zstandard.get_frame_parameters(blob).content_size == zstandard.CONTENTSIZE_UNKNOWN
+    assert len(blob) < 1 << 16
+    with pytest.raises(CorruptStreamError, match="past the size"):
+        unzstd(blob, 1 << 20)
+    assert len(unzstd(blob, 64 << 20)) == 64 << 20

@@ -294,13 +294,15 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise InvalidInputError(f"decompress expects bytes, got {type(data).__name__}")
     header, chunks = read_stream(bytes(data))
-    tiles = tile_grid(header.shape, header.tile)
     tile_chunks = [c for c in chunks if c.kind == b"TILE"]
     unknown = {c.kind for c in chunks if c.kind[:1].isupper() and c.kind != b"TILE"}
     if unknown:
         raise UnsupportedVersionError(f"stream holds chunks this decoder does not know: {sorted(unknown)}")
-    if len(tile_chunks) != len(tiles):
-        raise CorruptStreamError(f"stream holds {len(tile_chunks)} tiles, its header announces {len(tiles)}")
+    # The header's count (checked against its shape and tile size) meets the chunks present
+    # before the grid is built: a header may announce billions of tiles in a few bytes.
+    if len(tile_chunks) != header.n_tiles:
+        raise CorruptStreamError(f"stream holds {len(tile_chunks)} tiles, its header announces {header.n_tiles}")
+    tiles = tile_grid(header.shape, header.tile)
     metadata = _metadata(chunks)
     dtype = np.dtype(header.dtype)
     integer = dtype.kind != "f"

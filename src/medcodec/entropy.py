@@ -116,6 +116,8 @@ def unzstd(blob: bytes, max_size: int) -> bytes:
         declared = zstandard.get_frame_parameters(blob).content_size
         if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > max_size:
             raise CorruptStreamError("zstandard block is larger than its structure allows")
+        if declared == zstandard.CONTENTSIZE_UNKNOWN and _frame_size(blob, max_size) > max_size:
+            raise CorruptStreamError("zstandard block decompresses past the size its structure allows")
         obj = zstandard.ZstdDecompressor().decompressobj()
         out = obj.decompress(blob)
         if len(out) > max_size or not obj.eof or obj.unused_data:
@@ -123,6 +125,22 @@ def unzstd(blob: bytes, max_size: int) -> bytes:
         return out
     except zstandard.ZstdError as exc:
         raise CorruptStreamError(f"bad zstandard block: {exc}") from None
+
+
+def _frame_size(blob: bytes, max_size: int) -> int:
+    """Bytes the first frame of ``blob`` decompresses to, counted in pieces and no further than ``max_size + 1``.
+
+    A frame that omits its content size could otherwise expand without bound before a
+    size check sees it.
+    """
+    total = 0
+    with zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=False) as reader:
+        while total <= max_size:
+            piece = reader.read(min(1 << 20, max_size + 1 - total))
+            if not piece:
+                break
+            total += len(piece)
+    return total
 
 
 def decode_groups(data: bytes, groups: np.ndarray, n_groups: int) -> np.ndarray:
