@@ -180,14 +180,14 @@ def compress(
     vol = as_volume(volume)
     arr = vol.array
     plan = _plan(arr, quality, max_error)
-    # Integer arithmetic needs no model; a model the caller names is still checked.
+    # Only float arithmetic runs the network; a model the caller names is checked all the same.
     cm = None
-    if not (plan.raw or plan.integer) or model is not None:
-        from .models import load_model  # torch: only where a network runs, or a model is named
+    network = not (plan.raw or plan.integer)
+    if network or model is not None:
+        from .models import load_model  # imports torch
 
-        cm = load_model(model)
-    if plan.integer or plan.raw:
-        cm = None
+        loaded = load_model(model)
+        cm = loaded if network else None
     tiles = tile_grid(arr.shape, DEFAULT_TILE)
     chunks, digests = [], []
     if vol.metadata:

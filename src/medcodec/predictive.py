@@ -173,8 +173,9 @@ class _Planes:
     def n_fronts(self) -> int:
         return 2 * (self.h - 1) + self.w
 
-    def predict(self, pos: np.ndarray, lv: _Level, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Predictions (B, n) at padded positions and the context features (B, k, n) besides errors."""
+    def neighbours(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """At padded positions: the neighbours minus the base prediction (B, k, n), the base (B, n)
+        and the activities dh, dv (and dz) stacked (B, 2 or 3, n)."""
         g = self.recon[:, pos[None, :] + self.off[:, None]]
         w_, n_, nw, ne, ww, nn = g[:, 0], g[:, 1], g[:, 2], g[:, 3], g[:, 4], g[:, 5]
         dh = np.abs(w_ - ww) + np.abs(n_ - nw) + np.abs(n_ - ne)
@@ -184,25 +185,34 @@ class _Planes:
             base = (zg[:, 0] + zg[:, len(ZNEIGHBOURS)]) >> 1
             dz = np.abs(zg[:, 0] - zg[:, len(ZNEIGHBOURS)])
             g = np.concatenate([g, zg], axis=1)
-            acts = (dh, dv, dz)
+            acts = np.stack((dh, dv, dz), axis=1)
         else:
             base = (w_ + n_) >> 1
-            acts = (dh, dv)
-        act = sum(acts)
-        cls = np.searchsorted(lv.act_thr, act, side="right") * N_ORIENT
-        cls += np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
-        f = g - base[:, None, :]
+            acts = np.stack((dh, dv), axis=1)
+        return g - base[:, None, :], base, acts
+
+    def predict(self, pos: np.ndarray, lv: _Level, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Predictions (B, n) at padded positions and the context features (B, k, n) besides errors."""
+        f, base, acts = self.neighbours(pos)
+        cls = _classes(acts, lv.act_thr)
         if N_FEEDBACK:
             f = np.concatenate([f, self.err[:, pos[None, :] + self.off[:N_FEEDBACK, None]]], axis=1)
         s = np.einsum("bkn,bnk->bn", f, lv.weights[cls])
         pred = np.clip(base + ((s + (1 << (W_SCALE - 1))) >> W_SCALE), lo, hi)
-        return pred, np.stack(acts, axis=1)
+        return pred, acts
 
     def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level, pred: np.ndarray, lo: int, step: int) -> np.ndarray:
         e = np.abs(self.err[:, pos[None, :] + self.off[:N_ERR_CONTEXT, None]])
         c = np.concatenate([acts, e], axis=1)
         ctx = np.einsum("bkn,k->bn", c, lv.ctx_w) >> C_SCALE
         return _bucket(ctx, pred, lo, step)
+
+
+def _classes(acts: np.ndarray, act_thr: np.ndarray) -> np.ndarray:
+    """Prediction class: the activity class (thresholds ``act_thr``) times 3 gradient orientations."""
+    dh, dv = acts[:, 0], acts[:, 1]
+    cls = np.searchsorted(act_thr, acts.sum(axis=1), side="right") * N_ORIENT
+    return cls + np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
 
 
 def _bucket(ctx: np.ndarray, pred: np.ndarray, lo: int, step: int) -> np.ndarray:
@@ -274,24 +284,14 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT
     xs = rng.integers(0, w, n_pos)
     pos = planes.positions(ys, xs)
     # Activity classes: thresholds at quantiles of the sample's activity.
-    probe = _Level(fill, np.zeros(N_ACTIVITY - 1, np.int64), np.zeros((N_CLASSES, _n_features(has_z)), np.int64),
-                   np.zeros(_n_contexts(has_z), np.int64), np.zeros((N_BUCKETS, 2), np.int64))  # fmt: skip
-    _, acts = planes.predict(pos, probe, lo, hi)
-    act = acts.sum(axis=1).ravel()
-    probe.act_thr = np.quantile(act, np.arange(1, N_ACTIVITY) / N_ACTIVITY).astype(np.int64)
+    f, base, acts = planes.neighbours(pos)
+    act_thr = np.quantile(acts.sum(axis=1).ravel(), np.arange(1, N_ACTIVITY) / N_ACTIVITY).astype(np.int64)
+    cls = _classes(acts, act_thr).ravel()
     # Weights per class, fitted on differences to the base prediction.
-    g = planes.recon[:, pos[None, :] + planes.off[:, None]]
-    if has_z:
-        zg = np.concatenate([p[:, pos[None, :] + planes.zoff[:, None]] for p in planes.z], axis=1)
-        base = (zg[:, 0] + zg[:, len(ZNEIGHBOURS)]) >> 1
-        g = np.concatenate([g, zg], axis=1)
-    else:
-        base = (g[:, 0] + g[:, 1]) >> 1
-    f = (g - base[:, None, :]).transpose(0, 2, 1).reshape(-1, g.shape[1])
+    f = f.transpose(0, 2, 1).reshape(-1, f.shape[1])
     target = (orig[:, pos] - base).ravel()
-    dh, dv = acts[:, 0].ravel(), acts[:, 1].ravel()
-    cls = np.searchsorted(probe.act_thr, act, side="right") * N_ORIENT + np.where(2 * dh > 3 * dv, 1, np.where(2 * dv > 3 * dh, 2, 0))
-    probe.weights = _class_weights(f, target, cls, N_FEEDBACK)
+    probe = _Level(fill, act_thr, _class_weights(f, target, cls, N_FEEDBACK),
+                   np.zeros(_n_contexts(has_z), np.int64), np.zeros((N_BUCKETS, 2), np.int64))  # fmt: skip
     # The neighbours' residuals under those weights, then weights that also see them.
     near = pos[None, :] + planes.off[:N_ERR_CONTEXT, None]
     pred, _ = planes.predict(near.ravel(), probe, lo, hi)
@@ -323,7 +323,7 @@ def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT
 def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Level]]:
     """The z depth with the fewest estimated bits for this tile (0: slices coded on their own), and its levels."""
     depth = x.shape[0]
-    best: tuple[float, int, list[_Level]] | None = None
+    best: tuple[float, int] | None = None
     for zl in range(0, MAX_Z_LEVELS + 1):
         if zl and depth < (1 << zl) + 1:
             break
