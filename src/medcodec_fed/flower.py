@@ -634,6 +634,10 @@ class _FedAvg(FedAvg):
     def configure_fit(self, server_round, parameters, client_manager):
         self.round_started = time.perf_counter()
         self.current = _arrays(self.run.names, parameters_to_ndarrays(parameters))
+        # FedAvg sizes the sample from the sites connected *now*, before it waits for
+        # min_available_clients; nodes register from a background thread, so wait first
+        # or a round may sample fewer sites than are coming.
+        client_manager.wait_for(self.min_available_clients)
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round, results, failures):
@@ -703,6 +707,7 @@ class _FedAvg(FedAvg):
     def configure_evaluate(self, server_round, parameters, client_manager):
         # The parameters after aggregation (and after the DP wrapper's noise): the round's result.
         self.run.parameters = _arrays(self.run.names, parameters_to_ndarrays(parameters))
+        client_manager.wait_for(self.min_available_clients)  # as in configure_fit
         return super().configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(self, server_round, results, failures):
