@@ -8,6 +8,7 @@ import pytest
 import medcodec
 from medcodec import CorruptStreamError, MedcodecError
 from medcodec import codec as codec_module
+from medcodec import predictive, wavefront
 from medcodec.predictive import MAX_TOKENS, decode_tile, encode_tile, plan_tile, tokens, untokens
 from tests.conftest import synthetic
 
@@ -49,6 +50,45 @@ def test_z_depth_follows_the_data():
     independent = rng.integers(0, 4000, size=(16, 40, 40)).astype(np.int64)  # nothing to gain from z
     assert plan_tile(smooth_z, 1, int(smooth_z.min()), int(smooth_z.max()))[0] > 0
     assert plan_tile(independent, 1, 0, 4000)[0] == 0
+
+
+@pytest.fixture
+def numpy_loops(monkeypatch):
+    """Run the coder's numpy reference loops instead of the compiled kernels."""
+
+    def use(reference: bool) -> None:
+        monkeypatch.setattr(predictive, "_KERNELS", False if reference else None)
+
+    return use
+
+
+@pytest.mark.skipif(not wavefront.AVAILABLE, reason="numba is not installed: only the numpy loops exist")
+@pytest.mark.parametrize(("shape", "d", "span"), [
+    ((9, 21, 17), 0, 300), ((9, 21, 17), 2, 300), ((33, 24, 40), 0, 4000), ((20, 30, 26), 3, 4000),
+    ((5, 9, 11), 0, 2**31),
+])  # fmt: skip
+def test_compiled_kernels_write_and_read_the_reference_loops_streams(numpy_loops, shape, d, span):
+    rng = np.random.default_rng(sum(shape) + d)
+    smooth = synthetic(shape=shape, seed=d).astype(np.int64)
+    x = smooth + rng.integers(-span // 100, span // 100 + 1, shape) if span < 2**31 else rng.integers(-span, span, shape)
+    lo, hi = int(x.min()), int(x.max())
+    numpy_loops(True)
+    reference, recon = encode_tile(x, d, lo, hi)
+    numpy_loops(False)
+    compiled, recon_compiled = encode_tile(x, d, lo, hi)
+    assert compiled == reference and np.array_equal(recon_compiled, recon)
+    assert np.array_equal(decode_tile(reference, shape, d, lo, hi), recon)
+    numpy_loops(True)
+    assert np.array_equal(decode_tile(compiled, shape, d, lo, hi), recon)
+    assert np.abs(recon - x).max() <= d
+
+
+def test_numpy_loops_hold_the_bound_where_numba_is_missing(numpy_loops):
+    numpy_loops(True)
+    x = synthetic(shape=(6, 14, 12), seed=5).astype(np.int64)
+    lo, hi = int(x.min()), int(x.max())
+    section, recon = encode_tile(x, 1, lo, hi)
+    assert np.abs(recon - x).max() <= 1 and np.array_equal(decode_tile(section, x.shape, 1, lo, hi), recon)
 
 
 def test_damaged_parameters_are_refused():

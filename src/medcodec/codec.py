@@ -319,8 +319,8 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
 
     out = np.empty(header.shape, dtype=dtype)
     digests = []
-    # Decoding stays on one thread: its wavefront loop holds the GIL, so a second thread only slows it.
-    for i, (recon, digest) in enumerate(map(decode_one, range(len(tiles)))):
+    # Predictive tiles decode on two threads: their compiled loops release the GIL.
+    for i, (recon, digest) in enumerate(_tile_map(decode_one, range(len(tiles)), expected == _PREDICTIVE)):
         out[tiles[i]] = recon
         digests.append(digest)
         if progress:

@@ -27,6 +27,7 @@ voxels on every machine.
 """
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -240,34 +241,78 @@ def _z_neighbours(recon: np.ndarray, t: np.ndarray, h: int) -> tuple[np.ndarray 
     return recon[t - h], recon[up]
 
 
+def _solve(gram: np.ndarray, rhs: np.ndarray, n: int) -> np.ndarray:
+    """Ridge-regularized least squares from the normal equations of ``n`` samples (a tiny
+    ridge keeps collinear neighbours solvable)."""
+    gram, rhs = gram.astype(np.float64), rhs.astype(np.float64)
+    reg = 1e-3 * max(1.0, float(np.trace(gram)) / max(1, n * gram.shape[0]))
+    return np.linalg.solve(gram + reg * np.eye(gram.shape[0]), rhs)
+
+
 def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Ridge-regularized least squares (a tiny ridge keeps collinear neighbours solvable)."""
     a = a.astype(np.float64)
     # einsum, not BLAS: BLAS threads spin against the tile threads on a small machine.
-    gram = np.einsum("ni,nj->ij", a, a)
-    reg = 1e-3 * max(1.0, float(np.trace(gram)) / a.size)
-    return np.linalg.solve(gram + reg * np.eye(a.shape[1]), np.einsum("ni,n->i", a, b.astype(np.float64)))
+    return _solve(np.einsum("ni,nj->ij", a, a), np.einsum("ni,n->i", a, b.astype(np.float64)), a.shape[0])
+
+
+#: Normal equations are summed exactly in int64 while every product and sum stays below this.
+_EXACT_LIMIT = 1 << 62
+
+
+def _normal_equations(f: np.ndarray, target: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per class and for all samples (index N_CLASSES): the Gram matrices, right-hand sides and
+    sample counts, summed exactly in integers (so their order does not matter); None where an
+    int64 sum could overflow."""
+    peak = max(int(np.abs(f).max(initial=0)), int(np.abs(target).max(initial=0)), 1)
+    if peak * peak * max(1, f.shape[0]) >= _EXACT_LIMIT:
+        return None
+    k = _kernels()
+    if k is not None:
+        return k.normal_equations(f, target, cls, N_CLASSES)
+    gram = np.zeros((N_CLASSES + 1, f.shape[1], f.shape[1]), np.int64)
+    rhs = np.zeros((N_CLASSES + 1, f.shape[1]), np.int64)
+    sizes = np.bincount(cls, minlength=N_CLASSES + 1)
+    for c in np.flatnonzero(sizes[:N_CLASSES]):
+        m = cls == c
+        gram[c], rhs[c] = np.einsum("ni,nj->ij", f[m], f[m]), np.einsum("ni,n->i", f[m], target[m])
+    gram[N_CLASSES], rhs[N_CLASSES], sizes[N_CLASSES] = gram[:N_CLASSES].sum(0), rhs[:N_CLASSES].sum(0), f.shape[0]
+    return gram, rhs, sizes
 
 
 def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: int) -> np.ndarray:
     """Fixed-point least-squares weights per class (``zeros`` trailing features left at 0)."""
     weights = np.zeros((N_CLASSES, f.shape[1] + zeros), np.int64)
-    everyone = _lstsq(f, target)
+    exact = _normal_equations(f, target, cls)
+    if exact is not None:
+        gram, rhs, sizes = exact
+        everyone = _solve(gram[N_CLASSES], rhs[N_CLASSES], f.shape[0])
+    else:
+        everyone = _lstsq(f, target)
     for c in range(N_CLASSES):
-        m = cls == c
-        wc = _lstsq(f[m], target[m]) if m.sum() > 4 * f.shape[1] else everyone
+        if exact is not None:
+            wc = _solve(gram[c], rhs[c], int(sizes[c])) if sizes[c] > 4 * f.shape[1] else everyone
+        else:
+            m = cls == c
+            wc = _lstsq(f[m], target[m]) if m.sum() > 4 * f.shape[1] else everyone
         weights[c, : f.shape[1]] = np.clip(np.round(wc * (1 << W_SCALE)), -W_LIMIT, W_LIMIT)
     return weights
 
 
-def _fit(x: np.ndarray, zm, zp, step: int, lo: int, hi: int, samples: int = _FIT_SAMPLES) -> tuple[_Level, float]:
-    """Fit a level's parameters on (a sample of) its original voxels; returns them and an estimate of its bits."""
-    voxels, has_z = x.size, zm is not None
-    fill = int(np.median(x[:, 0, :]))
-    if x.shape[0] > _FIT_SLICES:
-        # A spread of slices carries the statistics; all of them would only cost memory.
-        keep = np.unique(np.linspace(0, x.shape[0] - 1, _FIT_SLICES).round().astype(np.int64))
-        x, zm, zp = x[keep], None if zm is None else zm[keep], None if zp is None else zp[keep]
+def _fit_level(x: np.ndarray, t: np.ndarray, h: int, step: int, lo: int, hi: int,
+               samples: int = _FIT_SAMPLES) -> tuple[_Level, float]:  # fmt: skip
+    """Fit level ``(t, h)`` of tile ``x`` (original voxels); returns its parameters and an estimate of its bits.
+
+    A spread of at most _FIT_SLICES of its slices carries the statistics; all of them (and
+    their z neighbours) would only cost memory.
+    """
+    fill = int(np.median(x[t, 0, :]))
+    keep = t if t.size <= _FIT_SLICES else t[np.unique(np.linspace(0, t.size - 1, _FIT_SLICES).round().astype(np.int64))]
+    return _fit(x[keep], *_z_neighbours(x, keep, h), fill, t.size * x.shape[1] * x.shape[2], step, lo, hi, samples)
+
+
+def _fit(x: np.ndarray, zm, zp, fill: int, voxels: int, step: int, lo: int, hi: int, samples: int) -> tuple[_Level, float]:
+    """Fit a level's parameters on a sample of slices ``x`` standing for ``voxels`` voxels."""
+    has_z = zm is not None
     b, h, w = x.shape
     rng = np.random.default_rng(0)
     d = (step - 1) // 2
@@ -327,28 +372,31 @@ def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Le
     for zl in range(0, MAX_Z_LEVELS + 1):
         if zl and depth < (1 << zl) + 1:
             break
-        bits = sum(_fit(x[t], *_z_neighbours(x, t, h), step, lo, hi, _PLAN_SAMPLES)[1] for t, h in _levels(depth, zl))
+        bits = sum(_fit_level(x, t, h, step, lo, hi, _PLAN_SAMPLES)[1] for t, h in _levels(depth, zl))
         # A deeper z order must earn its parameters and the estimate's noise: 1 % at least.
         if best is None or bits < 0.99 * best[0]:
             best = (bits, zl)
     assert best is not None
     zl = best[1]
-    return zl, [_fit(x[t], *_z_neighbours(x, t, h), step, lo, hi)[0] for t, h in _levels(depth, zl)]
+    return zl, [_fit_level(x, t, h, step, lo, hi)[0] for t, h in _levels(depth, zl)]
 
 
 class _Writer:
-    """Collects (symbols, model) in decoding order; encodes them in reverse."""
+    """Collects symbols in decoding order, in compact types; encodes them in reverse.
+
+    An item is ``(symbols, model, None)`` or, for raw bits, ``(values, _UNIFORM, bit counts)``.
+    """
 
     def __init__(self) -> None:
         self.items: list[tuple[np.ndarray, object, np.ndarray | None]] = []
 
     def words(self) -> np.ndarray:
         coder = constriction.stream.stack.AnsCoder()
-        for sym, model, sizes in reversed(self.items):
-            if sizes is None:
-                coder.encode_reverse(sym, model)
+        for sym, model, bits in reversed(self.items):
+            if bits is None:
+                coder.encode_reverse(sym.astype(np.int32), model)
             else:
-                coder.encode_reverse(sym, model, sizes)
+                coder.encode_reverse(sym.astype(np.int32), model, np.left_shift(1, bits, dtype=np.int32))
         return coder.get_compressed()
 
 
@@ -360,14 +408,13 @@ def _models(counts: np.ndarray) -> list:
 
 
 def _raw_parts(nraw: np.ndarray, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Raw bits as uniform symbols of at most 16 bits: (values, sizes) low part first."""
+    """Raw bits as uniform symbols of at most 16 bits: (values, bit counts), low part first."""
     m = nraw > 0
     lo_bits = np.minimum(nraw[m], 16)
-    parts = [((raw[m] & ((1 << lo_bits) - 1)).astype(np.int32), (1 << lo_bits).astype(np.int32))]
+    parts = [((raw[m] & ((1 << lo_bits) - 1)).astype(np.uint16), lo_bits.astype(np.uint8))]
     hi_n = nraw[m] - 16
     mh = hi_n > 0
-    hb = np.minimum(hi_n[mh], 16)
-    parts.append(((raw[m][mh] >> 16).astype(np.int32), (1 << hb).astype(np.int32)))
+    parts.append(((raw[m][mh] >> 16).astype(np.uint16), np.minimum(hi_n[mh], 16).astype(np.uint8)))
     return parts
 
 
@@ -381,6 +428,96 @@ def _tokenized(fronts: list[tuple[np.ndarray, np.ndarray]], counts: np.ndarray) 
     return [(bucket[a:b], tok[a:b], nraw[a:b], raw[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
 
 
+def _kernels():
+    """The compiled wavefront kernels, or None where numba is missing or MEDCODEC_NO_JIT is set."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import wavefront
+
+        _KERNELS = wavefront if wavefront.AVAILABLE and not os.environ.get("MEDCODEC_NO_JIT") else False
+    return _KERNELS or None
+
+
+_KERNELS = None
+_NO_Z = np.zeros((1, 1), np.int64)
+
+
+def _geometry(planes: _Planes, lo: int, hi: int, d: int) -> np.ndarray:
+    from .wavefront import Geometry
+
+    return Geometry.pack(planes.h, planes.w, planes.cols, planes.pad[0], planes.pad[2], planes.z is not None, lo, hi, d)
+
+
+def _kernel_args(planes: _Planes, lv: _Level, g: np.ndarray) -> tuple:
+    zm, zp = planes.z if planes.z is not None else (_NO_Z, _NO_Z)
+    return planes.recon, planes.err, zm, zp, planes.off, planes.zoff, g, lv.weights, lv.act_thr, lv.ctx_w
+
+
+def _code_level_compiled(k, xt: np.ndarray, planes: _Planes, lv: _Level, lo: int, hi: int, d: int):
+    """Code a level with the compiled kernels: its token counts, and a function adding its symbols to a writer."""
+    n = xt.size
+    bucket, tok, nraw = (np.empty(n, np.uint8) for _ in range(3))
+    raw = np.empty(n, np.uint32)
+    counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
+    k.encode_level(xt, *_kernel_args(planes, lv, _geometry(planes, lo, hi, d)), bucket, tok, nraw, raw, counts)
+    rows = np.array([planes.front(f).size for f in range(planes.n_fronts)], np.int64)
+    sym, run_bucket, run_len, front_runs, lo_v, lo_b, front_lo, hi_v, hi_b, front_hi = k.runs(
+        bucket, tok, nraw, raw, rows * xt.shape[0], N_BUCKETS
+    )
+    del bucket, tok, nraw, raw
+
+    def emit(models: list, items: list) -> None:
+        bounds = np.concatenate([[0], np.cumsum(run_len)]).tolist()
+        buckets, per_front = run_bucket.tolist(), front_runs.tolist()
+        lo_at, hi_at = [0, *front_lo.tolist()], [0, *front_hi.tolist()]
+        r = 0
+        for f, n_runs in enumerate(per_front):
+            for _ in range(n_runs):
+                items.append((sym[bounds[r] : bounds[r + 1]], models[buckets[r]], None))
+                r += 1
+            if lo_at[f + 1] > lo_at[f]:
+                items.append((lo_v[lo_at[f] : lo_at[f + 1]], _UNIFORM, lo_b[lo_at[f] : lo_at[f + 1]]))
+            if hi_at[f + 1] > hi_at[f]:
+                items.append((hi_v[hi_at[f] : hi_at[f + 1]], _UNIFORM, hi_b[hi_at[f] : hi_at[f + 1]]))
+
+    return counts.ravel(), emit
+
+
+def _code_level_numpy(xt: np.ndarray, planes: _Planes, lv: _Level, lo: int, hi: int, d: int):
+    """Code a level with the numpy reference loop (one wavefront per step); as :func:`_code_level_compiled`."""
+    step = 2 * d + 1
+    fronts: list[tuple[np.ndarray, np.ndarray]] = []
+    coded: list[tuple[np.ndarray, ...]] = []
+    counts = np.zeros(N_BUCKETS * MAX_TOKENS, np.int64)
+    for f in range(planes.n_fronts):
+        pos = planes.front(f)
+        pred, acts = planes.predict(pos, lv, lo, hi)
+        bucket = planes.buckets(pos, acts, lv, pred, lo, step)
+        yx = pos - (planes.pad[0] * planes.cols + planes.pad[2])
+        yy, xx = yx // planes.cols, yx % planes.cols
+        q = np.floor_divide(xt[:, yy, xx] - pred + d, step)
+        planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
+        planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
+        fronts.append((bucket.ravel(), q.ravel()))
+        if len(fronts) == _TOKEN_BATCH or f == planes.n_fronts - 1:
+            coded += _tokenized(fronts, counts)
+            fronts = []
+
+    def emit(models: list, items: list) -> None:
+        for bucket, tok, nraw, raw in coded:
+            order = np.argsort(bucket, kind="stable")
+            sizes = np.bincount(bucket, minlength=N_BUCKETS)
+            start = 0
+            for k in np.flatnonzero(sizes):
+                items.append((tok[order[start : start + sizes[k]]], models[k], None))
+                start += sizes[k]
+            for vals, bits in _raw_parts(nraw.astype(np.int64), raw.astype(np.int64)):
+                if vals.size:
+                    items.append((vals, _UNIFORM, bits))
+
+    return counts, emit
+
+
 def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
     """Code an integer tile within ``d`` (0: lossless); returns the section and the reconstruction (int64)."""
     x = x.astype(np.int64)
@@ -390,41 +527,18 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
     writer = _Writer()
     params: list[np.ndarray] = []
     tables: list[np.ndarray] = []
+    k = _kernels()
     for (t, h), lv in zip(_levels(x.shape[0], z_levels), fitted):
         zm, zp = _z_neighbours(recon, t, h)
-        xt = x[t]
-        planes = _Planes(xt.shape, lv.fill, zm, zp)
-        fronts: list[tuple[np.ndarray, np.ndarray]] = []
-        coded: list[tuple[np.ndarray, ...]] = []
-        counts = np.zeros(N_BUCKETS * MAX_TOKENS, np.int64)
-        for f in range(planes.n_fronts):
-            pos = planes.front(f)
-            pred, acts = planes.predict(pos, lv, lo, hi)
-            bucket = planes.buckets(pos, acts, lv, pred, lo, step)
-            yx = pos - (planes.pad[0] * planes.cols + planes.pad[2])
-            yy, xx = yx // planes.cols, yx % planes.cols
-            target = xt[:, yy, xx]
-            q = np.floor_divide(target - pred + d, step)
-            planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
-            planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
-            fronts.append((bucket.ravel(), q.ravel()))
-            if len(fronts) == _TOKEN_BATCH or f == planes.n_fronts - 1:
-                coded += _tokenized(fronts, counts)
-                fronts = []
+        planes = _Planes((t.size, *x.shape[1:]), lv.fill, zm, zp)
+        if k is not None:
+            counts, emit = _code_level_compiled(k, x[t], planes, lv, lo, hi, d)
+        else:
+            counts, emit = _code_level_numpy(x[t], planes, lv, lo, hi, d)
         counts = counts.reshape(N_BUCKETS, MAX_TOKENS)
         width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
         lv.counts = _normalized(counts[:, :width])
-        models = _models(lv.counts)
-        for bucket, tok, nraw, raw in coded:
-            order = np.argsort(bucket, kind="stable")
-            sizes = np.bincount(bucket, minlength=N_BUCKETS)
-            start = 0
-            for k in np.flatnonzero(sizes):
-                writer.items.append((tok[order[start : start + sizes[k]]].astype(np.int32), models[k], None))
-                start += sizes[k]
-            for vals, sz in _raw_parts(nraw.astype(np.int64), raw.astype(np.int64)):
-                if vals.size:
-                    writer.items.append((vals, _UNIFORM, sz))
+        emit(_models(lv.counts), writer.items)
         recon[t] = planes.interior()
         params.append(lv.words())
         tables.append(lv.counts.ravel())
@@ -464,6 +578,69 @@ def _read_level(r: _Words, rc: _Words, has_z: bool, lo: int, hi: int) -> _Level:
     return _Level(fill, act_thr, weights, ctx_w, counts)
 
 
+def _no_frequencies() -> CorruptStreamError:
+    return CorruptStreamError("predictive symbols fall in a context with no frequencies")
+
+
+def _decode_level_compiled(k, coder, planes: _Planes, lv: _Level, models: list, lo: int, hi: int, d: int) -> None:
+    """Decode a level into ``planes`` with the compiled kernels, a wavefront at a time."""
+    n_max = planes.recon.shape[0] * planes.h
+    pred, order, tok = (np.empty(n_max, np.int64) for _ in range(3))
+    sym, lo_sizes, hi_sizes = (np.empty(n_max, np.int32) for _ in range(3))
+    sizes = np.zeros(N_BUCKETS, np.int64)
+    args = _kernel_args(planes, lv, _geometry(planes, lo, hi, d))
+    recon, err, g = planes.recon, planes.err, args[6]
+    empty = np.zeros(0, np.int32)
+    for f in range(planes.n_fronts):
+        n = k.front_predict(f, *args, pred, order, sizes)
+        start = 0
+        for b in np.flatnonzero(sizes).tolist():
+            model, size = models[b], int(sizes[b])
+            if model is None:
+                raise _no_frequencies()
+            sym[start : start + size] = coder.decode(model, size)
+            start += size
+        n_lo, n_hi = k.front_raw_sizes(sym, order, n, tok, lo_sizes, hi_sizes)
+        lo_vals = coder.decode(_UNIFORM, lo_sizes[:n_lo]) if n_lo else empty
+        hi_vals = coder.decode(_UNIFORM, hi_sizes[:n_hi]) if n_hi else empty
+        k.front_finish(f, tok, lo_vals, hi_vals, pred, recon, err, g)
+
+
+def _decode_level_numpy(coder, planes: _Planes, lv: _Level, models: list, lo: int, hi: int, d: int) -> None:
+    """Decode a level into ``planes`` with the numpy reference loop."""
+    step = 2 * d + 1
+    n_slices = planes.recon.shape[0]
+    for f in range(planes.n_fronts):
+        pos = planes.front(f)
+        pred, acts = planes.predict(pos, lv, lo, hi)
+        bucket = planes.buckets(pos, acts, lv, pred, lo, step).ravel()
+        order = np.argsort(bucket, kind="stable")
+        sizes = np.bincount(bucket, minlength=N_BUCKETS)
+        if any(models[k] is None for k in np.flatnonzero(sizes)):
+            raise _no_frequencies()
+        tok = np.empty(bucket.size, np.int64)
+        start = 0
+        for k in np.flatnonzero(sizes):
+            tok[order[start : start + sizes[k]]] = coder.decode(models[k], int(sizes[k]))
+            start += sizes[k]
+        nraw = raw_bits(tok)
+        raw = np.zeros_like(tok)
+        m = nraw > 0
+        if m.any():
+            nr = nraw[m]
+            lo_bits = np.minimum(nr, 16)
+            vals = coder.decode(_UNIFORM, (1 << lo_bits).astype(np.int32)).astype(np.int64)
+            hi_n = nr - 16
+            mh = hi_n > 0
+            if mh.any():
+                hb = np.minimum(hi_n[mh], 16)
+                vals[mh] |= coder.decode(_UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64) << 16
+            raw[m] = vals
+        q = untokens(tok, raw).reshape(n_slices, -1)
+        planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
+        planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
+
+
 def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: int) -> np.ndarray:
     """Invert :func:`encode_tile`; returns the reconstruction (int64)."""
     if len(data) < _HEAD.size:
@@ -481,42 +658,17 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
     if len(body) % 4:
         raise CorruptStreamError("predictive section's coded words are not whole")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
-    step = 2 * d + 1
     recon = np.empty(shape, dtype=np.int64)
+    k = _kernels()
     for t, h in levels:
         lv = _read_level(r, rc, h > 0, lo, hi)
         models = _models(lv.counts)
         zm, zp = _z_neighbours(recon, t, h)
         planes = _Planes((t.size, shape[1], shape[2]), lv.fill, zm, zp)
-        for f in range(planes.n_fronts):
-            pos = planes.front(f)
-            pred, acts = planes.predict(pos, lv, lo, hi)
-            bucket = planes.buckets(pos, acts, lv, pred, lo, step).ravel()
-            order = np.argsort(bucket, kind="stable")
-            sizes = np.bincount(bucket, minlength=N_BUCKETS)
-            if any(models[k] is None for k in np.flatnonzero(sizes)):
-                raise CorruptStreamError("predictive symbols fall in a context with no frequencies")
-            tok = np.empty(bucket.size, np.int64)
-            start = 0
-            for k in np.flatnonzero(sizes):
-                tok[order[start : start + sizes[k]]] = coder.decode(models[k], int(sizes[k]))
-                start += sizes[k]
-            nraw = raw_bits(tok)
-            raw = np.zeros_like(tok)
-            m = nraw > 0
-            if m.any():
-                nr = nraw[m]
-                lo_bits = np.minimum(nr, 16)
-                vals = coder.decode(_UNIFORM, (1 << lo_bits).astype(np.int32)).astype(np.int64)
-                hi_n = nr - 16
-                mh = hi_n > 0
-                if mh.any():
-                    hb = np.minimum(hi_n[mh], 16)
-                    vals[mh] |= coder.decode(_UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64) << 16
-                raw[m] = vals
-            q = untokens(tok, raw).reshape(t.size, -1)
-            planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
-            planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
+        if k is not None:
+            _decode_level_compiled(k, coder, planes, lv, models, lo, hi, d)
+        else:
+            _decode_level_numpy(coder, planes, lv, models, lo, hi, d)
         recon[t] = planes.interior()
     if r.pos != r.w.size or rc.pos != rc.w.size or not coder.is_empty():
         raise CorruptStreamError("predictive section has unused parameters or coded data")
