@@ -44,6 +44,7 @@ from .errors import (
 )
 from .fixedpoint import GAIN_ONE
 from .intensity import normalize, to_voxels
+from .predictive import compiled as predictive_compiled
 from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 from .residual import LEVELS, buckets_for, decode_residual, encode_residual
@@ -319,8 +320,10 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
 
     out = np.empty(header.shape, dtype=dtype)
     digests = []
-    # Predictive tiles decode on two threads: their compiled loops release the GIL.
-    for i, (recon, digest) in enumerate(_tile_map(decode_one, range(len(tiles)), expected == _PREDICTIVE)):
+    # Predictive tiles decode on two threads where their loops are compiled (and release the
+    # GIL); numpy's per-wavefront calls hold it, and a second thread only slows them.
+    parallel = expected == _PREDICTIVE and predictive_compiled()
+    for i, (recon, digest) in enumerate(_tile_map(decode_one, range(len(tiles)), parallel)):
         out[tiles[i]] = recon
         digests.append(digest)
         if progress:

@@ -23,7 +23,9 @@ encoder, normalized and sent) and raw low bits coded uniformly, all through one
 constriction ANS stream per tile. docs/FORMAT.md, section 12, specifies it.
 
 Everything the decoder computes is integer arithmetic, so it decodes the same
-voxels on every machine.
+voxels on every machine. The numpy loops here (one wavefront per step) are the
+reference; :mod:`medcodec.wavefront` computes the same integers compiled, and is
+used wherever numba imports (set ``MEDCODEC_NO_JIT`` to run the reference).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ import zstandard
 from .entropy import unzstd
 from .errors import CorruptStreamError, TruncatedStreamError
 
-__all__ = ["encode_tile", "decode_tile", "tokens", "untokens", "N_BUCKETS", "MAX_Z_LEVELS"]
+__all__ = ["encode_tile", "decode_tile", "compiled", "tokens", "untokens", "N_BUCKETS", "MAX_Z_LEVELS"]
 
 #: In-plane causal neighbours (dy, dx), decodable in wavefront order t = 2y + x.
 INPLANE = (
@@ -439,6 +441,11 @@ def _kernels():
 
 
 _KERNELS = None
+
+
+def compiled() -> bool:
+    """Whether the coder's loops run compiled (numba importable and MEDCODEC_NO_JIT unset)."""
+    return _kernels() is not None
 _NO_Z = np.zeros((1, 1), np.int64)
 
 

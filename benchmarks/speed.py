@@ -1,0 +1,66 @@
+"""Encode and decode speed of medcodec on a 512×512×N int16 CT, with the machine's load.
+
+    PYTHONPATH=src:. python -m benchmarks.speed [--slices 100] [--repeats 3] [--max-errors 0,2]
+
+The volume is the first N slices of the test split's abdomen CT (134×512×512, int16, 3 mm).
+Each setting is timed ``--repeats`` times through the public API (``medcodec.compress`` /
+``decompress``, wall clock) after one untimed call on a small crop, which loads what a first
+call loads (compiled kernels, models). MB/s counts raw voxel bytes (10^6 bytes of int16).
+Prints one Markdown table row per setting: median and range of the repeats, with the
+1-minute load average before and after, since other jobs on the machine slow every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import numpy as np
+
+import medcodec
+from medcodec.datasets import load_manifest
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def _timed(fn, *args, **kwargs) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - t, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--slices", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max-errors", default="0,2", help="comma-separated bounds (0: lossless)")
+    args = p.parse_args(argv)
+    src = next(e for e in load_manifest(split="test") if e.name.startswith("ct_abdomen_philips"))
+    a = np.ascontiguousarray(medcodec.read(src.path).array[: args.slices])
+    mb = a.nbytes / 1e6
+    print(f"volume: {src.name}[:{args.slices}], {a.shape[0]}×{a.shape[1]}×{a.shape[2]} {a.dtype}, {mb:.1f} MB")
+    print("| setting | bpv | encode MB/s (median, range) | decode MB/s (median, range) | load before / after |")
+    print("|---|---|---|---|---|")
+    for bound in (int(b) for b in args.max_errors.split(",")):
+        medcodec.decompress(medcodec.compress(a[:8, :64, :64], max_error=bound))  # first-call costs, untimed
+        before = _load()
+        enc, dec = [], []
+        for _ in range(args.repeats):
+            dt, data = _timed(medcodec.compress, a, max_error=bound)
+            enc.append(mb / dt)
+            dt, vol = _timed(medcodec.decompress, data)
+            dec.append(mb / dt)
+            err = np.abs(vol.array.astype(np.int64) - a).max()
+            if err > bound:
+                raise SystemExit(f"max_error={bound}: decoded error {err}")
+        name = "lossless" if bound == 0 else f"max_error={bound}"
+        print(f"| {name} | {8 * len(data) / a.size:.3f} | {statistics.median(enc):.1f} ({min(enc):.1f}–{max(enc):.1f}) "
+              f"| {statistics.median(dec):.1f} ({min(dec):.1f}–{max(dec):.1f}) | {before:.2f} / {_load():.2f} |")
+
+
+if __name__ == "__main__":
+    main()
