@@ -10,6 +10,7 @@ import pytest
 import medcodec
 from medcodec import (
     CorruptStreamError,
+    InvalidInputError,
     MedcodecError,
     ModelMismatchError,
     ModelNotFoundError,
@@ -151,3 +152,65 @@ def test_a_zstd_frame_without_its_size_cannot_expand_past_the_limit():
     with pytest.raises(CorruptStreamError, match="past the size"):
         unzstd(blob, 1 << 20)
     assert len(unzstd(blob, 64 << 20)) == 64 << 20
+
+
+def test_a_stream_relabelled_to_another_integer_dtype_is_refused():
+    from medcodec.container import read_stream, write_stream
+
+    a = (synthetic(shape=(4, 20, 18)).astype(np.int64) - 40).astype(np.int16)
+    assert a.min() < 0
+    header, chunks = read_stream(medcodec.compress(a, max_error=0))
+    header.dtype = "uint16"  # same voxel bytes, same checksums: only the range gives it away
+    with pytest.raises(CorruptStreamError, match="does not fit its dtype"):
+        medcodec.decompress(write_stream(header, chunks))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("spacing", (0.0, 1.0, 1.0)), ("spacing", (1.0, -2.0, 1.0)), ("spacing", (1.0, 1.0, float("nan"))),
+    ("origin", (float("inf"), 0.0, 0.0)), ("direction", (1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)),
+])  # fmt: skip
+def test_impossible_geometry_is_refused_in_a_stream_and_in_a_volume(field, value):
+    from medcodec.container import read_stream, write_stream
+
+    header, chunks = read_stream(medcodec.compress(synthetic(shape=(3, 10, 9)), max_error=0))
+    setattr(header, field, value)
+    with pytest.raises(CorruptStreamError, match="geometry"):
+        medcodec.decompress(write_stream(header, chunks))
+    with pytest.raises(InvalidInputError, match=field):
+        medcodec.Volume(np.zeros((2, 3, 4), np.int16), **{field: value})
+
+
+def test_info_refuses_what_is_not_bytes_as_decompress_does():
+    for bad in ("stream.mcz", None, 3):
+        with pytest.raises(InvalidInputError, match="expects bytes"):
+            medcodec.info(bad)
+
+
+def test_over_limit_metadata_is_named_as_such_and_never_written():
+    import zstandard
+
+    from medcodec.codec import METADATA_LIMIT
+    from medcodec.container import Chunk, read_stream, write_stream
+
+    vol = medcodec.Volume(synthetic(shape=(2, 8, 8)), metadata={"k": "x" * METADATA_LIMIT})
+    with pytest.raises(InvalidInputError, match="metadata"):
+        medcodec.compress(vol, max_error=0)
+    header, chunks = read_stream(medcodec.compress(medcodec.Volume(vol.array, metadata={"k": "v"}), max_error=0))
+    big = zstandard.ZstdCompressor().compress(b'{"k": "' + b"x" * METADATA_LIMIT + b'"}')
+    with pytest.raises(CorruptStreamError, match="metadata chunk is damaged or over"):
+        medcodec.decompress(write_stream(header, [Chunk(c.kind, big) if c.kind == b"meta" else c for c in chunks]))
+
+
+@pytest.mark.parametrize("dtype, max_error", [("float32", 1e308), ("float32", 1e30), ("float64", 1e300)])
+def test_float_bounds_past_the_span_write_streams_that_decode(dtype, max_error):
+    a = np.random.default_rng(0).normal(size=(4, 8, 8)).astype(dtype)
+    out = medcodec.decompress(medcodec.compress(a, max_error=max_error)).array
+    assert np.isfinite(out).all() and a.min() <= out.min() and out.max() <= a.max()
+
+
+def test_a_float_span_past_float64_is_lossless_only():
+    a = np.array([[[-1.7e308, 1.7e308, 0.5, 3.25]]])
+    for options in ({}, {"max_error": 1e308}, {"quality": 10}):
+        with pytest.raises(InvalidInputError, match="wider than float64"):
+            medcodec.compress(a, **options)
+    assert np.array_equal(medcodec.decompress(medcodec.compress(a, max_error=0)).array, a)

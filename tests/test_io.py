@@ -99,3 +99,23 @@ def test_reads_a_dicom_series_folder(tmp_path):
     np.testing.assert_allclose(vol.spacing, (0.5, 0.5, 2.0), atol=1e-6)
     np.testing.assert_allclose(vol.origin, (-10.0, 20.0, 30.0), atol=1e-4)
     assert vol.metadata.get("0008|0060", "").strip() == "CT"
+
+
+def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    a = synthetic(shape=(6, 12, 10), dtype="int16")
+    _write_dicom_series(tmp_path / "series", a, (0.5, 0.5, 2.0), (0.0, 0.0, 0.0))
+    (tmp_path / "series" / "slice003.dcm").unlink()
+    with pytest.raises(VolumeIOError, match="not evenly spaced.*4 mm between slices 3 and 4"):
+        medcodec.read(tmp_path / "series")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_nan_and_inf_in_a_float_nifti_survive_reading_and_lossless_coding(tmp_path, suffix):
+    a = (np.arange(2 * 3 * 4, dtype=np.float32) / 3).reshape(2, 3, 4)
+    a[0, 0, 0], a[1, 2, 3], a[1, 0, 0] = np.nan, np.inf, -np.inf
+    path = tmp_path / f"v{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(a), str(path))
+    vol = medcodec.read(path)
+    assert np.array_equal(vol.array.view(np.uint32), a.view(np.uint32))  # NaN, ±inf and every other bit
+    back = medcodec.decompress(medcodec.compress(vol, max_error=0)).array
+    assert np.array_equal(back.view(np.uint32), a.view(np.uint32))

@@ -103,6 +103,10 @@ class _Plan:
     gain_num: int
 
 
+#: Largest metadata chunk content (JSON bytes) a stream may hold.
+METADATA_LIMIT = 64 << 20
+
+
 def _check_options(quality, max_error) -> None:
     if quality is not None and max_error is not None:
         raise InvalidInputError("quality and max_error are mutually exclusive: give one of them")
@@ -139,11 +143,12 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
         lo = hi = 0.0
     else:
         lo, hi = float(arr.min()), float(arr.max())
+    if mode != "lossless" and not math.isfinite(hi - lo):
+        raise InvalidInputError(f"volume spans {lo:g}..{hi:g}, wider than float64 holds: only lossless (max_error=0) can store it")
     q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else PREDICTOR_QUALITY
     d = quality_bound(q, lo, hi, integer) if mode == "lossy" else float(max_error or 0.0)
-    if integer:
-        # Any bound past the span reconstructs within it; capping keeps the step a small integer.
-        d = min(d, float(max(1, int(hi - lo))))
+    # Any bound past the span reconstructs within it; capping keeps the step a small number.
+    d = min(d, float(max(1, int(hi - lo)))) if integer else min(d, max(hi - lo, 2.0**-40 * max(abs(lo), abs(hi), 1.0)))
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
@@ -193,6 +198,9 @@ def compress(
     chunks, digests = [], []
     if vol.metadata:
         meta = json.dumps({str(k): str(v) for k, v in vol.metadata.items()}, sort_keys=True).encode()
+        if len(meta) > METADATA_LIMIT:
+            # The decoder refuses more (docs/FORMAT.md): never write a stream it cannot read.
+            raise InvalidInputError(f"metadata is {len(meta)} bytes as JSON; a stream holds at most {METADATA_LIMIT}")
         chunks.append(Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta)))
     encoded = _tile_map(lambda i: _encode_tile(i, arr[tiles[i]], plan, cm), range(len(tiles)), parallel=cm is None)
     for i, (payload, digest) in enumerate(encoded):
@@ -451,7 +459,11 @@ def _metadata(chunks: list[Chunk]) -> dict:
     for c in chunks:
         if c.kind == b"meta":
             try:
-                meta = json.loads(unzstd(c.payload, 64 << 20))
+                text = unzstd(c.payload, METADATA_LIMIT)
+            except CorruptStreamError as exc:
+                raise CorruptStreamError(f"metadata chunk is damaged or over {METADATA_LIMIT >> 20} MiB: {exc}") from None
+            try:
+                meta = json.loads(text)
             except ValueError:
                 raise CorruptStreamError("metadata chunk is not valid JSON") from None
             except RecursionError:  # json recurses per nesting level: [[[[...]]]] exhausts the stack
@@ -468,6 +480,8 @@ def info(data: bytes) -> StreamInfo:
     Raises:
         TruncatedStreamError, CorruptStreamError, UnsupportedVersionError: The header is unusable.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise InvalidInputError(f"info expects bytes, got {type(data).__name__}")
     header, _, version = read_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
     dtype = np.dtype(header.dtype)
     return StreamInfo(

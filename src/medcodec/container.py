@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersionError
-from .volume import SUPPORTED_DTYPES
+from .volume import SUPPORTED_DTYPES, geometry_problem
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "Header", "Chunk", "StreamInfo", "write_stream",
@@ -110,6 +110,13 @@ class Header:
             raise CorruptStreamError("header intensity range is not integer for an integer volume")
         if self.flags & FLAG_INTEGER_VALUED and np.dtype(self.dtype).kind != "f":
             raise CorruptStreamError("header flags a float property on an integer volume")
+        dtype = np.dtype(self.dtype)
+        if dtype.kind in "iu" and not np.iinfo(dtype).min <= self.lo <= self.hi <= np.iinfo(dtype).max:
+            # Binds the dtype to the values: an int16 stream relabelled uint16 would decode -30 as 65506.
+            raise CorruptStreamError(f"header intensity range {self.lo:g}..{self.hi:g} does not fit its dtype {dtype}")
+        problem = geometry_problem(self.spacing, self.origin, self.direction)
+        if problem:
+            raise CorruptStreamError(f"header geometry is invalid: {problem}")
 
 
 @dataclass

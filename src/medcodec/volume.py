@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,19 @@ SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
 )
 
 _IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def geometry_problem(spacing, origin, direction) -> str | None:
+    """Why a geometry places no voxel in space (None if it is usable): spacing must be finite
+    and positive, the origin finite, and the direction a finite, invertible 3x3 matrix."""
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        return f"spacing must be finite and positive, got {tuple(spacing)}"
+    if not all(math.isfinite(o) for o in origin):
+        return f"origin must be finite, got {tuple(origin)}"
+    m = np.array(direction, dtype=np.float64).reshape(3, 3)
+    if not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-6:
+        return f"direction must be a finite, invertible 3x3 matrix, got {tuple(direction)}"
+    return None
 
 
 @dataclass
@@ -43,6 +57,9 @@ class Volume:
         self.direction = tuple(float(d) for d in self.direction)
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise InvalidInputError("spacing and origin need 3 values and direction 9")
+        problem = geometry_problem(self.spacing, self.origin, self.direction)
+        if problem:
+            raise InvalidInputError(problem)
 
     @property
     def shape(self) -> tuple[int, int, int]:
