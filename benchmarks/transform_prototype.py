@@ -144,6 +144,21 @@ def entropy_bits(q, parent=None, nbuckets=16, sibling=None, per_octave=2):
         c = (F @ w).reshape(a.shape)
         bucket = np.minimum(np.floor(np.log2(1 + c) * per_octave).astype(np.int64), 12 * per_octave)
         bits_side = 8 * 16
+    elif MODE["ctx"] in ("interband", "interband_noz"):
+        # Only what a band-at-once decoder knows: the parent, the level's earlier bands and
+        # (slice by slice) the previous slice, each with its 3x3 in-plane neighbourhood.
+        def box(v):
+            v = np.pad(v, ((0, 0), (1, 1), (1, 1)))
+            return sum(v[:, i : i + a.shape[1], j : j + a.shape[2]] for i in range(3) for j in range(3))
+        zero = np.zeros_like(a)
+        P = parent if parent is not None else zero
+        S = np.abs(sibling).astype(np.int64) if sibling is not None else zero
+        Zp = np.concatenate([zero[:1], a[:-1]], 0) if MODE["ctx"] == "interband" else zero
+        F = np.stack([P, box(P), S, box(S), Zp, box(Zp)], -1).reshape(-1, 6).astype(np.float64)
+        sub = slice(None, None, max(1, F.shape[0] // 20000))
+        w, *_ = np.linalg.lstsq(F[sub], 4.0 * a.ravel()[sub], rcond=None)
+        c = (F @ np.maximum(w, 0)).reshape(a.shape)
+        bucket = np.minimum(np.floor(np.log2(1 + c) * per_octave).astype(np.int64), 12 * per_octave)
     elif MODE["ctx"] == "rich":
         c = 4 * W + 4 * N + 2 * NW + 2 * NE + WW + NN + 2 * Z
         if parent is not None:
@@ -248,9 +263,10 @@ def main(argv=None) -> None:
     p.add_argument("--crops", default=",".join(CROPS), help="comma-separated names from benchmarks.crops")
     p.add_argument("--z-levels", default="0,2", help="z depths to try (each crop gets its best)")
     p.add_argument("--theta", type=float, default=0.3, help="deadzone: q = floor(|c|/step + 0.5 - theta)")
-    p.add_argument("--contexts", choices=("fit", "plain"), default="fit")
+    p.add_argument("--contexts", choices=("fit", "plain", "interband", "interband_noz"), default="fit")
+    p.add_argument("--no-sign-contexts", action="store_true", help="signs cost 1 bit each")
     args = p.parse_args(argv)
-    MODE["ctx"] = args.contexts
+    MODE["ctx"], MODE["sign"] = args.contexts, not args.no_sign_contexts
     data = find_data_dir()
     best_all = []
     for name in args.crops.split(","):
