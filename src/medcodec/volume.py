@@ -28,7 +28,9 @@ def geometry_problem(spacing, origin, direction) -> str | None:
     if not all(math.isfinite(o) for o in origin):
         return f"origin must be finite, got {tuple(origin)}"
     m = np.array(direction, dtype=np.float64).reshape(3, 3)
-    if not np.isfinite(m).all() or abs(np.linalg.det(m)) < 1e-6:
+    with np.errstate(all="ignore"):  # huge entries overflow the determinant: refused below all the same
+        det = float(np.linalg.det(m)) if np.isfinite(m).all() else float("nan")
+    if not math.isfinite(det) or abs(det) < 1e-6:
         return f"direction must be a finite, invertible 3x3 matrix, got {tuple(direction)}"
     return None
 

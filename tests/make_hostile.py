@@ -1,0 +1,97 @@
+"""Regenerate the hostile-stream corpus in tests/data/hostile (run by hand, never by the tests).
+
+    PYTHONPATH=src python tests/make_hostile.py
+
+Each stream is built to exercise one way a stream can lie to the decoder; hostile.json
+records the error it must raise and a fragment of its message (tests/test_hostile.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+import medcodec
+from medcodec.container import Chunk, Header, read_stream, write_stream
+
+HERE = Path(__file__).parent / "data" / "hostile"
+
+
+def _volume() -> medcodec.Volume:
+    z, y, x = np.mgrid[0:4, 0:16, 0:14]
+    a = (300 * np.sin(x / 3.0) + 20 * y - 100 * z).astype(np.int16)
+    return medcodec.Volume(a, spacing=(0.8, 0.8, 3.0), metadata={"Modality": "CT"})
+
+
+def _header(**changes) -> Header:
+    base = dict(
+        dtype="int16", mode="lossless", quality=0, shape=(1, 1, 1), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), max_error=0.0, lo=0.0, hi=1.0, gain_num=1 << 16,
+        tile=(1, 1, 1), n_tiles=1, model_name="", model_sha256=bytes(32), voxel_sha256=bytes(32),
+    )  # fmt: skip
+    base.update(changes)
+    return Header(**base)
+
+
+def _with_meta(payload: bytes) -> bytes:
+    header, chunks = read_stream(medcodec.compress(_volume(), max_error=0))
+    return write_stream(header, [Chunk(c.kind, payload) if c.kind == b"meta" else c for c in chunks])
+
+
+def _relabelled(dtype: str) -> bytes:
+    header, chunks = read_stream(medcodec.compress(_volume(), max_error=0))
+    header.dtype = dtype
+    return write_stream(header, chunks)
+
+
+def _geometry(**changes) -> bytes:
+    header, chunks = read_stream(medcodec.compress(_volume(), max_error=0))
+    for k, v in changes.items():
+        setattr(header, k, v)
+    return write_stream(header, chunks)
+
+
+def _bomb(size: int) -> bytes:
+    """A zstd frame that omits its content size and expands to ``size`` bytes."""
+    obj = zstandard.ZstdCompressor(write_content_size=False).compressobj()
+    return obj.compress(b" " * size) + obj.flush()
+
+
+def corpus() -> dict[str, tuple[bytes, str, str]]:
+    """name -> (stream, error class name, message fragment)."""
+    good = medcodec.compress(_volume(), max_error=0)
+    return {
+        "tile-count-blowup": (write_stream(_header(shape=(1, 65535, 65535), n_tiles=65535 * 65535), []),
+                              "CorruptStreamError", "its header announces 4294836225"),
+        "huge-tile-without-chunk": (write_stream(_header(shape=(512, 512, 512), tile=(512, 512, 512)), []),
+                                    "CorruptStreamError", "stream holds 0 tiles"),
+        "metadata-bomb-without-size": (_with_meta(_bomb((64 << 20) + 1)), "CorruptStreamError", "metadata chunk is damaged or over"),
+        "metadata-deep-nesting": (_with_meta(zstandard.ZstdCompressor().compress(b"[" * 100_000 + b"]" * 100_000)),
+                                  "CorruptStreamError", "nests too deeply"),
+        "metadata-not-strings": (_with_meta(zstandard.ZstdCompressor().compress(b'{"k": [1, 2]}')),
+                                 "CorruptStreamError", "not an object of strings"),
+        "dtype-relabelled-unsigned": (_relabelled("uint16"), "CorruptStreamError", "does not fit its dtype"),
+        "spacing-zero": (_geometry(spacing=(0.0, 0.8, 3.0)), "CorruptStreamError", "geometry"),
+        "origin-nan": (_geometry(origin=(float("nan"), 0.0, 0.0)), "CorruptStreamError", "geometry"),
+        "direction-singular": (_geometry(direction=(1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)), "CorruptStreamError", "geometry"),
+        "truncated": (good[: len(good) // 2], "TruncatedStreamError", ""),
+        "header-crc": (good[:12] + bytes([good[12] ^ 1]) + good[13:], "CorruptStreamError", "header checksum mismatch"),
+        "trailing-bytes": (good + b"\0" * 5, "CorruptStreamError", ""),
+    }  # fmt: skip
+
+
+def main() -> None:
+    HERE.mkdir(parents=True, exist_ok=True)
+    record = {}
+    for name, (data, error, fragment) in corpus().items():
+        (HERE / f"{name}.mcz").write_bytes(data)
+        record[name] = {"file": f"{name}.mcz", "error": error, "message": fragment}
+    (HERE / "hostile.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {len(record)} streams to {HERE}")
+
+
+if __name__ == "__main__":
+    main()
