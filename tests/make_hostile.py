@@ -66,8 +66,10 @@ def corpus() -> dict[str, tuple[bytes, str, str]]:
     return {
         "tile-count-blowup": (write_stream(_header(shape=(1, 65535, 65535), n_tiles=65535 * 65535), []),
                               "CorruptStreamError", "its header announces 4294836225"),
-        "huge-tile-without-chunk": (write_stream(_header(shape=(512, 512, 512), tile=(512, 512, 512)), []),
-                                    "CorruptStreamError", "stream holds 0 tiles"),
+        "huge-tile": (write_stream(_header(shape=(512, 512, 512), tile=(512, 512, 512)), []),
+                      "CorruptStreamError", r"tile \(512, 512, 512\) exceeds 4194304 voxels"),
+        "missing-tile-chunks": (write_stream(_header(shape=(128, 512, 512), tile=(64, 256, 256), n_tiles=8), []),
+                                "CorruptStreamError", "stream holds 0 tiles, its header announces 8"),
         "metadata-bomb-without-size": (_with_meta(_bomb((64 << 20) + 1)), "CorruptStreamError", "metadata chunk is damaged or over"),
         "metadata-deep-nesting": (_with_meta(zstandard.ZstdCompressor().compress(b"[" * 100_000 + b"]" * 100_000)),
                                   "CorruptStreamError", "nests too deeply"),

@@ -326,7 +326,10 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     def decode_one(i: int) -> tuple[np.ndarray, bytes]:
         return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, cm)
 
-    out = np.empty(header.shape, dtype=dtype)
+    try:
+        out = np.empty(header.shape, dtype=dtype)
+    except MemoryError:
+        raise MedcodecError(f"the stream's volume ({header.shape}, {dtype}) does not fit in this machine's memory") from None
     digests = []
     # Predictive tiles decode on two threads where their loops are compiled (and release the
     # GIL); numpy's per-wavefront calls hold it, and a second thread only slows them.

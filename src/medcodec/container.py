@@ -30,6 +30,8 @@ MODES = ("lossy", "near-lossless", "lossless")
 FLAG_INTEGER_VALUED = 1
 #: Largest volume a stream may describe (voxels); guards allocations a header could ask for.
 MAX_VOXELS = 1 << 36
+#: Largest nominal tile (voxels): the encoder's 64 x 256 x 256.
+MAX_TILE_VOXELS = 1 << 22
 
 _HEADER = struct.Struct("<BBBB3I3d3d9ddddI3II")
 _PRELUDE = struct.Struct("<HHI")
@@ -96,6 +98,9 @@ class Header:
         """Reject headers whose fields are inconsistent (a decoder trusts nothing else)."""
         if min(self.shape) < 1 or min(self.tile) < 1 or int(np.prod(self.shape, dtype=np.float64)) > MAX_VOXELS:
             raise CorruptStreamError(f"header describes an impossible shape {self.shape} or tile {self.tile}")
+        if int(np.prod(self.tile, dtype=np.float64)) > MAX_TILE_VOXELS:
+            # A decoder's memory is counted in tiles: one declared tile may not ask for gigabytes.
+            raise CorruptStreamError(f"header tile {self.tile} exceeds {MAX_TILE_VOXELS} voxels")
         expected = int(np.prod([-(-s // t) for s, t in zip(self.shape, self.tile)], dtype=np.float64))
         if expected != self.n_tiles:
             raise CorruptStreamError("header tile count does not match its shape and tile size")
