@@ -121,7 +121,7 @@ def test_deeply_nested_metadata_is_corrupt_not_a_recursion_error():
     deep = zstandard.ZstdCompressor().compress(b"[" * 100_000 + b"]" * 100_000)
     # write_stream seals every chunk with its own CRC: only the metadata's content is wrong.
     damaged = write_stream(header, [Chunk(c.kind, deep) if c.kind == b"meta" else c for c in chunks])
-    with pytest.raises(CorruptStreamError, match="metadata.*nests too deeply"):
+    with pytest.raises(CorruptStreamError, match="metadata chunk is not an object of strings"):
         medcodec.decompress(damaged)
 
 
@@ -214,3 +214,25 @@ def test_a_float_span_past_float64_is_lossless_only():
         with pytest.raises(InvalidInputError, match="wider than float64"):
             medcodec.compress(a, **options)
     assert np.array_equal(medcodec.decompress(medcodec.compress(a, max_error=0)).array, a)
+
+
+def test_metadata_that_is_not_a_flat_object_is_refused_before_it_is_parsed():
+    import zstandard
+
+    from medcodec.codec import METADATA_ENTRIES
+    from medcodec.container import Chunk, read_stream, write_stream
+
+    header, chunks = read_stream(medcodec.compress(medcodec.Volume(synthetic(shape=(2, 8, 8)), metadata={"k": "v"}), max_error=0))
+
+    def with_meta(text: bytes) -> bytes:
+        payload = zstandard.ZstdCompressor().compress(text)
+        return write_stream(header, [Chunk(c.kind, payload) if c.kind == b"meta" else c for c in chunks])
+
+    lists = b"[" + b"[]," * (4 << 20) + b"[]]"  # as Python lists this would take gigabytes
+    with pytest.raises(CorruptStreamError, match="not an object of strings"):
+        medcodec.decompress(with_meta(lists))
+    many = b"{" + b",".join(b'"%d":""' % i for i in range(METADATA_ENTRIES + 1)) + b"}"
+    with pytest.raises(CorruptStreamError, match="more than 65536 entries"):
+        medcodec.decompress(with_meta(many))
+    ok = medcodec.decompress(with_meta(b'{"a \\" \\\\ b": "x\\u00e9", "c": ""}')).metadata
+    assert ok == {'a " \\ b': "x\u00e9", "c": ""}

@@ -23,6 +23,7 @@ import json
 import math
 import numbers
 import os
+import re
 import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -103,8 +104,10 @@ class _Plan:
     gain_num: int
 
 
-#: Largest metadata chunk content (JSON bytes) a stream may hold.
-METADATA_LIMIT = 64 << 20
+#: Largest metadata chunk content (JSON bytes) a stream may hold, and most entries.
+METADATA_LIMIT, METADATA_ENTRIES = 64 << 20, 1 << 16
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_JSON_SKELETON = re.compile(rb'\{(?:"":""(?:,"":"")*)?\}')
 
 
 def _check_options(quality, max_error) -> None:
@@ -198,9 +201,10 @@ def compress(
     chunks, digests = [], []
     if vol.metadata:
         meta = json.dumps({str(k): str(v) for k, v in vol.metadata.items()}, sort_keys=True).encode()
-        if len(meta) > METADATA_LIMIT:
+        if len(meta) > METADATA_LIMIT or len(vol.metadata) > METADATA_ENTRIES:
             # The decoder refuses more (docs/FORMAT.md): never write a stream it cannot read.
-            raise InvalidInputError(f"metadata is {len(meta)} bytes as JSON; a stream holds at most {METADATA_LIMIT}")
+            raise InvalidInputError(f"metadata is {len(vol.metadata)} entries, {len(meta)} bytes as JSON; a stream "
+                                    f"holds at most {METADATA_ENTRIES} entries and {METADATA_LIMIT} bytes")
         chunks.append(Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta)))
     encoded = _tile_map(lambda i: _encode_tile(i, arr[tiles[i]], plan, cm), range(len(tiles)), parallel=cm is None)
     for i, (payload, digest) in enumerate(encoded):
@@ -465,12 +469,17 @@ def _metadata(chunks: list[Chunk]) -> dict:
                 text = unzstd(c.payload, METADATA_LIMIT)
             except CorruptStreamError as exc:
                 raise CorruptStreamError(f"metadata chunk is damaged or over {METADATA_LIMIT >> 20} MiB: {exc}") from None
+            # Only an object of at most METADATA_ENTRIES strings is parsed: 64 MiB of nested lists
+            # would cost gigabytes as Python objects before it could be refused.
+            skeleton = b"".join(_JSON_STRING.sub(b'""', text).split())
+            if not _JSON_SKELETON.fullmatch(skeleton):
+                raise CorruptStreamError("metadata chunk is not an object of strings")
+            if skeleton.count(b":") > METADATA_ENTRIES:
+                raise CorruptStreamError(f"metadata chunk holds more than {METADATA_ENTRIES} entries")
             try:
                 meta = json.loads(text)
             except ValueError:
                 raise CorruptStreamError("metadata chunk is not valid JSON") from None
-            except RecursionError:  # json recurses per nesting level: [[[[...]]]] exhausts the stack
-                raise CorruptStreamError("metadata chunk nests too deeply (it must be an object of strings)") from None
             if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
                 raise CorruptStreamError("metadata chunk is not an object of strings")
             return meta
