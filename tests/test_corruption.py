@@ -236,3 +236,12 @@ def test_metadata_that_is_not_a_flat_object_is_refused_before_it_is_parsed():
         medcodec.decompress(with_meta(many))
     ok = medcodec.decompress(with_meta(b'{"a \\" \\\\ b": "x\\u00e9", "c": ""}')).metadata
     assert ok == {'a " \\ b': "x\u00e9", "c": ""}
+
+
+@pytest.mark.parametrize("max_error", [2**62, 2**63, 10**30])
+def test_a_huge_integer_bound_is_capped_at_the_span(max_error):
+    a = synthetic(shape=(2, 9, 8)).astype(np.int16)
+    data = medcodec.compress(a, max_error=max_error)
+    assert medcodec.info(data).max_error == max(1, int(a.max()) - int(a.min()))
+    out = medcodec.decompress(data).array
+    assert a.min() <= out.min() and out.max() <= a.max()
