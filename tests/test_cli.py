@@ -389,3 +389,16 @@ def test_dicom_folder_input(tmp_path: Path) -> None:
     np.testing.assert_array_equal(restored.array, original.array)
     assert_same_geometry(restored, original)
     np.testing.assert_allclose(original.spacing, SPACING, atol=1e-4)
+
+
+def test_info_lists_the_metadata_keys_a_stream_carries(tmp_path: Path, capsys) -> None:
+    vol = medcodec.Volume(make_volume(3).array, metadata={"0010|0010": "Doe^Jane", "0010|0020": "12345", "Modality": "MR"})
+    data = medcodec.compress(vol, max_error=0)
+    assert medcodec.info(data).metadata_keys == ["0010|0010", "0010|0020", "Modality"]
+    assert medcodec.info(medcodec.compress(make_volume(3), max_error=0)).metadata_keys == []
+    assert medcodec.info(data[:-20]).metadata_keys is None  # damaged past the header: unknown, not absent
+    (tmp_path / "s.mcz").write_bytes(data)
+    assert cli.main(["info", str(tmp_path / "s.mcz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["metadata_keys"] == ["0010|0010", "0010|0020", "Modality"]
+    assert cli.main(["info", str(tmp_path / "s.mcz")]) == 0
+    assert "3 keys: 0010|0010, 0010|0020, Modality" in capsys.readouterr().out

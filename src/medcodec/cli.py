@@ -402,6 +402,15 @@ def _write_volume(volume: Volume, dest: Path, suffix: str, *, force: bool, write
     write_atomic(dest, lambda tmp: write(volume, tmp), force=force, suffix=suffix)
 
 
+def _metadata_summary(keys: list[str] | None) -> str:
+    if keys is None:
+        return "unknown (the stream past its header is damaged)"
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
+    return f"{len(keys)} keys: {shown}"
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     from . import info
 
@@ -433,6 +442,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         ("max error", "0 (bit-exact)" if header.mode == "lossless" else _none_or(header.max_error)),
         ("quality", _none_or(header.quality)),
         ("model", model),
+        ("metadata", _metadata_summary(header.metadata_keys)),
         ("tiles", f"{header.n_tiles} of {' x '.join(str(s) for s in header.tile_shape)}"),
         ("raw size", f"{_human_size(raw)} ({raw} bytes)"),
         ("compressed", f"{_human_size(compressed)} ({compressed} bytes)"),

@@ -487,7 +487,10 @@ def _metadata(chunks: list[Chunk]) -> dict:
 
 
 def info(data: bytes) -> StreamInfo:
-    """Describe a stream from its header alone, without decoding voxels.
+    """Describe a stream from its header and metadata chunk, without decoding voxels.
+
+    ``metadata_keys`` lists the metadata's keys (sorted), or is None when the stream past
+    its header is damaged.
 
     Raises:
         TruncatedStreamError, CorruptStreamError, UnsupportedVersionError: The header is unusable.
@@ -496,6 +499,12 @@ def info(data: bytes) -> StreamInfo:
         raise InvalidInputError(f"info expects bytes, got {type(data).__name__}")
     header, _, version = read_header(bytes(data[:65536]) if len(data) > 65536 else bytes(data))
     dtype = np.dtype(header.dtype)
+    try:
+        # The keys say whether patient data travels with the voxels; a damaged rest of the
+        # stream leaves them unknown (None), never reported as absent.
+        keys: list[str] | None = sorted(_metadata(read_stream(bytes(data))[1]))
+    except MedcodecError:
+        keys = None
     return StreamInfo(
         format_version=f"{version[0]}.{version[1]}",
         shape=header.shape, dtype=header.dtype, spacing=header.spacing, origin=header.origin,
@@ -504,6 +513,7 @@ def info(data: bytes) -> StreamInfo:
         quality=header.quality if header.mode == "lossy" else None,
         model_name=header.model_name, model_sha256=header.model_sha256.hex(), tile_shape=header.tile,
         n_tiles=header.n_tiles, compressed_bytes=len(data), raw_bytes=int(np.prod(header.shape)) * dtype.itemsize,
+        metadata_keys=keys,
     )  # fmt: skip
 
 

@@ -151,7 +151,7 @@ class StreamInfo:
     n_tiles: int
     compressed_bytes: int
     raw_bytes: int
-    metadata_keys: list[str] = field(default_factory=list)
+    metadata_keys: list[str] | None = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
