@@ -172,3 +172,16 @@ def test_big_endian_input_is_accepted():
     a = synthetic().astype(">i2")
     out = medcodec.decompress(medcodec.compress(a, max_error=0)).array
     assert np.array_equal(out, a)
+
+
+def test_the_api_is_discoverable_and_a_path_is_pointed_to_read():
+    assert {"compress", "decompress", "info", "encode", "decode", "read", "write"} <= set(dir(medcodec))
+    with pytest.raises(medcodec.InvalidInputError, match=r"medcodec\.read\(path\)"):
+        medcodec.compress("scan.nii.gz")
+
+
+def test_a_bound_below_one_on_integers_is_lossless_and_says_so():
+    a = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    data = medcodec.compress(a, max_error=0.5)
+    assert (medcodec.info(data).mode, medcodec.info(data).max_error) == ("lossless", 0.0)
+    assert np.array_equal(medcodec.decompress(data).array, a)

@@ -55,6 +55,11 @@ def __getattr__(name: str):
     module = importlib.import_module(f".{_LAZY[name] or name}", __name__)
     return module if _LAZY[name] is None else getattr(module, name)
 
+
+def __dir__() -> list[str]:
+    # Completion (IPython, Jupyter) lists the lazy names too.
+    return sorted(set(globals()) | set(_LAZY))
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -152,6 +152,9 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
     d = quality_bound(q, lo, hi, integer) if mode == "lossy" else float(max_error or 0.0)
     # Any bound past the span reconstructs within it; capping keeps the step a small number.
     d = min(d, float(max(1, int(hi - lo)))) if integer else min(d, max(hi - lo, 2.0**-40 * max(abs(lo), abs(hi), 1.0)))
+    if integer and mode == "near-lossless" and math.floor(d) == 0:
+        # Integers within a bound below 1 are the integers themselves: say so in the stream.
+        mode, d = "lossless", 0.0
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
@@ -310,7 +313,8 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     tile_chunks = [c for c in chunks if c.kind == b"TILE"]
     unknown = {c.kind for c in chunks if c.kind[:1].isupper() and c.kind != b"TILE"}
     if unknown:
-        raise UnsupportedVersionError(f"stream holds chunks this decoder does not know: {sorted(unknown)}")
+        names = ", ".join(sorted(k.decode("ascii") for k in unknown))  # read_stream admits only ASCII letters
+        raise UnsupportedVersionError(f"stream holds chunks this decoder does not know: {names}")
     # The header's count (checked against its shape and tile size) meets the chunks present
     # before the grid is built: a header may announce billions of tiles in a few bytes.
     if len(tile_chunks) != header.n_tiles:

@@ -212,6 +212,11 @@ def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
     return Header.unpack(bytes(data[pos + _PRELUDE.size : end])), end + 4, (major, minor)
 
 
+def _name(kind: bytes) -> str:
+    """A chunk type as a person reads it: TILE, or its bytes in hex when they are not letters."""
+    return kind.decode("ascii") if kind.isascii() and kind.isalpha() else "0x" + kind.hex()
+
+
 def read_stream(data: bytes) -> tuple[Header, list[Chunk]]:
     """Parse a whole stream, checking every checksum; returns the header and its known chunks."""
     header, pos, _ = read_header(data)
@@ -223,18 +228,18 @@ def read_stream(data: bytes) -> tuple[Header, list[Chunk]]:
         kind, length = _CHUNK_HEAD.unpack_from(view, pos)
         start = pos + _CHUNK_HEAD.size
         if length > len(view) - start - 4:
-            raise TruncatedStreamError(f"chunk {kind!r} runs past the end of the stream")
+            raise TruncatedStreamError(f"chunk {_name(kind)} runs past the end of the stream")
         payload = view[start : start + length]
         (crc,) = struct.unpack_from("<I", view, start + length)
         if zlib.crc32(payload, zlib.crc32(view[pos:start])) != crc:
-            raise CorruptStreamError(f"checksum mismatch in chunk {kind!r} at byte {pos}")
+            raise CorruptStreamError(f"checksum mismatch in chunk {_name(kind)} at byte {pos}")
         pos = start + length + 4
         if kind == b"MEND":
             if length:
                 raise CorruptStreamError("end chunk has a payload")
             break
         if not (kind.isascii() and kind.isalpha()):
-            raise CorruptStreamError(f"invalid chunk type {kind!r}")
+            raise CorruptStreamError(f"invalid chunk type {_name(kind)}")
         chunks.append(Chunk(bytes(kind), bytes(payload)))
     if pos != len(view):
         raise CorruptStreamError("bytes after the end chunk")

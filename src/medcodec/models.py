@@ -223,7 +223,7 @@ def model_for_stream(name: str, sha256: str, model: str | os.PathLike | None) ->
         path = WEIGHTS_DIR / f"{name}.mcw"
         if not path.is_file():
             raise ModelNotFoundError(
-                f"stream needs model {name!r} (sha256 {sha256[:16]}...), which is not shipped; pass model=PATH"
+                f"stream needs model {name!r} (sha256 {sha256[:16]}...), which is not shipped; give the model file (model=PATH; --model PATH on the command line)"
             )
         found = _load_path(str(path.resolve()))
     if found.sha256 != sha256:

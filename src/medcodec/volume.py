@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,11 @@ def as_volume(data: Volume | np.ndarray) -> Volume:
     A 2D array is taken as a single slice. Raises :class:`InvalidInputError`
     for anything medcodec cannot encode.
     """
+    if isinstance(data, (str, bytes, os.PathLike)):
+        raise InvalidInputError(
+            f"expected a Volume or an array, got {type(data).__name__} {data!r}; "
+            "to code a file, read it first: medcodec.compress(medcodec.read(path))"
+        )
     vol = data if isinstance(data, Volume) else Volume(np.asarray(data))
     arr = vol.array
     if not isinstance(arr, np.ndarray):
