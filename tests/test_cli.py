@@ -269,10 +269,13 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert run_cli("info", tmp_path / "scan.mcz").returncode == 0
 
-    # decompress's default output, scan.nii.gz, is the original here: it must survive.
+    # decompress's default output, scan.nii.gz, is the original here: it survives, and the
+    # volume goes beside it; a second run finds that name taken too and refuses.
     before = (tmp_path / "scan.nii.gz").read_bytes()
-    assert_error(run_cli("decompress", tmp_path / "scan.mcz"), 9)
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-q"]) == 0
     assert (tmp_path / "scan.nii.gz").read_bytes() == before
+    assert np.array_equal(medcodec.read(tmp_path / "scan.decoded.nii.gz").array, make_volume(4).array)
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-q", "-o", str(tmp_path / "scan.decoded.nii.gz")]) == 9
     assert_no_leftovers(tmp_path)
 
 
@@ -402,3 +405,26 @@ def test_info_lists_the_metadata_keys_a_stream_carries(tmp_path: Path, capsys) -
     assert json.loads(capsys.readouterr().out)["metadata_keys"] == ["0010|0010", "0010|0020", "Modality"]
     assert cli.main(["info", str(tmp_path / "s.mcz")]) == 0
     assert "3 keys: 0010|0010, 0010|0020, Modality" in capsys.readouterr().out
+
+
+def test_streams_go_through_stdout_and_stdin(tmp_path: Path, capsysbinary, monkeypatch) -> None:
+    import io
+
+    medcodec.write(make_volume(3), tmp_path / "scan.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "--lossless", "-o", "-"]) == 0
+    captured = capsysbinary.readouterr()
+    data = captured.out
+    assert medcodec.info(data).mode == "lossless" and b"against the input file" in captured.err
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    assert cli.main(["decompress", "-", "-o", str(tmp_path / "back.nrrd"), "-q"]) == 0
+    assert np.array_equal(medcodec.read(tmp_path / "back.nrrd").array, make_volume(3).array)
+
+
+def test_output_names_that_mislead_are_refused(tmp_path: Path, capsys) -> None:
+    medcodec.write(make_volume(3), tmp_path / "scan.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "-o", str(tmp_path / "out.nii.gz")]) == 2
+    assert "names a volume file" in capsys.readouterr().err and not (tmp_path / "out.nii.gz").exists()
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "-q"]) == 0
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-o", "-"]) == 2
+    assert "written to a file" in capsys.readouterr().err

@@ -121,7 +121,9 @@ def default_decompress_output(source: str | os.PathLike) -> Path:
 
     Returns:
         ``source`` with ``.mcz`` replaced by ``.nii.gz`` (or ``.nii.gz`` appended
-        when it does not end in ``.mcz``).
+        when it does not end in ``.mcz``). Where that file exists (usually the one the
+        stream was made from), ``decompress`` writes ``NAME.decoded.nii.gz`` instead,
+        unless ``--force`` asks to replace it.
     """
     path = Path(source)
     stem = _strip_suffix(path.name, (STREAM_SUFFIX,)) or path.name
@@ -256,6 +258,8 @@ def _write_bytes(data: bytes) -> Callable[[Path], None]:
 
 
 def _read_bytes(path: Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -337,11 +341,17 @@ def _fmt_floats(values: Sequence[float], sep: str = " x ") -> str:
 def _cmd_compress(args: argparse.Namespace) -> int:
     from . import compress, info, read  # heavy: numpy, SimpleITK, torch
 
+    from .io import WRITE_SUFFIXES
+
     start = time.perf_counter()
     source = Path(args.input)
     _check_input(source)
-    dest = _resolve_output(args.output, default_compress_output(source))
-    _check_output(dest, source, force=args.force)
+    to_stdout = args.output == "-"
+    dest = Path("-") if to_stdout else _resolve_output(args.output, default_compress_output(source))
+    if not to_stdout:
+        if dest.name.lower().endswith(WRITE_SUFFIXES):
+            raise InvalidInputError(f"{dest.name!r} names a volume file; a compressed stream is written as {STREAM_SUFFIX}")
+        _check_output(dest, source, force=args.force)
 
     _refuse_stream_input(source)
     volume = read(source)
@@ -351,16 +361,23 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         data = compress(volume, quality=args.quality, max_error=max_error, model=args.model, progress=progress)
     finally:
         progress.close()
-    write_atomic(dest, _write_bytes(data), force=args.force)
+    if to_stdout:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(dest, _write_bytes(data), force=args.force)
 
     if not args.quiet:
         header = info(data)
         raw = volume.array.nbytes
         mode = _describe_mode(header.mode, header.max_error, header.quality)
         elapsed = time.perf_counter() - start
+        file_size = source.stat().st_size if source.is_file() else None
+        versus_file = f", {_ratio(file_size, len(data))} against the input file" if file_size else ""
         print(
-            f"{args.input} -> {dest}: {_human_size(raw)} -> {_human_size(len(data))} "
-            f"({_ratio(raw, len(data))}), {mode}, {elapsed:.1f} s"
+            f"{args.input} -> {'stdout' if to_stdout else dest}: {_human_size(raw)} -> {_human_size(len(data))} "
+            f"({_ratio(raw, len(data))} against raw voxels{versus_file}), {mode}, {elapsed:.1f} s",
+            file=sys.stderr if to_stdout else sys.stdout,
         )
     return 0
 
@@ -371,14 +388,24 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     source = Path(args.input)
-    _check_input(source)
-    dest = _resolve_output(args.output, default_decompress_output(source))
+    if args.output == "-":
+        raise InvalidInputError("a volume is written to a file: its name's ending picks the format (-o NAME.nii.gz)")
+    if args.input == "-":
+        if args.output is None:
+            raise InvalidInputError("reading the stream from stdin, give the volume's file name with -o")
+    else:
+        _check_input(source)
+    default = default_decompress_output(source)
+    if args.output is None and not args.force and default.exists():
+        # Usually the file the stream was made from: keep it, and write beside it.
+        default = default.with_name(default.name[: -len(".nii.gz")] + ".decoded.nii.gz")
+    dest = _resolve_output(args.output, default)
     suffix = next((s for s in WRITE_SUFFIXES if dest.name.lower().endswith(s)), None)
     if suffix is None:  # checked before decoding, which can take a while
         raise InvalidInputError(f"cannot tell the format of {dest.name!r}; use one of {', '.join(WRITE_SUFFIXES)}")
     _check_output(dest, source, force=args.force)
 
-    data = _read_bytes(source)
+    data = _read_bytes(source)  # "-": stdin
     progress = _Progress("decompressing", enabled=not args.quiet)
     try:
         volume = decompress(data, model=args.model, progress=progress)
