@@ -119,3 +119,10 @@ def test_nan_and_inf_in_a_float_nifti_survive_reading_and_lossless_coding(tmp_pa
     assert np.array_equal(vol.array.view(np.uint32), a.view(np.uint32))  # NaN, ±inf and every other bit
     back = medcodec.decompress(medcodec.compress(vol, max_error=0)).array
     assert np.array_equal(back.view(np.uint32), a.view(np.uint32))
+
+
+def test_writing_metaimage_prints_no_itk_warnings(tmp_path, capfd):
+    vol = medcodec.Volume(synthetic(shape=(2, 6, 5), dtype="int16"), metadata={"descrip": "", "aux_file": "", "k": "v"})
+    medcodec.write(vol, tmp_path / "v.mha")
+    assert capfd.readouterr().err == ""
+    assert np.array_equal(medcodec.read(tmp_path / "v.mha").array, vol.array)

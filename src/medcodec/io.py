@@ -202,7 +202,8 @@ def _write_image(sitk, vol: Volume, path: Path, *, compress: bool) -> None:
         image.SetOrigin(vol.origin)
         image.SetDirection(vol.direction)
         for key, value in vol.metadata.items():
-            if isinstance(value, str) and not key.startswith("ITK_"):
+            # Empty values say nothing, and MetaImage warns about each one on stderr.
+            if isinstance(value, str) and value and not key.startswith("ITK_"):
                 image.SetMetaData(key, value)
         sitk.WriteImage(image, str(path), compress)
     except RuntimeError as exc:
