@@ -428,3 +428,13 @@ def test_output_names_that_mislead_are_refused(tmp_path: Path, capsys) -> None:
     assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "-q"]) == 0
     assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-o", "-"]) == 2
     assert "written to a file" in capsys.readouterr().err
+
+
+def test_decompress_a_region(tmp_path: Path) -> None:
+    medcodec.write(make_volume(6), tmp_path / "scan.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "--lossless", "-q"]) == 0
+    out = tmp_path / "part.nrrd"
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "--region", "1:3,:,4:10", "-o", str(out), "-q"]) == 0
+    assert np.array_equal(medcodec.read(out).array, make_volume(6).array[1:3, :, 4:10])
+    with pytest.raises(SystemExit):
+        cli.main(["decompress", str(tmp_path / "scan.mcz"), "--region", "1-3", "-o", str(out), "-q"])

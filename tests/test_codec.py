@@ -185,3 +185,27 @@ def test_a_bound_below_one_on_integers_is_lossless_and_says_so():
     data = medcodec.compress(a, max_error=0.5)
     assert (medcodec.info(data).mode, medcodec.info(data).max_error) == ("lossless", 0.0)
     assert np.array_equal(medcodec.decompress(data).array, a)
+
+
+def test_a_region_decodes_only_the_tiles_it_touches_and_keeps_its_place_in_space():
+    a = synthetic(shape=(70, 300, 280)).astype(np.int16)  # 2 x 2 x 2 tiles
+    data = medcodec.compress(Volume(a, spacing=(0.5, 0.6, 2.0), origin=(10.0, 20.0, 30.0)), max_error=0)
+    seen = []
+    part = medcodec.decompress(data, region=(slice(60, 70), slice(250, None), slice(5, 9)), progress=lambda i, n: seen.append(n))
+    assert np.array_equal(part.array, a[60:70, 250:, 5:9]) and seen == [1]  # one tile of eight decoded
+    assert part.origin == pytest.approx((10.0 + 0.5 * 5, 20.0 + 0.6 * 250, 30.0 + 2.0 * 60))
+    across = medcodec.decompress(data, region=(slice(30, 40),))
+    assert np.array_equal(across.array, a[30:40])
+    for bad in ((slice(0, 10, 2),), (slice(5, 5),), (slice(0, 1),) * 4, "0:1"):
+        with pytest.raises(InvalidInputError, match="region"):
+            medcodec.decompress(data, region=bad)
+
+
+def test_a_region_is_refused_when_the_stored_tile_checksums_do_not_match_the_header():
+    from medcodec.container import read_stream, write_stream
+
+    a = synthetic(shape=(70, 40, 30)).astype(np.int16)  # two tiles along z
+    header, chunks = read_stream(medcodec.compress(a, max_error=0))
+    header.voxel_sha256 = bytes(32)
+    with pytest.raises(medcodec.ChecksumError):
+        medcodec.decompress(write_stream(header, chunks), region=(slice(0, 5),))

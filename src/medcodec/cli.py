@@ -408,7 +408,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     data = _read_bytes(source)  # "-": stdin
     progress = _Progress("decompressing", enabled=not args.quiet)
     try:
-        volume = decompress(data, model=args.model, progress=progress)
+        volume = decompress(data, model=args.model, progress=progress, region=args.region)
     finally:
         progress.close()
     _write_volume(volume, dest, suffix, force=args.force, write=write)
@@ -427,6 +427,24 @@ def _write_volume(volume: Volume, dest: Path, suffix: str, *, force: bool, write
         write(volume, dest)
         return
     write_atomic(dest, lambda tmp: write(volume, tmp), force=force, suffix=suffix)
+
+
+def _region(text: str) -> tuple[slice, ...]:
+    """``Z0:Z1,Y0:Y1,X0:X1`` as slices; an empty bound runs to the volume's edge."""
+    parts = text.split(",")
+    if not 1 <= len(parts) <= 3:
+        raise argparse.ArgumentTypeError(f"expected Z0:Z1,Y0:Y1,X0:X1, got {text!r}")
+    out = []
+    for part in parts:
+        bounds = part.split(":")
+        try:
+            if len(bounds) != 2:
+                raise ValueError
+            lo, hi = (int(b) if b.strip() else None for b in bounds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected Z0:Z1,Y0:Y1,X0:X1 with integer bounds, got {text!r}") from None
+        out.append(slice(lo, hi))
+    return tuple(out)
 
 
 def _metadata_summary(keys: list[str] | None) -> str:
@@ -541,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
         "(default: FILE with .mcz replaced by .nii.gz)",
     )  # fmt: skip
+    p.add_argument("--region", type=_region, metavar="Z0:Z1,Y0:Y1,X0:X1",
+                   help="decode only this block (voxel indices, ends exclusive, any part may be empty: ':')")  # fmt: skip
     _add_common(p, model_help="model name or weights file (default: the one the stream names)")
     p.set_defaults(func=_cmd_decompress)
 

@@ -293,7 +293,9 @@ def _digest(recon: np.ndarray) -> bytes:
     return hashlib.sha256(np.ascontiguousarray(recon, dtype=recon.dtype.newbyteorder("<")).tobytes()).digest()
 
 
-def decompress(data: bytes, *, model: str | None = None, progress: Progress | None = None) -> Volume:
+def decompress(
+    data: bytes, *, model: str | None = None, progress: Progress | None = None, region: Region | None = None
+) -> Volume:
     """Decode a medcodec stream to a :class:`Volume`.
 
     Args:
@@ -301,6 +303,10 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
         model: Model path or name to use instead of the shipped one the stream names;
             its SHA-256 must equal the stream's.
         progress: Called as ``progress(done_tiles, total_tiles)`` after each tile.
+        region: Up to three slices (z, y, x) of unit step: decode only the tiles they
+            touch and return that block, its origin moved to its first voxel. Every tile
+            decoded is checked against its own checksum, and the stream's tile checksums
+            against the header's.
 
     Raises:
         TruncatedStreamError, CorruptStreamError, ChecksumError: The stream is damaged.
@@ -334,22 +340,59 @@ def decompress(data: bytes, *, model: str | None = None, progress: Progress | No
     def decode_one(i: int) -> tuple[np.ndarray, bytes]:
         return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, cm)
 
+    box = _region(region, header.shape)
+    wanted = [i for i, t in enumerate(tiles) if all(s.start < b.stop and b.start < s.stop for s, b in zip(t, box))]
+    if len(wanted) < len(tiles):
+        # The tiles left out are never decoded: their stored checksums stand in for them.
+        stored = [c.payload[-32:] for c in tile_chunks]
+        if hashlib.sha256(b"".join(stored)).digest() != header.voxel_sha256:
+            raise ChecksumError("the stream's tile checksums do not match its header's")
+    shape = tuple(b.stop - b.start for b in box)
     try:
-        out = np.empty(header.shape, dtype=dtype)
+        out = np.empty(shape, dtype=dtype)
     except MemoryError:
-        raise MedcodecError(f"the stream's volume ({header.shape}, {dtype}) does not fit in this machine's memory") from None
+        raise MedcodecError(f"the stream's volume ({shape}, {dtype}) does not fit in this machine's memory") from None
     digests = []
     # Predictive tiles decode on two threads where their loops are compiled (and release the
     # GIL); numpy's per-wavefront calls hold it, and a second thread only slows them.
     parallel = expected == _PREDICTIVE and predictive_compiled()
-    for i, (recon, digest) in enumerate(_tile_map(decode_one, range(len(tiles)), parallel)):
-        out[tiles[i]] = recon
+    for n, (recon, digest) in enumerate(_tile_map(lambda k: decode_one(wanted[k]), range(len(wanted)), parallel)):
+        t = tiles[wanted[n]]
+        src = tuple(slice(max(s.start, b.start) - s.start, min(s.stop, b.stop) - s.start) for s, b in zip(t, box))
+        dst = tuple(slice(max(s.start, b.start) - b.start, min(s.stop, b.stop) - b.start) for s, b in zip(t, box))
+        out[dst] = recon[src]
         digests.append(digest)
         if progress:
-            progress(i + 1, len(tiles))
-    if hashlib.sha256(b"".join(digests)).digest() != header.voxel_sha256:
+            progress(n + 1, len(wanted))
+    if len(wanted) == len(tiles) and hashlib.sha256(b"".join(digests)).digest() != header.voxel_sha256:
         raise ChecksumError("decoded volume does not match the encoder's checksum")
-    return Volume(out, header.spacing, header.origin, header.direction, metadata)
+    origin = header.origin
+    if any(b.start for b in box):
+        # Physical position = origin + direction @ (spacing * index), index in (x, y, z) order.
+        step = np.array(header.spacing) * np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)
+        origin = tuple(float(v) for v in np.array(header.origin) + np.array(header.direction).reshape(3, 3) @ step)
+    return Volume(out, header.spacing, origin, header.direction, metadata)
+
+
+#: A region of a volume: slices along (z, y, x); missing trailing axes are whole.
+Region = tuple[slice, ...]
+
+
+def _region(region: Region | None, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """``region`` as three bounded unit-step slices within ``shape``."""
+    if region is None:
+        return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+    if isinstance(region, slice):
+        region = (region,)
+    if not isinstance(region, tuple) or len(region) > 3 or not all(isinstance(r, slice) for r in region):
+        raise InvalidInputError(f"region must be up to three slices (z, y, x), got {region!r}")
+    out = []
+    for r, n in zip((*region, *[slice(None)] * (3 - len(region))), shape):
+        start, stop, step = r.indices(n)
+        if step != 1 or stop <= start:
+            raise InvalidInputError(f"region {region!r} is empty or strided within the volume's shape {shape}")
+        out.append(slice(start, stop))
+    return tuple(out)  # type: ignore[return-value]
 
 
 def _tile_map(fn: Callable[[int], Any], indices: range, parallel: bool) -> Iterator[Any]:
