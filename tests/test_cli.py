@@ -438,3 +438,29 @@ def test_decompress_a_region(tmp_path: Path) -> None:
     assert np.array_equal(medcodec.read(out).array, make_volume(6).array[1:3, :, 4:10])
     with pytest.raises(SystemExit):
         cli.main(["decompress", str(tmp_path / "scan.mcz"), "--region", "1-3", "-o", str(out), "-q"])
+
+
+def test_test_verifies_every_file_and_reports_each_failure(tmp_path: Path, capsys) -> None:
+    medcodec.write(make_volume(4), tmp_path / "scan.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "--lossless", "-q"]) == 0
+    good = tmp_path / "scan.mcz"
+    bad = tmp_path / "bad.mcz"
+    bad.write_bytes(good.read_bytes()[:-40])
+    assert cli.main(["test", str(good)]) == 0
+    assert "OK (5 x 40 x 36 int16, checksums match)" in capsys.readouterr().out
+    assert cli.main(["test", str(bad), str(good), "--json"]) == 3  # the first failure's code; the batch goes on
+    records = json.loads(capsys.readouterr().out)
+    assert [r["ok"] for r in records] == [False, True] and records[0]["error"] == "TruncatedStreamError"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mcz", "scan.mcz", "scan.nii.gz"]  # nothing written
+
+
+def test_compress_and_decompress_summaries_as_json(tmp_path: Path, capsys) -> None:
+    medcodec.write(make_volume(2), tmp_path / "scan.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "--max-error", "1", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    stream = (tmp_path / "scan.mcz").stat().st_size
+    assert (record["mode"], record["max_error"], record["stream_bytes"]) == ("near-lossless", 1.0, stream)
+    assert record["input_file_bytes"] == (tmp_path / "scan.nii.gz").stat().st_size
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-o", str(tmp_path / "b.nrrd"), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["shape"] == list(make_volume(2).shape) and record["output"] == str(tmp_path / "b.nrrd")

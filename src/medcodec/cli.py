@@ -7,6 +7,7 @@ Usage::
     medcodec compress dicom_series/ --lossless    # -> dicom_series.mcz, bit-exact
     medcodec decompress scan.mcz -o scan.nrrd     # any format medcodec.write supports
     medcodec info scan.mcz [--json]               # header only, no decoding
+    medcodec test a.mcz b.mcz                     # decode and verify, write nothing
 
 Outputs are written atomically (a temporary file in the destination folder,
 then a rename) and an existing file is never replaced without ``--force``.
@@ -367,7 +368,14 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     else:
         write_atomic(dest, _write_bytes(data), force=args.force)
 
-    if not args.quiet:
+    if args.json:
+        header = info(data)
+        file_size = source.stat().st_size if source.is_file() else None
+        _print_json({"file": args.input, "output": "-" if to_stdout else str(dest), "mode": header.mode,
+                     "max_error": header.max_error, "quality": header.quality, "raw_bytes": volume.array.nbytes,
+                     "input_file_bytes": file_size, "stream_bytes": len(data),
+                     "seconds": round(time.perf_counter() - start, 3)}, to_stderr=to_stdout)  # fmt: skip
+    elif not args.quiet:
         header = info(data)
         raw = volume.array.nbytes
         mode = _describe_mode(header.mode, header.max_error, header.quality)
@@ -413,10 +421,20 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         progress.close()
     _write_volume(volume, dest, suffix, force=args.force, write=write)
 
-    if not args.quiet:
+    if args.json:
+        _print_json({"file": args.input, "output": str(dest), "stream_bytes": len(data), "raw_bytes": volume.array.nbytes,
+                     "shape": list(volume.shape), "dtype": str(volume.dtype),
+                     "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+    elif not args.quiet:
         elapsed = time.perf_counter() - start
         print(f"{args.input} -> {dest}: {_human_size(len(data))} -> {_human_size(volume.array.nbytes)}, {elapsed:.1f} s")
     return 0
+
+
+def _print_json(record: dict[str, Any], *, to_stderr: bool = False) -> None:
+    import json
+
+    print(json.dumps(record, indent=2), file=sys.stderr if to_stderr else sys.stdout)
 
 
 def _write_volume(volume: Volume, dest: Path, suffix: str, *, force: bool, write: Callable[..., None]) -> None:
@@ -427,6 +445,34 @@ def _write_volume(volume: Volume, dest: Path, suffix: str, *, force: bool, write
         write(volume, dest)
         return
     write_atomic(dest, lambda tmp: write(volume, tmp), force=force, suffix=suffix)
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    from . import decompress
+
+    records, worst = [], 0
+    for name in args.inputs:
+        start = time.perf_counter()
+        try:
+            vol = decompress(_read_bytes(Path(name)), model=args.model)
+        except MedcodecError as exc:
+            record = {"file": name, "ok": False, "error": type(exc).__name__, "message": " ".join(str(exc).split()),
+                      "exit_code": exc.exit_code}  # fmt: skip
+            worst = worst or exc.exit_code
+        else:
+            record = {"file": name, "ok": True, "shape": list(vol.shape), "dtype": str(vol.dtype),
+                      "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+        records.append(record)
+        if not args.json and (not record["ok"] or not args.quiet):
+            if record["ok"]:
+                print(f"{name}: OK ({' x '.join(map(str, record['shape']))} {record['dtype']}, checksums match)")
+            else:
+                print(f"{name}: FAILED: {record['message']}", file=sys.stderr)
+    if args.json:
+        import json
+
+        print(json.dumps(records, indent=2))
+    return worst
 
 
 def _region(text: str) -> tuple[slice, ...]:
@@ -564,6 +610,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, model_help="model name or weights file (default: the one the stream names)")
     p.set_defaults(func=_cmd_decompress)
 
+    p = add("test", "Verify .mcz files: decode each and check every checksum, writing nothing.")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin)")
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="model name or weights file (default: the one each stream names)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the failures")
+    p.set_defaults(func=_cmd_test)
+
     p = add("info", "Show the header of a .mcz file without decoding it.")
     p.add_argument("input", metavar="FILE", help="compressed .mcz file")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
@@ -573,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(p: argparse.ArgumentParser, *, model_help: str) -> None:
     p.add_argument("--model", metavar="NAME_OR_PATH", help=model_help)
+    p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr and no summary on stdout")
 
