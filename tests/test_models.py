@@ -88,3 +88,30 @@ def test_a_deeply_nested_model_header_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="nests too deeply") as excinfo:
         load_model(path)
     assert str(path) in str(excinfo.value)
+
+
+def test_streams_find_their_model_by_name_in_model_folders(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from medcodec import cli
+    from medcodec.models import MODEL_PATH_ENV
+
+    model_file = Path(__file__).parent / "data" / "mc3d-xs-9c74720b.mcw"
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / model_file.name).write_bytes(model_file.read_bytes())
+    vol = np.random.default_rng(0).normal(100, 20, size=(4, 24, 20)).astype(np.float32)
+    data = medcodec.compress(vol, max_error=0.5, model=str(model_file))
+    monkeypatch.delenv(MODEL_PATH_ENV, raising=False)
+    with pytest.raises(medcodec.ModelNotFoundError, match="found in none of") as excinfo:
+        medcodec.decompress(data)
+    assert "mc3d-xs-9c74720b" in str(excinfo.value) and "--model-dir" in str(excinfo.value)
+    want = medcodec.decompress(data, model=str(model_file)).array
+    assert np.array_equal(medcodec.decompress(data, model_dirs=[folder]).array, want)
+    monkeypatch.setenv(MODEL_PATH_ENV, str(folder))
+    assert np.array_equal(medcodec.decompress(data).array, want)
+    monkeypatch.delenv(MODEL_PATH_ENV)
+    (tmp_path / "s.mcz").write_bytes(data)
+    out = tmp_path / "out.nrrd"
+    assert cli.main(["decompress", str(tmp_path / "s.mcz"), "-o", str(out), "--model-dir", str(folder), "-q"]) == 0
+    assert np.array_equal(medcodec.read(out).array, want)

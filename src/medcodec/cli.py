@@ -416,7 +416,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     data = _read_bytes(source)  # "-": stdin
     progress = _Progress("decompressing", enabled=not args.quiet)
     try:
-        volume = decompress(data, model=args.model, progress=progress, region=args.region)
+        volume = decompress(data, model=args.model, progress=progress, region=args.region, model_dirs=args.model_dir)
     finally:
         progress.close()
     _write_volume(volume, dest, suffix, force=args.force, write=write)
@@ -605,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
         "(default: FILE with .mcz replaced by .nii.gz)",
     )  # fmt: skip
+    p.add_argument("--model-dir", action="append", default=[], metavar="DIR",
+                   help="a folder of model files, searched by name (repeatable; also MEDCODEC_MODEL_PATH)")  # fmt: skip
     p.add_argument("--region", type=_region, metavar="Z0:Z1,Y0:Y1,X0:X1",
                    help="decode only this block (voxel indices, ends exclusive, any part may be empty: ':')")  # fmt: skip
     _add_common(p, model_help="model name or weights file (default: the one the stream names)")

@@ -25,7 +25,7 @@ import numbers
 import os
 import re
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -294,7 +294,12 @@ def _digest(recon: np.ndarray) -> bytes:
 
 
 def decompress(
-    data: bytes, *, model: str | None = None, progress: Progress | None = None, region: Region | None = None
+    data: bytes,
+    *,
+    model: str | None = None,
+    progress: Progress | None = None,
+    region: Region | None = None,
+    model_dirs: Sequence[str | os.PathLike] = (),
 ) -> Volume:
     """Decode a medcodec stream to a :class:`Volume`.
 
@@ -307,6 +312,8 @@ def decompress(
             touch and return that block, its origin moved to its first voxel. Every tile
             decoded is checked against its own checksum, and the stream's tile checksums
             against the header's.
+        model_dirs: Folders to search for the model a stream names, before those of
+            ``MEDCODEC_MODEL_PATH`` (the shipped models come first).
 
     Raises:
         TruncatedStreamError, CorruptStreamError, ChecksumError: The stream is damaged.
@@ -335,7 +342,7 @@ def decompress(
     if learned:
         from .models import model_for_stream
 
-        cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
+        cm = model_for_stream(header.model_name, header.model_sha256.hex(), model, model_dirs)
 
     def decode_one(i: int) -> tuple[np.ndarray, bytes]:
         return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, cm)

@@ -23,6 +23,7 @@ import os
 import re
 import struct
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -203,13 +204,27 @@ def load_model(model: str | os.PathLike | None = None) -> CodecModel:
     return _load_path(str(resolve_model(model).resolve()))
 
 
-def model_for_stream(name: str, sha256: str, model: str | os.PathLike | None) -> CodecModel:
+#: Folders searched for model files by name after the shipped ones (os.pathsep-separated).
+MODEL_PATH_ENV = "MEDCODEC_MODEL_PATH"
+
+
+def model_dirs(extra: Sequence[str | os.PathLike] = ()) -> list[Path]:
+    """Where streams find their models by name: the shipped weights, then ``extra``, then
+    the folders of :data:`MODEL_PATH_ENV`."""
+    env = [p for p in os.environ.get(MODEL_PATH_ENV, "").split(os.pathsep) if p]
+    return [WEIGHTS_DIR, *(Path(p) for p in extra), *(Path(p) for p in env)]
+
+
+def model_for_stream(name: str, sha256: str, model: str | os.PathLike | None,
+                     dirs: Sequence[str | os.PathLike] = ()) -> CodecModel:  # fmt: skip
     """The model a stream names, checked against its SHA-256.
 
     Args:
         name: Model name recorded in the stream.
         sha256: Hex SHA-256 recorded in the stream.
-        model: A model the caller supplies (path or name); None looks among shipped models.
+        model: A model the caller supplies (path or name); None searches :func:`model_dirs`
+            for ``NAME.mcw`` and takes the first whose SHA-256 is the stream's.
+        dirs: Extra folders to search (before those of MEDCODEC_MODEL_PATH).
 
     Raises:
         ModelNotFoundError: No model by that name is available.
@@ -220,12 +235,16 @@ def model_for_stream(name: str, sha256: str, model: str | os.PathLike | None) ->
     else:
         if not _NAME.fullmatch(name):
             raise ModelNotFoundError(f"stream names an invalid model {name!r}")
-        path = WEIGHTS_DIR / f"{name}.mcw"
-        if not path.is_file():
+        searched = model_dirs(dirs)
+        candidates = [d / f"{name}.mcw" for d in searched if (d / f"{name}.mcw").is_file()]
+        if not candidates:
+            where = ", ".join(str(d) for d in searched)
             raise ModelNotFoundError(
-                f"stream needs model {name!r} (sha256 {sha256[:16]}...), which is not shipped; give the model file (model=PATH; --model PATH on the command line)"
+                f"stream needs model {name!r} (sha256 {sha256[:16]}...), found in none of: {where}; give the model "
+                f"file (model=PATH; --model PATH on the command line) or its folder ({MODEL_PATH_ENV}, --model-dir)"
             )
-        found = _load_path(str(path.resolve()))
+        loaded = [_load_path(str(c.resolve())) for c in candidates]
+        found = next((m for m in loaded if m.sha256 == sha256), loaded[0])
     if found.sha256 != sha256:
         raise ModelMismatchError(
             f"stream was encoded with model {name!r} sha256 {sha256[:16]}..., "
