@@ -464,3 +464,19 @@ def test_compress_and_decompress_summaries_as_json(tmp_path: Path, capsys) -> No
     assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-o", str(tmp_path / "b.nrrd"), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["shape"] == list(make_volume(2).shape) and record["output"] == str(tmp_path / "b.nrrd")
+
+
+def test_metadata_can_be_stripped_or_anonymized(tmp_path: Path) -> None:
+    from medcodec.privacy import identifying
+
+    meta = {"0010|0010": "Doe^Jane", "0010|0020": "12345", "0009|1001": "vendor private", "0008|0060": "CT",
+            "0028|0030": "0.7\\0.8", "descrip": "scan of Jane at St Elsewhere"}  # fmt: skip
+    medcodec.write(medcodec.Volume(make_volume(1).array, metadata=meta), tmp_path / "scan.nrrd")
+    stored = medcodec.read(tmp_path / "scan.nrrd").metadata
+    assert cli.main(["compress", str(tmp_path / "scan.nrrd"), "--lossless", "--anonymize", "-q", "-o", str(tmp_path / "a.mcz")]) == 0
+    kept = medcodec.info((tmp_path / "a.mcz").read_bytes()).metadata_keys
+    assert "0008|0060" in kept and not any(identifying(k) for k in kept)
+    assert {"0010|0010", "0010|0020", "0009|1001", "descrip"} & set(stored) == {"0010|0010", "0010|0020", "0009|1001", "descrip"}
+    assert not {"0010|0010", "0010|0020", "0009|1001", "descrip"} & set(kept)
+    assert cli.main(["compress", str(tmp_path / "scan.nrrd"), "--lossless", "--strip-metadata", "-q", "-o", str(tmp_path / "s.mcz")]) == 0
+    assert medcodec.info((tmp_path / "s.mcz").read_bytes()).metadata_keys == []

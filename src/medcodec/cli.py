@@ -356,6 +356,10 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
     _refuse_stream_input(source)
     volume = read(source)
+    if args.strip_metadata or args.anonymize:
+        from .privacy import anonymized
+
+        volume.metadata = {} if args.strip_metadata else anonymized(volume.metadata)
     max_error = 0.0 if args.lossless else args.max_error
     progress = _Progress("compressing", enabled=not args.quiet)
     try:
@@ -595,6 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     mode.add_argument("--max-error", type=_max_error, metavar="D", help="near-lossless: every voxel within +-D of the original")
     mode.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
+    privacy = p.add_mutually_exclusive_group()
+    privacy.add_argument("--strip-metadata", action="store_true", help="store no metadata (header fields, DICOM tags)")
+    privacy.add_argument("--anonymize", action="store_true",
+                         help="drop identifying metadata: patient, institution and visit DICOM tags, private tags, "
+                              "NIfTI free text (medcodec.privacy lists them)")  # fmt: skip
     _add_common(p, model_help="model name or weights file (default: the built-in model)")
     p.set_defaults(func=_cmd_compress)
 
