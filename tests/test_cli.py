@@ -480,3 +480,39 @@ def test_metadata_can_be_stripped_or_anonymized(tmp_path: Path) -> None:
     assert not {"0010|0010", "0010|0020", "0009|1001", "descrip"} & set(kept)
     assert cli.main(["compress", str(tmp_path / "scan.nrrd"), "--lossless", "--strip-metadata", "-q", "-o", str(tmp_path / "s.mcz")]) == 0
     assert medcodec.info((tmp_path / "s.mcz").read_bytes()).metadata_keys == []
+
+
+def _site_tree(root: Path) -> None:
+    """Two volumes, one in a subfolder, a DICOM series, an unreadable file and a stray text file."""
+    (root / "site" / "sub").mkdir(parents=True)
+    medcodec.write(make_volume(1), root / "site" / "a.nii.gz")
+    medcodec.write(make_volume(2), root / "site" / "sub" / "b.nrrd")
+    write_dicom_series(make_volume(3), root / "site" / "series")
+    (root / "site" / "broken.nii.gz").write_bytes(b"not a volume")
+    (root / "site" / "notes.txt").write_text("ignored")
+
+
+def test_a_batch_goes_on_past_a_failure_and_mirrors_its_folders(tmp_path: Path, capsys) -> None:
+    _site_tree(tmp_path)
+    out = tmp_path / "out"
+    code = cli.main(["compress", str(tmp_path / "site"), "-r", "--lossless", "-o", str(out), "--json", "-j", "2"])
+    records = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
+    assert code == 8 and not records["broken.nii.gz"]["ok"]  # the failure's exit code; the rest went on
+    assert all(records[n]["ok"] for n in ("a.nii.gz", "b.nrrd", "series"))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mcz")) == ["site/a.mcz", "site/series.mcz", "site/sub/b.mcz"]
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary leftovers
+    assert cli.main(["decompress", str(out), "-r", "-q"]) == 0
+    assert np.array_equal(medcodec.read(out / "site" / "sub" / "b.nii.gz").array, make_volume(2).array)
+    assert cli.main(["test", *map(str, sorted(out.rglob("*.mcz")))]) == 0
+
+
+def test_a_batch_runs_on_a_dask_cluster(tmp_path: Path, capsys) -> None:
+    distributed = pytest.importorskip("distributed")
+    _site_tree(tmp_path)
+    (tmp_path / "site" / "broken.nii.gz").unlink()
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        code = cli.main(["compress", str(tmp_path / "site"), "-r", "--max-error", "1", "--scheduler", cluster.scheduler_address, "--json"])
+    records = json.loads(capsys.readouterr().out)
+    assert code == 0 and len(records) == 3 and all(r["ok"] for r in records)
+    back = medcodec.decompress((tmp_path / "site" / "a.mcz").read_bytes()).array
+    assert np.abs(back.astype(np.int64) - make_volume(1).array).max() <= 1

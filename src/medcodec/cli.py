@@ -131,6 +131,73 @@ def default_decompress_output(source: str | os.PathLike) -> Path:
     return path.with_name(stem + ".nii.gz")
 
 
+def _beside_if_taken(default: Path, *, force: bool) -> Path:
+    """A default volume name that is taken (usually by the file the stream was made from)
+    gives way to ``NAME.decoded.nii.gz`` beside it, unless ``force`` asks to replace it."""
+    if not force and default.exists() and default.name.endswith(".nii.gz"):
+        return default.with_name(default.name[: -len(".nii.gz")] + ".decoded.nii.gz")
+    return default
+
+
+def _batch_or_one(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """The command for one input as typed, or a batch of it over several inputs and folders."""
+
+    def run(args: argparse.Namespace) -> int:
+        if len(args.inputs) == 1 and not args.recursive and args.jobs == 1 and args.scheduler is None:
+            args.input = args.inputs[0]
+            return command(args)
+        return _run_batch(command, args)
+
+    run.__name__ = command.__name__
+    return run
+
+
+def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from .batch import Job, find_inputs, plan_jobs, run_jobs
+
+    name = "compress" if command is _cmd_compress else "decompress"
+    if args.output == "-" or "-" in args.inputs:
+        raise InvalidInputError("a batch reads and writes files: - (stdin, stdout) takes a single input")
+    if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise InvalidInputError(f"with several inputs, -o names a folder; {args.output} is a file")
+    if args.jobs < 1:
+        raise InvalidInputError(f"--jobs must be at least 1, got {args.jobs}")
+    default = default_compress_output if name == "compress" else default_decompress_output
+    jobs = plan_jobs(list(find_inputs(args.inputs, recursive=args.recursive, command=name)), args.output, default)
+    if name == "decompress":
+        jobs = [Job(j.source, _beside_if_taken(j.output, force=args.force)) for j in jobs]
+    if not jobs:
+        raise InvalidInputError(f"no inputs to {name} in {', '.join(args.inputs)}")
+
+    def report(record: dict[str, Any], done: int, total: int) -> None:
+        if args.quiet or args.json:
+            return
+        if record["ok"]:
+            ratio = _ratio(record["input_bytes"], record["output_bytes"]) if name == "compress" else ""
+            print(f"[{done}/{total}] {record['file']} -> {record['output']} {ratio}".rstrip(), file=sys.stderr)
+        else:
+            print(f"[{done}/{total}] {record['file']}: FAILED: {record['message']}", file=sys.stderr)
+
+    # Workers get the options only: the parser's closure does not travel to other processes.
+    options = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "func"})
+    records = run_jobs(command, options, jobs, workers=args.jobs, scheduler=args.scheduler, on_done=report)
+    failed = [r for r in records if not r["ok"]]
+    if args.json:
+        _print_json_list(records)
+    elif not args.quiet:
+        ok = [r for r in records if r["ok"]]
+        into, out = sum(r["input_bytes"] for r in ok), sum(r["output_bytes"] for r in ok)
+        total = f", {_human_size(into)} -> {_human_size(out)}" + (f" ({_ratio(into, out)})" if name == "compress" else "")
+        print(f"{len(records)} files: {len(ok)} done, {len(failed)} failed{total if ok else ''}")
+    return failed[0]["exit_code"] if failed else 0
+
+
+def _print_json_list(records: list[dict[str, Any]]) -> None:
+    import json
+
+    print(json.dumps(records, indent=2))
+
+
 def _resolve_output(given: str | None, default: Path) -> Path:
     """Apply ``-o``: a path, or an existing folder that receives the default file name."""
     if given is None:
@@ -407,11 +474,9 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
             raise InvalidInputError("reading the stream from stdin, give the volume's file name with -o")
     else:
         _check_input(source)
-    default = default_decompress_output(source)
-    if args.output is None and not args.force and default.exists():
-        # Usually the file the stream was made from: keep it, and write beside it.
-        default = default.with_name(default.name[: -len(".nii.gz")] + ".decoded.nii.gz")
-    dest = _resolve_output(args.output, default)
+    dest = _resolve_output(args.output, default_decompress_output(source))
+    if args.output is None or Path(args.output).is_dir():
+        dest = _beside_if_taken(dest, force=args.force)
     suffix = next((s for s in WRITE_SUFFIXES if dest.name.lower().endswith(s)), None)
     if suffix is None:  # checked before decoding, which can take a while
         raise InvalidInputError(f"cannot tell the format of {dest.name!r}; use one of {', '.join(WRITE_SUFFIXES)}")
@@ -590,8 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
         )  # fmt: skip
 
     p = add("compress", "Compress a volume file or DICOM series folder into a .mcz file.")
-    p.add_argument("input", metavar="INPUT", help="volume file (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folder")
-    p.add_argument("-o", "--output", metavar="OUT", help="output file or folder (default: INPUT with its extension replaced by .mcz)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="volume files (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folders")  # fmt: skip
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="output file or folder (default: INPUT with its extension replaced by .mcz; - for stdout); "
+                        "with several inputs, a folder that mirrors them")  # fmt: skip
+    _add_batch(p, "volume files and DICOM series folders")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--quality", type=int, metavar="Q",
@@ -605,10 +674,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="drop identifying metadata: patient, institution and visit DICOM tags, private tags, "
                               "NIfTI free text (medcodec.privacy lists them)")  # fmt: skip
     _add_common(p, model_help="model name or weights file (default: the built-in model)")
-    p.set_defaults(func=_cmd_compress)
+    p.set_defaults(func=_batch_or_one(_cmd_compress))
 
     p = add("decompress", "Decompress a .mcz file into a volume file.")
-    p.add_argument("input", metavar="FILE", help="compressed .mcz file")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin)")
+    _add_batch(p, ".mcz files")
     p.add_argument(
         "-o", "--output", metavar="OUT",
         help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
@@ -619,7 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", type=_region, metavar="Z0:Z1,Y0:Y1,X0:X1",
                    help="decode only this block (voxel indices, ends exclusive, any part may be empty: ':')")  # fmt: skip
     _add_common(p, model_help="model name or weights file (default: the one the stream names)")
-    p.set_defaults(func=_cmd_decompress)
+    p.set_defaults(func=_batch_or_one(_cmd_decompress))
 
     p = add("test", "Verify .mcz files: decode each and check every checksum, writing nothing.")
     p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin)")
@@ -633,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     p.set_defaults(func=_cmd_info)
     return parser
+
+
+def _add_batch(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-r", "--recursive", action="store_true", help=f"take the {what} inside the folders given")
+    p.add_argument("-j", "--jobs", type=int, default=1, metavar="N", help="files coded at once, in N processes")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="run the files on a Dask cluster (tcp://host:8786)")
 
 
 def _add_common(p: argparse.ArgumentParser, *, model_help: str) -> None:
