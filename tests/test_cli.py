@@ -516,3 +516,17 @@ def test_a_batch_runs_on_a_dask_cluster(tmp_path: Path, capsys) -> None:
     assert code == 0 and len(records) == 3 and all(r["ok"] for r in records)
     back = medcodec.decompress((tmp_path / "site" / "a.mcz").read_bytes()).array
     assert np.abs(back.astype(np.int64) - make_volume(1).array).max() <= 1
+
+
+def test_decompress_picks_the_format_and_its_compression(tmp_path: Path) -> None:
+    medcodec.write(make_volume(2), tmp_path / "scan.nii.gz")
+    assert cli.main(["compress", str(tmp_path / "scan.nii.gz"), "--lossless", "-q"]) == 0
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "--format", "nrrd", "-q"]) == 0
+    assert np.array_equal(medcodec.read(tmp_path / "scan.nrrd").array, make_volume(2).array)
+    plain, packed = tmp_path / "plain.nrrd", tmp_path / "packed.nrrd"
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-o", str(plain), "--no-compress-output", "-q"]) == 0
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "-o", str(packed), "--compress-output", "-q"]) == 0
+    assert packed.stat().st_size < plain.stat().st_size
+    assert np.array_equal(medcodec.read(packed).array, medcodec.read(plain).array)
+    assert cli.main(["decompress", str(tmp_path / "scan.mcz"), "--format", "nrrd", "-q"]) == 0  # taken: beside it
+    assert (tmp_path / "scan.decoded.nrrd").is_file()

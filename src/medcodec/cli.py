@@ -36,6 +36,7 @@ Set ``MEDCODEC_DEBUG=1`` to get the full traceback instead of the one line.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import sys
@@ -134,8 +135,11 @@ def default_decompress_output(source: str | os.PathLike) -> Path:
 def _beside_if_taken(default: Path, *, force: bool) -> Path:
     """A default volume name that is taken (usually by the file the stream was made from)
     gives way to ``NAME.decoded.nii.gz`` beside it, unless ``force`` asks to replace it."""
-    if not force and default.exists() and default.name.endswith(".nii.gz"):
-        return default.with_name(default.name[: -len(".nii.gz")] + ".decoded.nii.gz")
+    from .io import WRITE_SUFFIXES
+
+    suffix = next((x for x in WRITE_SUFFIXES if default.name.endswith(x)), None)
+    if not force and default.exists() and suffix:
+        return default.with_name(default.name[: -len(suffix)] + ".decoded" + suffix)
     return default
 
 
@@ -162,7 +166,12 @@ def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Name
         raise InvalidInputError(f"with several inputs, -o names a folder; {args.output} is a file")
     if args.jobs < 1:
         raise InvalidInputError(f"--jobs must be at least 1, got {args.jobs}")
-    default = default_compress_output if name == "compress" else default_decompress_output
+    def default(source: Path) -> Path:
+        if name == "compress":
+            return default_compress_output(source)
+        out = default_decompress_output(source)
+        return out.with_name(out.name[: -len(".nii.gz")] + "." + args.format) if args.format else out
+
     jobs = plan_jobs(list(find_inputs(args.inputs, recursive=args.recursive, command=name)), args.output, default)
     if name == "decompress":
         jobs = [Job(j.source, _beside_if_taken(j.output, force=args.force)) for j in jobs]
@@ -474,7 +483,10 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
             raise InvalidInputError("reading the stream from stdin, give the volume's file name with -o")
     else:
         _check_input(source)
-    dest = _resolve_output(args.output, default_decompress_output(source))
+    default = default_decompress_output(source)
+    if getattr(args, "format", None):
+        default = default.with_name(default.name[: -len(".nii.gz")] + "." + args.format)
+    dest = _resolve_output(args.output, default)
     if args.output is None or Path(args.output).is_dir():
         dest = _beside_if_taken(dest, force=args.force)
     suffix = next((s for s in WRITE_SUFFIXES if dest.name.lower().endswith(s)), None)
@@ -488,6 +500,9 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         volume = decompress(data, model=args.model, progress=progress, region=args.region, model_dirs=args.model_dir)
     finally:
         progress.close()
+    compress_output = getattr(args, "compress_output", None)
+    if compress_output is not None:
+        write = functools.partial(write, compress=compress_output)
     _write_volume(volume, dest, suffix, force=args.force, write=write)
 
     if args.json:
@@ -684,6 +699,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
         "(default: FILE with .mcz replaced by .nii.gz)",
     )  # fmt: skip
+    p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), default=None,
+                   help="format of the default output name (default nii.gz); -o NAME picks it from NAME's ending")  # fmt: skip
+    squeeze = p.add_mutually_exclusive_group()
+    squeeze.add_argument("--compress-output", dest="compress_output", action="store_const", const=True, default=None,
+                         help="ask the volume format for its own compression (default: only .nii.gz)")  # fmt: skip
+    squeeze.add_argument("--no-compress-output", dest="compress_output", action="store_const", const=False,
+                         help="write the volume uncompressed (a .nii.gz stays gzip framed, level 0 is not offered)")  # fmt: skip
     p.add_argument("--model-dir", action="append", default=[], metavar="DIR",
                    help="a folder of model files, searched by name (repeatable; also MEDCODEC_MODEL_PATH)")  # fmt: skip
     p.add_argument("--region", type=_region, metavar="Z0:Z1,Y0:Y1,X0:X1",
