@@ -1,6 +1,7 @@
 """Encode and decode speed of medcodec on a 512×512×N int16 CT, with the machine's load.
 
     PYTHONPATH=src:. python -m benchmarks.speed [--slices 100] [--repeats 3] [--max-errors 0,2]
+    PYTHONPATH=src:. python -m benchmarks.speed --region-slices 300   # a 64^3 region against a full decode
 
 The volume is the first N slices of the test split's abdomen CT (134×512×512, int16, 3 mm).
 Each setting is timed ``--repeats`` times through the public API (``medcodec.compress`` /
@@ -38,11 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slices", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-errors", default="0,2", help="comma-separated bounds (0: lossless)")
+    p.add_argument("--region-slices", type=int, default=0, metavar="N",
+                   help="instead: time a 64^3 region against a full decode of the CT repeated to N slices")  # fmt: skip
     args = p.parse_args(argv)
     src = next(e for e in load_manifest(split="test") if e.name.startswith("ct_abdomen_philips"))
     a = np.ascontiguousarray(medcodec.read(src.path).array[: args.slices])
     mb = a.nbytes / 1e6
     print(f"volume: {src.name}[:{args.slices}], {a.shape[0]}×{a.shape[1]}×{a.shape[2]} {a.dtype}, {mb:.1f} MB")
+    if args.region_slices:
+        _region_speed(src, args.region_slices, args.repeats)
+        return
     print("| setting | bpv | encode MB/s (median, range) | decode MB/s (median, range) | load before / after |")
     print("|---|---|---|---|---|")
     for bound in (int(b) for b in args.max_errors.split(",")):
@@ -60,6 +66,23 @@ def main(argv: list[str] | None = None) -> None:
         name = "lossless" if bound == 0 else f"max_error={bound}"
         print(f"| {name} | {8 * len(data) / a.size:.3f} | {statistics.median(enc):.1f} ({min(enc):.1f}–{max(enc):.1f}) "
               f"| {statistics.median(dec):.1f} ({min(dec):.1f}–{max(dec):.1f}) | {before:.2f} / {_load():.2f} |")
+
+
+def _region_speed(src, slices: int, repeats: int) -> None:
+    """Full lossless decode against ``decompress(region=...)`` of a 64^3 block."""
+    a = medcodec.read(src.path).array
+    a = np.ascontiguousarray(np.concatenate([a] * (-(-slices // a.shape[0])))[:slices])
+    data = medcodec.compress(a, max_error=0)
+    region = (slice(a.shape[0] // 2, a.shape[0] // 2 + 64), slice(64, 128), slice(64, 128))
+    seen: list[int] = []
+    part = medcodec.decompress(data, region=region, progress=lambda i, n: seen.append(n))
+    if not np.array_equal(part.array, a[region]):
+        raise SystemExit("region decode differs from the original")
+    full = statistics.median(_timed(medcodec.decompress, data)[0] for _ in range(repeats))
+    block = statistics.median(_timed(medcodec.decompress, data, region=region)[0] for _ in range(repeats))
+    print(f"{a.shape[0]}×{a.shape[1]}×{a.shape[2]} int16 lossless, {medcodec.info(data).n_tiles} tiles; region "
+          f"{tuple((r.start, r.stop) for r in region)} touches {seen[-1]} tiles: full decode {full:.2f} s, "
+          f"region {block:.3f} s ({full / block:.1f}× faster); load {_load():.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
