@@ -57,3 +57,14 @@ def test_conflicting_options_are_refused():
         Medcodec(max_error=1, quality=50)
     with pytest.raises(medcodec.InvalidInputError, match="mutually exclusive"):
         MedcodecZarr(max_error=1, quality=50)
+
+
+def test_a_region_read_through_a_dask_cluster_equals_the_original(tmp_path, volume):
+    distributed = pytest.importorskip("distributed")
+    z = zarr.create_array(zarr.storage.LocalStore(tmp_path / "v.zarr"), shape=volume.shape, chunks=(10, 20, 18),
+                          dtype="int16", serializer=MedcodecZarr(), compressors=None)  # fmt: skip
+    z[:] = volume
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        with distributed.Client(cluster):
+            arr = da.from_zarr(str(tmp_path / "v.zarr"))
+            assert np.array_equal(arr[4:17, 9:33, 5:30].compute(), volume[4:17, 9:33, 5:30])
