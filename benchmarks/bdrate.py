@@ -31,8 +31,7 @@ def rd_front(rates: Sequence[float], psnrs: Sequence[float]) -> tuple[np.ndarray
     Returns:
         (rates, psnrs) with both strictly increasing.
     """
-    pts = sorted((float(r), float(p)) for r, p in zip(rates, psnrs)
-                 if math.isfinite(p) and math.isfinite(r) and r > 0)
+    pts = sorted((float(r), float(p)) for r, p in zip(rates, psnrs) if math.isfinite(p) and math.isfinite(r) and r > 0)
     front: list[tuple[float, float]] = []
     for r, p in pts:  # ascending rate: keep a point only if it beats every cheaper one
         if not front or p > front[-1][1]:
@@ -60,9 +59,13 @@ def rate_at_psnr(rates: Sequence[float], psnrs: Sequence[float], target: float) 
     return float(np.exp(f(target)))
 
 
-def psnr_overlap(ref_rates: Sequence[float], ref_psnrs: Sequence[float],
-                 test_rates: Sequence[float], test_psnrs: Sequence[float],
-                 psnr_range: tuple[float, float] = PSNR_RANGE) -> tuple[float, float] | None:
+def psnr_overlap(
+    ref_rates: Sequence[float],
+    ref_psnrs: Sequence[float],
+    test_rates: Sequence[float],
+    test_psnrs: Sequence[float],
+    psnr_range: tuple[float, float] = PSNR_RANGE,
+) -> tuple[float, float] | None:
     """The PSNR interval :func:`bd_rate` integrates over, or None when there is none."""
     _, p_ref = rd_front(ref_rates, ref_psnrs)
     _, p_test = rd_front(test_rates, test_psnrs)
@@ -73,9 +76,13 @@ def psnr_overlap(ref_rates: Sequence[float], ref_psnrs: Sequence[float],
     return (float(lo), float(hi)) if hi > lo else None
 
 
-def bd_rate(ref_rates: Sequence[float], ref_psnrs: Sequence[float],
-            test_rates: Sequence[float], test_psnrs: Sequence[float],
-            psnr_range: tuple[float, float] = PSNR_RANGE) -> float | None:
+def bd_rate(
+    ref_rates: Sequence[float],
+    ref_psnrs: Sequence[float],
+    test_rates: Sequence[float],
+    test_psnrs: Sequence[float],
+    psnr_range: tuple[float, float] = PSNR_RANGE,
+) -> float | None:
     """Bjøntegaard delta rate of a test curve against a reference curve, in percent.
 
     The mean difference of log-rate at equal PSNR over the curves' PSNR overlap

@@ -55,7 +55,15 @@ __all__ = [
     "Codec",
     "CodecSetting",
     "Encoded",
-    "GZIP", "HTJ2K", "JPEG2000", "JPEGLS", "JPEGXL", "MEDCODEC", "SZ3", "TOMOZ", "ZSTD",
+    "GZIP",
+    "HTJ2K",
+    "JPEG2000",
+    "JPEGLS",
+    "JPEGXL",
+    "MEDCODEC",
+    "SZ3",
+    "TOMOZ",
+    "ZSTD",
     "baseline_settings",
     "medcodec_settings",
     "medcodec_status",
@@ -63,7 +71,16 @@ __all__ = [
 ]
 
 GZIP, ZSTD, JPEG2000, HTJ2K, JPEGLS, JPEGXL, TOMOZ, SZ3, MEDCODEC = (
-    "gzip-6", "zstd-19", "JPEG 2000", "HTJ2K", "JPEG-LS", "JPEG XL", "tomoz", "SZ3", "medcodec")
+    "gzip-6",
+    "zstd-19",
+    "JPEG 2000",
+    "HTJ2K",
+    "JPEG-LS",
+    "JPEG XL",
+    "tomoz",
+    "SZ3",
+    "medcodec",
+)
 #: Column order of every table (tomoz beside JPEG XL, SZ3 beside JPEG-LS's NEAR columns).
 CODEC_ORDER = (GZIP, ZSTD, JPEG2000, HTJ2K, JPEGLS, JPEGXL, TOMOZ, SZ3, MEDCODEC)
 
@@ -207,8 +224,7 @@ class MedcodecCodec:
         import medcodec
 
         mvol = medcodec.Volume(vol.array, vol.spacing, vol.origin, vol.direction)
-        return Encoded([bytes(medcodec.compress(mvol, **self.kwargs))], vol.array.shape,
-                       vol.array.dtype)
+        return Encoded([bytes(medcodec.compress(mvol, **self.kwargs))], vol.array.shape, vol.array.dtype)
 
     def decode(self, enc: Encoded) -> np.ndarray:
         import medcodec
@@ -242,8 +258,7 @@ class TomozCodec:
         if isinstance(target, str):
             raise ValueError(target)
         dtype, shift = target
-        return Encoded([bytes(tomoz.encode((a.astype(np.int64) + shift).astype(dtype)))],
-                       a.shape, a.dtype, shift)
+        return Encoded([bytes(tomoz.encode((a.astype(np.int64) + shift).astype(dtype)))], a.shape, a.dtype, shift)
 
     def decode(self, enc: Encoded) -> np.ndarray:
         out = np.asarray(tomoz.decode(enc.chunks[0])).reshape(enc.shape)
@@ -288,8 +303,7 @@ class SZ3Codec:
         return Encoded([compressed.tobytes()], a.shape, a.dtype)
 
     def decode(self, enc: Encoded) -> np.ndarray:
-        out, _ = pysz.sz.decompress(np.frombuffer(enc.chunks[0], np.uint8),
-                                    self._work_dtype(enc.dtype), enc.shape)
+        out, _ = pysz.sz.decompress(np.frombuffer(enc.chunks[0], np.uint8), self._work_dtype(enc.dtype), enc.shape)
         info = np.iinfo(enc.dtype)
         return np.clip(out.reshape(enc.shape), info.min, info.max).astype(enc.dtype)
 
@@ -331,6 +345,7 @@ def _jpeg2k_lossy_encoder(target_db: float) -> EncoderFactory:
         peak = float(np.iinfo(dtype).max)
         level = target_db + (20 * math.log10(peak / data_range) if data_range > 0 else 0.0)
         return lambda s: imagecodecs.jpeg2k_encode(s, level=level)
+
     return make
 
 
@@ -360,8 +375,9 @@ def _imagecodecs_missing(module: str) -> str | None:
     return why + " (OpenJPEG decodes HTJ2K but cannot encode it)" if module == "HTJ2K" else why
 
 
-def baseline_settings(*, quick: bool = False,
-                      codecs: Sequence[str] | None = None) -> tuple[list[CodecSetting], list[str]]:
+def baseline_settings(
+    *, quick: bool = False, codecs: Sequence[str] | None = None
+) -> tuple[list[CodecSetting], list[str]]:
     """The baseline and peer settings to measure, and a message for each codec that is skipped.
 
     Args:
@@ -386,37 +402,58 @@ def baseline_settings(*, quick: bool = False,
         gz = RawBytesCodec(lambda b: gzip.compress(b, compresslevel=6, mtime=0), gzip.decompress)
         out.append(CodecSetting(GZIP, "lossless", "level=6", None, 0, gz))
     if want(ZSTD, None):
-        zc = RawBytesCodec(zstandard.ZstdCompressor(level=19).compress,
-                           zstandard.ZstdDecompressor().decompress)
+        zc = RawBytesCodec(zstandard.ZstdCompressor(level=19).compress, zstandard.ZstdDecompressor().decompress)
         out.append(CodecSetting(ZSTD, "lossless", "level=19", None, 0, zc))
     if want(JPEG2000, _imagecodecs_missing("JPEG2K")):
         dec = imagecodecs.jpeg2k_decode
-        out.append(CodecSetting(JPEG2000, "lossless", "lossless", None, 0,
-                                SliceCodec(_fixed(imagecodecs.jpeg2k_encode), dec)))
+        out.append(
+            CodecSetting(JPEG2000, "lossless", "lossless", None, 0, SliceCodec(_fixed(imagecodecs.jpeg2k_encode), dec))
+        )
         for t in QUICK_JPEG2000_PSNR_TARGETS if quick else JPEG2000_PSNR_TARGETS:
-            out.append(CodecSetting(JPEG2000, "lossy", f"target={t}dB", float(t), None,
-                                    SliceCodec(_jpeg2k_lossy_encoder(t), dec)))
+            out.append(
+                CodecSetting(
+                    JPEG2000, "lossy", f"target={t}dB", float(t), None, SliceCodec(_jpeg2k_lossy_encoder(t), dec)
+                )
+            )
     if want(HTJ2K, _imagecodecs_missing("HTJ2K")):
-        out.append(CodecSetting(HTJ2K, "lossless", "lossless", None, 0,
-                                SliceCodec(_fixed(imagecodecs.htj2k_encode), imagecodecs.htj2k_decode)))
+        out.append(
+            CodecSetting(
+                HTJ2K,
+                "lossless",
+                "lossless",
+                None,
+                0,
+                SliceCodec(_fixed(imagecodecs.htj2k_encode), imagecodecs.htj2k_decode),
+            )
+        )
     if want(JPEGLS, _imagecodecs_missing("JPEGLS")):
         for near in (0, *JPEGLS_NEARS):
             mode, param = ("lossless", "lossless") if near == 0 else ("near-lossless", f"NEAR={near}")
-            out.append(CodecSetting(JPEGLS, mode, param, float(near), near,
-                                    SliceCodec(_fixed(_jpegls_encoder(near)), imagecodecs.jpegls_decode)))
+            out.append(
+                CodecSetting(
+                    JPEGLS,
+                    mode,
+                    param,
+                    float(near),
+                    near,
+                    SliceCodec(_fixed(_jpegls_encoder(near)), imagecodecs.jpegls_decode),
+                )
+            )
     if want(JPEGXL, _imagecodecs_missing("JPEGXL")):
         dec = imagecodecs.jpegxl_decode
         lossless = lambda s: imagecodecs.jpegxl_encode(s, lossless=True, effort=JPEGXL_EFFORT)  # noqa: E731
         out.append(CodecSetting(JPEGXL, "lossless", "lossless", None, 0, SliceCodec(_fixed(lossless), dec)))
         for d in QUICK_JPEGXL_DISTANCES if quick else JPEGXL_DISTANCES:
-            out.append(CodecSetting(JPEGXL, "lossy", f"distance={d}", float(d), None,
-                                    SliceCodec(_fixed(_jpegxl_lossy_encoder(d)), dec)))
+            out.append(
+                CodecSetting(
+                    JPEGXL, "lossy", f"distance={d}", float(d), None, SliceCodec(_fixed(_jpegxl_lossy_encoder(d)), dec)
+                )
+            )
     if want(TOMOZ, None if tomoz is not None else "tomoz not installed"):
         out.append(CodecSetting(TOMOZ, "lossless", "lossless", None, 0, TomozCodec(), strict=False))
     if want(SZ3, None if pysz is not None else "pysz (SZ3) not installed"):
         for b in SZ3_ABS_BOUNDS:
-            out.append(CodecSetting(SZ3, "near-lossless", f"ABS={b}", float(b), b, SZ3Codec(b),
-                                    strict=False))
+            out.append(CodecSetting(SZ3, "near-lossless", f"ABS={b}", float(b), b, SZ3Codec(b), strict=False))
     return out, skipped
 
 
@@ -432,15 +469,17 @@ def medcodec_status() -> str | None:
     return None
 
 
-def medcodec_settings(qualities: Sequence[int] = MEDCODEC_QUALITIES,
-                      max_errors: Sequence[int] = MEDCODEC_MAX_ERRORS) -> list[CodecSetting]:
+def medcodec_settings(
+    qualities: Sequence[int] = MEDCODEC_QUALITIES, max_errors: Sequence[int] = MEDCODEC_MAX_ERRORS
+) -> list[CodecSetting]:
     """medcodec's sweep: lossy ``quality=Q`` points and ``max_error=D`` points (D=0 lossless)."""
-    out = [CodecSetting(MEDCODEC, "lossy", f"quality={q}", float(q), None,
-                        MedcodecCodec(quality=int(q)), strict=False) for q in qualities]
+    out = [
+        CodecSetting(MEDCODEC, "lossy", f"quality={q}", float(q), None, MedcodecCodec(quality=int(q)), strict=False)
+        for q in qualities
+    ]
     for d in max_errors:
         mode, param = ("lossless", "lossless") if d == 0 else ("near-lossless", f"max_error={d}")
-        out.append(CodecSetting(MEDCODEC, mode, param, float(d), int(d),
-                                MedcodecCodec(max_error=int(d)), strict=False))
+        out.append(CodecSetting(MEDCODEC, mode, param, float(d), int(d), MedcodecCodec(max_error=int(d)), strict=False))
     return out
 
 
@@ -450,8 +489,7 @@ def versions() -> dict[str, str]:
 
     import zstandard
 
-    out = {"python": platform.python_version(), "numpy": np.__version__,
-           "zstandard": zstandard.__version__}
+    out = {"python": platform.python_version(), "numpy": np.__version__, "zstandard": zstandard.__version__}
     if imagecodecs is not None:
         out["imagecodecs"] = imagecodecs.__version__
         for lib in ("jpeg2k", "htj2k", "jpegls", "jpegxl"):

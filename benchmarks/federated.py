@@ -263,15 +263,19 @@ def load_test_volumes(entries, crop: Sequence[int]) -> dict[str, dict[str, Any]]
     for e in entries:
         vol = read(e.path)
         arr = central_crop(vol.array, crop)
-        out[e.name] = {"site": e.site, "volume": Volume(arr, vol.spacing, vol.origin, vol.direction),
-                       "shape": list(vol.array.shape), "cropped_shape": list(arr.shape), "dtype": str(arr.dtype)}
+        out[e.name] = {
+            "site": e.site,
+            "volume": Volume(arr, vol.spacing, vol.origin, vol.direction),
+            "shape": list(vol.array.shape),
+            "cropped_shape": list(arr.shape),
+            "dtype": str(arr.dtype),
+        }
     return out
 
 
 def measure(model_path: str, volume, quality: int) -> dict[str, Any]:
     """One RD point through the public codec API: bytes, bpv, PSNR, max error, stream parts."""
     import medcodec
-
     from benchmarks.metrics import bits_per_voxel, max_abs_error, psnr
 
     t0 = time.perf_counter()
@@ -293,13 +297,13 @@ def predictor_psnr(model_path: str, volume, quality: int) -> float | None:
     tile (None otherwise, or when the prediction is exact).
     """
     import torch
+
+    from benchmarks.metrics import psnr
     from medcodec.codec import _integer_valued, quality_gain
     from medcodec.intensity import normalize, to_voxels
     from medcodec.intnet import GAIN_ONE
     from medcodec.models import load_model
     from medcodec.tiling import DEFAULT_TILE, pad_edge, tile_grid
-
-    from benchmarks.metrics import psnr
 
     arr = volume.array
     if len(tile_grid(arr.shape, DEFAULT_TILE)) != 1:
@@ -398,9 +402,11 @@ def experiments(points, volumes: dict[str, dict[str, Any]], sites: Sequence[str]
     m1, m3 = _mean(e1.values()), _mean(e3.values())
     seeds = {}
     if "federated-seed-b" in points and "centralized-seed-b" in points:
-        for key, ref, test in (("federated_seed_a_vs_b", "federated", "federated-seed-b"),
-                               ("centralized_seed_a_vs_b", "centralized", "centralized-seed-b"),
-                               ("federated_vs_centralized_seed_b", "centralized-seed-b", "federated-seed-b")):
+        for key, ref, test in (
+            ("federated_seed_a_vs_b", "federated", "federated-seed-b"),
+            ("centralized_seed_a_vs_b", "centralized", "centralized-seed-b"),
+            ("federated_vs_centralized_seed_b", "centralized-seed-b", "federated-seed-b"),
+        ):
             per = bd_per_volume(points, ref, test, names)
             seeds[key] = {"reference": ref, "test": test, "per_volume": per, "mean": _mean(per.values())}
     all2 = [x for r in e2.values() for x in r["per_volume"].values() if x is not None]
@@ -409,23 +415,31 @@ def experiments(points, volumes: dict[str, dict[str, Any]], sites: Sequence[str]
     without = {
         "federated_vs_centralized": wl("centralized", "federated", names),
         "dropout_vs_no_dropout": wl("federated", "federated-dropout", names),
-        "federated_vs_local_only": {s: wl(f"local-only/{s}", "federated", [v for v in names if volumes[v]["site"] != s])
-                                    for s in sites if f"local-only/{s}" in points},
+        "federated_vs_local_only": {
+            s: wl(f"local-only/{s}", "federated", [v for v in names if volumes[v]["site"] != s])
+            for s in sites
+            if f"local-only/{s}" in points
+        },
     }
     return {
         "bd_rate_without_latents": without,
         "prediction_psnr_gaps": prediction_gaps(points, volumes, sites),
         "federated_vs_centralized": {
-            "per_volume": e1, "mean": m1, "target_pct": TARGETS["centralized_gap_pct"],
+            "per_volume": e1,
+            "mean": m1,
+            "target_pct": TARGETS["centralized_gap_pct"],
             "holds": m1 is not None and abs(m1) <= TARGETS["centralized_gap_pct"],
         },
         "federated_vs_local_only": {
-            "per_site": e2, "mean_over_all_pairs": _mean(all2),
+            "per_site": e2,
+            "mean_over_all_pairs": _mean(all2),
             "sites_where_federated_better": sorted(s for s, r in e2.items() if r["mean"] is not None and r["mean"] < 0),
             "holds": bool(e2) and all(r["mean"] is not None and r["mean"] < 0 for r in e2.values()),
         },
         "dropout_vs_no_dropout": {
-            "per_volume": e3, "mean": m3, "target_pct": TARGETS["dropout_gap_pct"],
+            "per_volume": e3,
+            "mean": m3,
+            "target_pct": TARGETS["dropout_gap_pct"],
             "holds": m3 is not None and abs(m3) <= TARGETS["dropout_gap_pct"],
         },
         "seed_variation": seeds,
@@ -437,19 +451,26 @@ def prediction_gaps(points, volumes: dict[str, dict[str, Any]], sites: Sequence[
 
     The same comparisons as the BD-rates, on the autoencoder's prediction before the residual layer.
     """
+
     def gap(ref: str, test: str, vols) -> float | None:
-        d = [points[test][v][q]["pred_psnr"] - points[ref][v][q]["pred_psnr"]
-             for v in vols if v in points.get(ref, {}) and v in points.get(test, {})
-             for q in points[ref][v]
-             if points[ref][v][q].get("pred_psnr") is not None and points[test][v][q].get("pred_psnr") is not None]
+        d = [
+            points[test][v][q]["pred_psnr"] - points[ref][v][q]["pred_psnr"]
+            for v in vols
+            if v in points.get(ref, {}) and v in points.get(test, {})
+            for q in points[ref][v]
+            if points[ref][v][q].get("pred_psnr") is not None and points[test][v][q].get("pred_psnr") is not None
+        ]
         return float(np.mean(d)) if d else None
 
     names = list(volumes)
     out: dict[str, Any] = {
         "federated_minus_centralized": gap("centralized", "federated", names),
         "dropout_minus_federated": gap("federated", "federated-dropout", names),
-        "federated_minus_local_only": {s: gap(f"local-only/{s}", "federated", [v for v in names if volumes[v]["site"] != s])
-                                       for s in sites if f"local-only/{s}" in points},
+        "federated_minus_local_only": {
+            s: gap(f"local-only/{s}", "federated", [v for v in names if volumes[v]["site"] != s])
+            for s in sites
+            if f"local-only/{s}" in points
+        },
     }
     if "federated-seed-b" in points:
         out["federated_seed_b_minus_a"] = gap("federated", "federated-seed-b", names)
@@ -496,38 +517,49 @@ def render_markdown(doc: dict[str, Any]) -> str:
     crop = "×".join(map(str, s["crop"]))
     L: list[str] = []
     L += ["# Federated training: federated vs centralized, vs local-only, and with dropout", ""]
-    L += [f"Produced on {doc['date']} by `benchmarks/federated.py` (raw numbers: `{doc['json']}`). Commands, in order:", ""]
+    L += [
+        f"Produced on {doc['date']} by `benchmarks/federated.py` (raw numbers: `{doc['json']}`). Commands, in order:",
+        "",
+    ]
     L += ["```sh", *doc["commands"], "```", ""]
-    L += ["Every invocation reuses what earlier ones finished (federated checkpoints, baseline model files, "
-          "the codec measurements cached in the run folder), so the numbers below are those of one training of "
-          "each model; repeated `--resume` invocations only add what is missing and rewrite this report.", ""]
+    L += [
+        "Every invocation reuses what earlier ones finished (federated checkpoints, baseline model files, "
+        "the codec measurements cached in the run folder), so the numbers below are those of one training of "
+        "each model; repeated `--resume` invocations only add what is missing and rewrite this report.",
+        "",
+    ]
     L += ["## Setup", ""]
     site_list = ", ".join(f"`{n}` ({k} training volumes)" for n, k in doc["sites"].items())
-    L += [f"- Data: the manifest's **train** split, one site per manifest `site`: {site_list}. As in "
-          "`medcodec_fed.sites_from_manifest`, each site holds its last volume back (used only for the per-round "
-          "float evaluation), and every model trains on the same remaining volumes.",
-          f"- Architecture `{s['arch']}`, patch {s['patch']}³, batch {s['batch']}, Adam lr {s['lr']}, seed {s['seed']}, one thread.",
-          f"- Budget: federated = {s['rounds']} rounds × {s['local_steps']} local steps × {len(doc['sites'])} sites "
-          f"= {doc['budget']['federated_site_steps']} site-steps of batch {s['batch']}; centralized = "
-          f"{doc['budget']['centralized_steps']} steps of batch {s['batch']} on the pooled volumes (same total patches); "
-          f"local-only = {s['rounds'] * s['local_steps']} steps per site (what each site trains in the federated run). "
-          f"Centralized and local-only models are `medcodec_fed.baselines`' (same initial model, same local-training "
-          f"function), exported to model files here. The dropout run (p = {s['dropout']} per site per round) trained "
-          f"{doc['budget']['dropout_site_steps']} site-steps ({doc['budget']['dropout_site_rounds_dropped']} of "
-          f"{s['rounds'] * len(doc['sites'])} site-rounds dropped).",
-          "- Export: the federated and centralized models with the element-wise maximum of every site's activation "
-          "ranges; a local-only model with its own site's ranges only.",
-          f"- Evaluation: the real codec (`medcodec.compress(vol, quality=q, model=PATH)` / `decompress`) at "
-          f"qualities {', '.join(map(str, s['qualities']))} on the manifest's **test** split, each volume reduced to "
-          f"a **deterministic central crop of at most {crop} (z×y×x) voxels** to keep evaluation affordable (so these "
-          "are crop numbers, not whole-volume numbers). bpv = 8 × stream bytes / voxels; PSNR over the crop's own "
-          "max − min (`benchmarks.metrics.psnr`).",
-          "- BD-rate: `benchmarks.bdrate.bd_rate` (log-rate vs PSNR, PCHIP on each curve's Pareto front, integrated over "
-          "the two curves' PSNR overlap within 35–65 dB), computed **per test volume**, then averaged over volumes. "
-          "Negative = the second model needs fewer bits than the reference for the same PSNR.", ""]
+    L += [
+        f"- Data: the manifest's **train** split, one site per manifest `site`: {site_list}. As in "
+        "`medcodec_fed.sites_from_manifest`, each site holds its last volume back (used only for the per-round "
+        "float evaluation), and every model trains on the same remaining volumes.",
+        f"- Architecture `{s['arch']}`, patch {s['patch']}³, batch {s['batch']}, Adam lr {s['lr']}, seed {s['seed']}, one thread.",
+        f"- Budget: federated = {s['rounds']} rounds × {s['local_steps']} local steps × {len(doc['sites'])} sites "
+        f"= {doc['budget']['federated_site_steps']} site-steps of batch {s['batch']}; centralized = "
+        f"{doc['budget']['centralized_steps']} steps of batch {s['batch']} on the pooled volumes (same total patches); "
+        f"local-only = {s['rounds'] * s['local_steps']} steps per site (what each site trains in the federated run). "
+        f"Centralized and local-only models are `medcodec_fed.baselines`' (same initial model, same local-training "
+        f"function), exported to model files here. The dropout run (p = {s['dropout']} per site per round) trained "
+        f"{doc['budget']['dropout_site_steps']} site-steps ({doc['budget']['dropout_site_rounds_dropped']} of "
+        f"{s['rounds'] * len(doc['sites'])} site-rounds dropped).",
+        "- Export: the federated and centralized models with the element-wise maximum of every site's activation "
+        "ranges; a local-only model with its own site's ranges only.",
+        f"- Evaluation: the real codec (`medcodec.compress(vol, quality=q, model=PATH)` / `decompress`) at "
+        f"qualities {', '.join(map(str, s['qualities']))} on the manifest's **test** split, each volume reduced to "
+        f"a **deterministic central crop of at most {crop} (z×y×x) voxels** to keep evaluation affordable (so these "
+        "are crop numbers, not whole-volume numbers). bpv = 8 × stream bytes / voxels; PSNR over the crop's own "
+        "max − min (`benchmarks.metrics.psnr`).",
+        "- BD-rate: `benchmarks.bdrate.bd_rate` (log-rate vs PSNR, PCHIP on each curve's Pareto front, integrated over "
+        "the two curves' PSNR overlap within 35–65 dB), computed **per test volume**, then averaged over volumes. "
+        "Negative = the second model needs fewer bits than the reference for the same PSNR.",
+        "",
+    ]
     L += ["| test volume | site | shape | central crop |", "|---|---|---|---|"]
     for v, info in vols.items():
-        L.append(f"| {v} | {info['site']} | {'×'.join(map(str, info['shape']))} | {'×'.join(map(str, info['cropped_shape']))} |")
+        L.append(
+            f"| {v} | {info['site']} | {'×'.join(map(str, info['shape']))} | {'×'.join(map(str, info['cropped_shape']))} |"
+        )
     L.append("")
 
     L += ["## Results", ""]
@@ -537,53 +569,95 @@ def render_markdown(doc: dict[str, Any]) -> str:
         return "n/a" if x is None else f"{x:+.2f} dB"
 
     lo_gaps = [x for x in (pg.get("federated_minus_local_only") or {}).values() if x is not None]
-    L += ["| experiment | target | measured (mean BD-rate over test volumes) | target holds | prediction PSNR, "
-          "test − ref (diagnostic) |", "|---|---|---|---|---|"]
-    L.append(f"| 1. federated vs centralized (ref) | within {e1['target_pct']:.0f} % | {_pct(e1['mean'])} | "
-             f"{_yes(e1['holds'])} | {db(pg.get('federated_minus_centralized'))} |")
+    L += [
+        "| experiment | target | measured (mean BD-rate over test volumes) | target holds | prediction PSNR, "
+        "test − ref (diagnostic) |",
+        "|---|---|---|---|---|",
+    ]
+    L.append(
+        f"| 1. federated vs centralized (ref) | within {e1['target_pct']:.0f} % | {_pct(e1['mean'])} | "
+        f"{_yes(e1['holds'])} | {db(pg.get('federated_minus_centralized'))} |"
+    )
     n_better = len(e2["sites_where_federated_better"])
-    L.append(f"| 2. federated vs each local-only model (ref), on the other sites' test volumes | federated better (< 0) "
-             f"for every site | {_pct(e2['mean_over_all_pairs'])} over all pairs; better for {n_better} of "
-             f"{len(e2['per_site'])} sites | {_yes(e2['holds'])} | "
-             + (f"{min(lo_gaps):+.2f} to {max(lo_gaps):+.2f} dB over sites |" if lo_gaps else "n/a |"))
-    L.append(f"| 3. 30 % dropout vs no dropout (ref) | within {e3['target_pct']:.0f} % | {_pct(e3['mean'])} | "
-             f"{_yes(e3['holds'])} | {db(pg.get('dropout_minus_federated'))} |")
-    L += ["", "The last column is not a target: it is the mean difference (over test volumes and qualities) of the "
-          "PSNR of the autoencoder's prediction before the residual layer, see below.", ""]
+    L.append(
+        f"| 2. federated vs each local-only model (ref), on the other sites' test volumes | federated better (< 0) "
+        f"for every site | {_pct(e2['mean_over_all_pairs'])} over all pairs; better for {n_better} of "
+        f"{len(e2['per_site'])} sites | {_yes(e2['holds'])} | "
+        + (f"{min(lo_gaps):+.2f} to {max(lo_gaps):+.2f} dB over sites |" if lo_gaps else "n/a |")
+    )
+    L.append(
+        f"| 3. 30 % dropout vs no dropout (ref) | within {e3['target_pct']:.0f} % | {_pct(e3['mean'])} | "
+        f"{_yes(e3['holds'])} | {db(pg.get('dropout_minus_federated'))} |"
+    )
+    L += [
+        "",
+        "The last column is not a target: it is the mean difference (over test volumes and qualities) of the "
+        "PSNR of the autoencoder's prediction before the residual layer, see below.",
+        "",
+    ]
 
-    L += ["### 1. Federated vs centralized (same data, same budget)", "", "| test volume | BD-rate federated vs centralized |", "|---|---|"]
+    L += [
+        "### 1. Federated vs centralized (same data, same budget)",
+        "",
+        "| test volume | BD-rate federated vs centralized |",
+        "|---|---|",
+    ]
     L += [f"| {v} | {_pct(x)} |" for v, x in e1["per_volume"].items()] + [f"| **mean** | **{_pct(e1['mean'])}** |", ""]
-    L += ["### 2. Federated vs local-only, on the other sites' test volumes", "",
-          "| local-only model of | volumes | mean BD-rate federated vs local-only | federated better on |", "|---|---|---|---|"]
+    L += [
+        "### 2. Federated vs local-only, on the other sites' test volumes",
+        "",
+        "| local-only model of | volumes | mean BD-rate federated vs local-only | federated better on |",
+        "|---|---|---|---|",
+    ]
     for site, r in e2["per_site"].items():
         L.append(f"| {site} | {r['volumes']} | {_pct(r['mean'])} | {r['federated_better_on']} of {r['volumes']} |")
     L.append("")
     vnames = list(vols)
-    L += ["Per volume (rows: local-only model; —: the model's own site):", "",
-          "| local-only model of | " + " | ".join(vnames) + " |", "|---|" + "---|" * len(vnames)]
+    L += [
+        "Per volume (rows: local-only model; —: the model's own site):",
+        "",
+        "| local-only model of | " + " | ".join(vnames) + " |",
+        "|---|" + "---|" * len(vnames),
+    ]
     for site, r in e2["per_site"].items():
-        L.append(f"| {site} | " + " | ".join(_pct(r["per_volume"][v]) if v in r["per_volume"] else "—" for v in vnames) + " |")
+        L.append(
+            f"| {site} | "
+            + " | ".join(_pct(r["per_volume"][v]) if v in r["per_volume"] else "—" for v in vnames)
+            + " |"
+        )
     L.append("")
     L += ["### 3. 30 % dropout vs no dropout", "", "| test volume | BD-rate dropout vs no dropout |", "|---|---|"]
     L += [f"| {v} | {_pct(x)} |" for v, x in e3["per_volume"].items()] + [f"| **mean** | **{_pct(e3['mean'])}** |", ""]
 
     sv = ex.get("seed_variation") or {}
     if sv:
-        L += ["### Run-to-run variation (a second seed)", "",
-              f"Federated and centralized were trained again with seed {s['noise_seed']} (everything else equal) "
-              "to see how much of the gaps above is seed noise. BD-rate of the second model against the first:", ""]
+        L += [
+            "### Run-to-run variation (a second seed)",
+            "",
+            f"Federated and centralized were trained again with seed {s['noise_seed']} (everything else equal) "
+            "to see how much of the gaps above is seed noise. BD-rate of the second model against the first:",
+            "",
+        ]
         L += ["| comparison | " + " | ".join(vnames) + " | mean |", "|---|" + "---|" * (len(vnames) + 1)]
-        labels = {"federated_seed_a_vs_b": f"federated seed {s['noise_seed']} vs seed {s['seed']}",
-                  "centralized_seed_a_vs_b": f"centralized seed {s['noise_seed']} vs seed {s['seed']}",
-                  "federated_vs_centralized_seed_b": f"experiment 1 repeated with seed {s['noise_seed']} (federated vs centralized)"}
+        labels = {
+            "federated_seed_a_vs_b": f"federated seed {s['noise_seed']} vs seed {s['seed']}",
+            "centralized_seed_a_vs_b": f"centralized seed {s['noise_seed']} vs seed {s['seed']}",
+            "federated_vs_centralized_seed_b": f"experiment 1 repeated with seed {s['noise_seed']} (federated vs centralized)",
+        }
         for k, r in sv.items():
-            L.append(f"| {labels[k]} | " + " | ".join(_pct(r["per_volume"][v]) for v in vnames) + f" | {_pct(r['mean'])} |")
+            L.append(
+                f"| {labels[k]} | " + " | ".join(_pct(r["per_volume"][v]) for v in vnames) + f" | {_pct(r['mean'])} |"
+            )
         L.append("")
     qmid = str(s["qualities"][len(s["qualities"]) // 2])
     if any(p.get("pred_psnr") is not None for bv in pts.values() for bq in bv.values() for p in bq.values()):
-        L += [f"### The autoencoder's prediction alone (q{qmid})", "",
-              f"PSNR (dB) of each model's reconstruction before the residual layer corrects it, at quality {qmid} "
-              "(what the residual layer starts from; higher = less left to code):", ""]
+        L += [
+            f"### The autoencoder's prediction alone (q{qmid})",
+            "",
+            f"PSNR (dB) of each model's reconstruction before the residual layer corrects it, at quality {qmid} "
+            "(what the residual layer starts from; higher = less left to code):",
+            "",
+        ]
         L += ["| model | " + " | ".join(vnames) + " |", "|---|" + "---|" * len(vnames)]
         for m, by_vol in pts.items():
             cells = [f"{by_vol[v][qmid]['pred_psnr']:.2f}" if v in by_vol and by_vol[v][qmid].get("pred_psnr")
@@ -602,18 +676,25 @@ def render_markdown(doc: dict[str, Any]) -> str:
                      else f"{by_q[q]['bpv']:.4f} / inf" for q in qs]  # fmt: skip
             L.append(f"| {m} | {v} | " + " | ".join(cells) + " |")
     L.append("")
-    L += ["Share of the stream taken by the latents (the autoencoder's part; the rest is almost all the residual "
-          "layer), all evaluated volumes together:", ""]
+    L += [
+        "Share of the stream taken by the latents (the autoencoder's part; the rest is almost all the residual "
+        "layer), all evaluated volumes together:",
+        "",
+    ]
     L += ["| model | " + " | ".join(f"q{q}" for q in qs) + " |", "|---|" + "---|" * len(qs)]
     for m, by_q in doc["stream_shares"].items():
         L.append(f"| {m} | " + " | ".join(f"{100 * by_q[q]['latents']:.1f} %" for q in qs) + " |")
     L.append("")
     L += ["## Cost", ""]
     t = doc["timing"]
-    L += ["Training (seconds of local training on one thread, as recorded when each model was trained): " +
-          ", ".join(f"{k} {v:.0f} s" for k, v in t["training_seconds"].items() if v is not None) + ".",
-          f"Codec evaluation: {t['codec_points']} compress+decompress round trips, {t['codec_seconds']:.0f} s in all. "
-          f"Wall time of the last invocation: {t['last_invocation_wall_seconds']:.0f} s.", ""]
+    L += [
+        "Training (seconds of local training on one thread, as recorded when each model was trained): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in t["training_seconds"].items() if v is not None)
+        + ".",
+        f"Codec evaluation: {t['codec_points']} compress+decompress round trips, {t['codec_seconds']:.0f} s in all. "
+        f"Wall time of the last invocation: {t['last_invocation_wall_seconds']:.0f} s.",
+        "",
+    ]
     return "\n".join(L)
 
 
@@ -622,11 +703,13 @@ def interpret(ex: dict[str, Any], shares: dict[str, dict[str, dict[str, float]]]
     lines = []
     lat = [v["latents"] for by_q in shares.values() for v in by_q.values()]
     if lat:
-        lines.append(f"- The latents take {100 * min(lat):.1f}–{100 * max(lat):.1f} % of the streams (per model and "
-                     "quality); the residual layer, which enforces each quality's PSNR floor (20 + q/2 dB), takes "
-                     "nearly all the rest. All models therefore land at almost the same PSNR at a given quality, and "
-                     "a model changes the rate through how good a prediction its reconstruction is (a better "
-                     "prediction leaves smaller residuals) and through its latents' size (see below).")
+        lines.append(
+            f"- The latents take {100 * min(lat):.1f}–{100 * max(lat):.1f} % of the streams (per model and "
+            "quality); the residual layer, which enforces each quality's PSNR floor (20 + q/2 dB), takes "
+            "nearly all the rest. All models therefore land at almost the same PSNR at a given quality, and "
+            "a model changes the rate through how good a prediction its reconstruction is (a better "
+            "prediction leaves smaller residuals) and through its latents' size (see below)."
+        )
     qs = sorted({q for bv in points.values() for bq in bv.values() for q in bq}, key=int)
     if qs:
         qmid = qs[len(qs) // 2]
@@ -640,82 +723,123 @@ def interpret(ex: dict[str, Any], shares: dict[str, dict[str, dict[str, float]]]
         if spreads:
             floor = 20 + int(qmid) / 2
             rel = "below" if max(values) < floor else "compared with"
-            lines.append(f"- The prediction alone (before the residual layer) reaches {min(values):.1f}–{max(values):.1f} "
-                         f"dB at q{qmid}, {rel} the {floor:.0f} dB floor the residual layer then enforces; on one "
-                         f"volume the models' predictions differ by at most {max(spreads):.2f} dB (mean spread "
-                         f"{np.mean(spreads):.2f} dB)."
-                         + (" With predictions this close, the models' rates can only differ a little." if max(spreads) < 1.0 else ""))
+            lines.append(
+                f"- The prediction alone (before the residual layer) reaches {min(values):.1f}–{max(values):.1f} "
+                f"dB at q{qmid}, {rel} the {floor:.0f} dB floor the residual layer then enforces; on one "
+                f"volume the models' predictions differ by at most {max(spreads):.2f} dB (mean spread "
+                f"{np.mean(spreads):.2f} dB)."
+                + (
+                    " With predictions this close, the models' rates can only differ a little."
+                    if max(spreads) < 1.0
+                    else ""
+                )
+            )
     pg = ex.get("prediction_psnr_gaps") or {}
     if pg.get("federated_minus_centralized") is not None:
+
         def db(x):
             return "n/a" if x is None else f"{x:+.2f} dB"
 
         lo = pg.get("federated_minus_local_only", {})
-        lines.append("- On the prediction alone (mean over test volumes and qualities, test − reference) the models "
-                     f"do differ: federated − centralized {db(pg['federated_minus_centralized'])}"
-                     + (f" (seed {db(pg.get('federated_minus_centralized_seed_b'))} with the second seed)"
-                        if "federated_minus_centralized_seed_b" in pg else "")
-                     + f"; dropout − no dropout {db(pg['dropout_minus_federated'])}; federated − local-only "
-                     + ", ".join(f"{k} {db(v)}" for k, v in lo.items())
-                     + (f"; seed-to-seed: federated {db(pg.get('federated_seed_b_minus_a'))}, centralized "
-                        f"{db(pg.get('centralized_seed_b_minus_a'))}" if "federated_seed_b_minus_a" in pg else "")
-                     + ". The codec's rate barely reflects this because its residual layer predicts every voxel "
-                     "finer than the base grid from the decoded reconstruction errors of its neighbours "
-                     "(`medcodec.residual`), so at these qualities (PSNR floors 30–60 dB, predictions near 20 dB) "
-                     "the neighbours, not the autoencoder, carry most of the prediction. The BD-rate comparisons "
-                     f"therefore come out within {_max_abs_bd(ex):.2f} % per volume, and they say little about the "
-                     "learned model; the prediction PSNR is the more sensitive measure of what federation changes.")
+        lines.append(
+            "- On the prediction alone (mean over test volumes and qualities, test − reference) the models "
+            f"do differ: federated − centralized {db(pg['federated_minus_centralized'])}"
+            + (
+                f" (seed {db(pg.get('federated_minus_centralized_seed_b'))} with the second seed)"
+                if "federated_minus_centralized_seed_b" in pg
+                else ""
+            )
+            + f"; dropout − no dropout {db(pg['dropout_minus_federated'])}; federated − local-only "
+            + ", ".join(f"{k} {db(v)}" for k, v in lo.items())
+            + (
+                f"; seed-to-seed: federated {db(pg.get('federated_seed_b_minus_a'))}, centralized "
+                f"{db(pg.get('centralized_seed_b_minus_a'))}"
+                if "federated_seed_b_minus_a" in pg
+                else ""
+            )
+            + ". The codec's rate barely reflects this because its residual layer predicts every voxel "
+            "finer than the base grid from the decoded reconstruction errors of its neighbours "
+            "(`medcodec.residual`), so at these qualities (PSNR floors 30–60 dB, predictions near 20 dB) "
+            "the neighbours, not the autoencoder, carry most of the prediction. The BD-rate comparisons "
+            f"therefore come out within {_max_abs_bd(ex):.2f} % per volume, and they say little about the "
+            "learned model; the prediction PSNR is the more sensitive measure of what federation changes."
+        )
     wl = ex.get("bd_rate_without_latents") or {}
     if wl.get("federated_vs_centralized") is not None:
         lo_wl = [x for x in wl["federated_vs_local_only"].values() if x is not None]
-        lines.append("- Leaving the latents out of the rate (residual layer and headers only) changes the mean "
-                     f"BD-rates to: federated vs centralized {_pct(wl['federated_vs_centralized'])} (with latents "
-                     f"{_pct(ex['federated_vs_centralized']['mean'])}); dropout {_pct(wl['dropout_vs_no_dropout'])} "
-                     f"({_pct(ex['dropout_vs_no_dropout']['mean'])}); federated vs local-only per site "
-                     + ", ".join(f"{k} {_pct(v)}" for k, v in wl["federated_vs_local_only"].items())
-                     + (f" (all pairs with latents {_pct(ex['federated_vs_local_only']['mean_over_all_pairs'])})."
-                        if lo_wl else ".")
-                     + " The difference between the two is what the models' latent sizes contribute.")
-    all_bd = [x for e in (ex["federated_vs_centralized"]["per_volume"], ex["dropout_vs_no_dropout"]["per_volume"])
-              for x in e.values() if x is not None]
-    all_bd += [x for r in ex["federated_vs_local_only"]["per_site"].values() for x in r["per_volume"].values()
-               if x is not None]
+        lines.append(
+            "- Leaving the latents out of the rate (residual layer and headers only) changes the mean "
+            f"BD-rates to: federated vs centralized {_pct(wl['federated_vs_centralized'])} (with latents "
+            f"{_pct(ex['federated_vs_centralized']['mean'])}); dropout {_pct(wl['dropout_vs_no_dropout'])} "
+            f"({_pct(ex['dropout_vs_no_dropout']['mean'])}); federated vs local-only per site "
+            + ", ".join(f"{k} {_pct(v)}" for k, v in wl["federated_vs_local_only"].items())
+            + (
+                f" (all pairs with latents {_pct(ex['federated_vs_local_only']['mean_over_all_pairs'])})."
+                if lo_wl
+                else "."
+            )
+            + " The difference between the two is what the models' latent sizes contribute."
+        )
+    all_bd = [
+        x
+        for e in (ex["federated_vs_centralized"]["per_volume"], ex["dropout_vs_no_dropout"]["per_volume"])
+        for x in e.values()
+        if x is not None
+    ]
+    all_bd += [
+        x for r in ex["federated_vs_local_only"]["per_site"].values() for x in r["per_volume"].values() if x is not None
+    ]
     if all_bd:
-        lines.append(f"- Across every comparison the per-volume BD-rates span {min(all_bd):+.2f} % to "
-                     f"{max(all_bd):+.2f} %. They are differences of the total rate, most of which is the residual "
-                     "layer, so a model that predicts better shows up as a smaller rate at the same PSNR, diluted by "
-                     "everything the residual layer has to code anyway.")
+        lines.append(
+            f"- Across every comparison the per-volume BD-rates span {min(all_bd):+.2f} % to "
+            f"{max(all_bd):+.2f} %. They are differences of the total rate, most of which is the residual "
+            "layer, so a model that predicts better shows up as a smaller rate at the same PSNR, diluted by "
+            "everything the residual layer has to code anyway."
+        )
     e1 = ex["federated_vs_centralized"]
     if e1["mean"] is not None:
         word = "fewer" if e1["mean"] < 0 else "more"
-        lines.append(f"- Federated vs centralized: the federated model needs {abs(e1['mean']):.2f} % {word} bits on "
-                     f"average; the {e1['target_pct']:.0f} % target {'holds' if e1['holds'] else 'does not hold'}.")
+        lines.append(
+            f"- Federated vs centralized: the federated model needs {abs(e1['mean']):.2f} % {word} bits on "
+            f"average; the {e1['target_pct']:.0f} % target {'holds' if e1['holds'] else 'does not hold'}."
+        )
     e2 = ex["federated_vs_local_only"]
     if e2["per_site"]:
         worse = [s for s, r in e2["per_site"].items() if r["mean"] is None or r["mean"] >= 0]
-        lines.append(f"- Federated vs local-only on other sites' data: federated is better (negative BD-rate) than "
-                     f"the local-only model of {len(e2['sites_where_federated_better'])} of {len(e2['per_site'])} "
-                     "sites" + (f"; not better than {', '.join(worse)}" if worse else "") + ". A site alone sees "
-                     "only its own modality and scanner; the federated model has seen every site.")
+        lines.append(
+            f"- Federated vs local-only on other sites' data: federated is better (negative BD-rate) than "
+            f"the local-only model of {len(e2['sites_where_federated_better'])} of {len(e2['per_site'])} "
+            "sites" + (f"; not better than {', '.join(worse)}" if worse else "") + ". A site alone sees "
+            "only its own modality and scanner; the federated model has seen every site."
+        )
     e3 = ex["dropout_vs_no_dropout"]
     if e3["mean"] is not None:
         word = "fewer" if e3["mean"] < 0 else "more"
-        lines.append(f"- Dropout: with 30 % of the site-rounds dropped the model needs {abs(e3['mean']):.2f} % "
-                     f"{word} bits than without; the {e3['target_pct']:.0f} % target "
-                     f"{'holds' if e3['holds'] else 'does not hold'}. The dropout run also trained fewer site-steps "
-                     "(dropped sites do not train), so this measures both the lost compute and the biased rounds.")
+        lines.append(
+            f"- Dropout: with 30 % of the site-rounds dropped the model needs {abs(e3['mean']):.2f} % "
+            f"{word} bits than without; the {e3['target_pct']:.0f} % target "
+            f"{'holds' if e3['holds'] else 'does not hold'}. The dropout run also trained fewer site-steps "
+            "(dropped sites do not train), so this measures both the lost compute and the biased rounds."
+        )
     sv = ex.get("seed_variation") or {}
     if sv:
         fa, ca = sv["federated_seed_a_vs_b"]["mean"], sv["centralized_seed_a_vs_b"]["mean"]
         e1b = sv["federated_vs_centralized_seed_b"]["mean"]
-        lines.append(f"- Seed noise: changing only the seed moves the federated model by {_pct(fa)} and the centralized "
-                     f"one by {_pct(ca)} (mean BD-rate); experiment 1 repeated with the second seed gives {_pct(e1b)}"
-                     + (f" (target {'holds' if abs(e1b) <= TARGETS['centralized_gap_pct'] else 'does not hold'} there)."
-                        if e1b is not None else ".")
-                     + " Gaps smaller than the seed-to-seed differences are not resolved by this experiment.")
+        lines.append(
+            f"- Seed noise: changing only the seed moves the federated model by {_pct(fa)} and the centralized "
+            f"one by {_pct(ca)} (mean BD-rate); experiment 1 repeated with the second seed gives {_pct(e1b)}"
+            + (
+                f" (target {'holds' if abs(e1b) <= TARGETS['centralized_gap_pct'] else 'does not hold'} there)."
+                if e1b is not None
+                else "."
+            )
+            + " Gaps smaller than the seed-to-seed differences are not resolved by this experiment."
+        )
     else:
-        lines.append("- These are single runs with one seed: run-to-run variation from the seed (patches, gains, "
-                     "initialization) was not measured and may be of the same order as the smaller gaps above.")
+        lines.append(
+            "- These are single runs with one seed: run-to-run variation from the seed (patches, gains, "
+            "initialization) was not measured and may be of the same order as the smaller gaps above."
+        )
     return lines
 
 
@@ -740,9 +864,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-crop", type=int, default=Settings.eval_crop, help="per-round float evaluation crop")
     p.add_argument("--calib-patches", type=int, default=Settings.calib_patches)
     p.add_argument("--calib-size", type=int, default=Settings.calib_size)
-    p.add_argument("--noise-seed", type=int, default=Settings.noise_seed,
-                   help="also train federated and centralized with this seed to measure run-to-run variation "
-                        "(negative: skip)")
+    p.add_argument(
+        "--noise-seed",
+        type=int,
+        default=Settings.noise_seed,
+        help="also train federated and centralized with this seed to measure run-to-run variation (negative: skip)",
+    )
     p.add_argument("--train-only", action="store_true", help="train the models, skip evaluation and report")
     args = p.parse_args(argv)
 
@@ -775,12 +902,16 @@ def main(argv: list[str] | None = None) -> int:
 
     inv_path = out / "invocations.json"
     invocations = json.loads(inv_path.read_text()) if inv_path.exists() and args.resume else []
-    invocations.append("PYTHONPATH=src:. python -m benchmarks.federated " + shlex.join(sys.argv[1:] if argv is None else argv))
+    invocations.append(
+        "PYTHONPATH=src:. python -m benchmarks.federated " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     _write_json(inv_path, invocations)
 
     sites = sites_from_manifest(data_dir, split="train", group_by="site", hold_out=1)
     for s in sites:
-        say(f"site {s.name}: trains on {len(s.train)} volumes, holds back {', '.join(x.name for x in s.held_out) or 'slices'}")
+        say(
+            f"site {s.name}: trains on {len(s.train)} volumes, holds back {', '.join(x.name for x in s.held_out) or 'slices'}"
+        )
     fed_cfg = settings.run_config()
     drop_cfg = settings.run_config(dropout=settings.dropout)
     fed = train_federated(sites, fed_cfg, out / "federated", resume=args.resume, say=say)
@@ -790,8 +921,12 @@ def main(argv: list[str] | None = None) -> int:
     models |= {name: info["model"] for name, info in base.items()}
     if settings.noise_seed is not None:  # the same two trainings with another seed: run-to-run variation
         noise_cfg = settings.run_config(seed=settings.noise_seed)
-        fed_n = train_federated(sites, noise_cfg, out / f"federated-seed{settings.noise_seed}", resume=args.resume, say=say)
-        base_n = train_baselines(sites, noise_cfg, out / f"baselines-seed{settings.noise_seed}", say=say, local_only=False)
+        fed_n = train_federated(
+            sites, noise_cfg, out / f"federated-seed{settings.noise_seed}", resume=args.resume, say=say
+        )
+        base_n = train_baselines(
+            sites, noise_cfg, out / f"baselines-seed{settings.noise_seed}", say=say, local_only=False
+        )
         models |= {"federated-seed-b": fed_n["model"], "centralized-seed-b": base_n["centralized"]["model"]}
     if args.train_only:
         return 0
@@ -805,7 +940,9 @@ def main(argv: list[str] | None = None) -> int:
         m = path / "metrics.json"
         if not m.exists():
             return None
-        return sum(float(t.get("seconds", 0.0)) for r in json.loads(m.read_text())["rounds"] for t in r["train"].values())
+        return sum(
+            float(t.get("seconds", 0.0)) for r in json.loads(m.read_text())["rounds"] for t in r["train"].values()
+        )
 
     json_path = out / "results.json"
     doc = {
@@ -816,9 +953,13 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in settings.__dict__.items()},
         "sites": {s.name: len(s.train) for s in sites},
         "budget": {
-            "federated_site_steps": fed["site_steps"], "centralized_steps": base["centralized"]["steps"],
-            "local_only_steps": {n.split("/", 1)[1]: i["steps"] for n, i in base.items() if n.startswith("local-only/")},
-            "dropout_site_steps": drop["site_steps"], "dropout_site_rounds_dropped": drop["site_rounds_dropped"],
+            "federated_site_steps": fed["site_steps"],
+            "centralized_steps": base["centralized"]["steps"],
+            "local_only_steps": {
+                n.split("/", 1)[1]: i["steps"] for n, i in base.items() if n.startswith("local-only/")
+            },
+            "dropout_site_steps": drop["site_steps"],
+            "dropout_site_rounds_dropped": drop["site_rounds_dropped"],
         },  # fmt: skip
         "models": models,
         "test_volumes": {v: {k: x for k, x in info.items() if k != "volume"} for v, info in test.items()},
@@ -833,8 +974,9 @@ def main(argv: list[str] | None = None) -> int:
                 **{n: i.get("seconds") for n, i in base.items()},
             },
             "codec_points": sum(len(by_q) for by_vol in points.values() for by_q in by_vol.values()),
-            "codec_seconds": sum(p["seconds"] for by_vol in points.values() for by_q in by_vol.values()
-                                 for p in by_q.values()),
+            "codec_seconds": sum(
+                p["seconds"] for by_vol in points.values() for by_q in by_vol.values() for p in by_q.values()
+            ),
             "last_invocation_wall_seconds": time.perf_counter() - t_start,
         },
     }

@@ -27,8 +27,7 @@ def _pyplot():
     return plt
 
 
-def rd_figure(records: Sequence[Record], volumes: Sequence[str], metric: str, title: str,
-              path: str | Path) -> Path:
+def rd_figure(records: Sequence[Record], volumes: Sequence[str], metric: str, title: str, path: str | Path) -> Path:
     """One subplot per volume: ``metric`` ("psnr" or "ssim") against bpv (log scale).
 
     Lossy sweeps are lines; near-lossless points are dashed lines with square markers.
@@ -43,13 +42,24 @@ def rd_figure(records: Sequence[Record], volumes: Sequence[str], metric: str, ti
     for ax, name in zip(axes.flat, volumes):
         for codec in CODEC_ORDER:
             for mode, style in (("lossy", "o-"), ("near-lossless", "s--")):
-                pts = sorted((r.bpv, getattr(r, metric)) for r in records
-                             if r.volume == name and r.codec == codec and r.mode == mode
-                             and r.error is None and getattr(r, metric) is not None
-                             and math.isfinite(getattr(r, metric)))
+                pts = sorted(
+                    (r.bpv, getattr(r, metric))
+                    for r in records
+                    if r.volume == name
+                    and r.codec == codec
+                    and r.mode == mode
+                    and r.error is None
+                    and getattr(r, metric) is not None
+                    and math.isfinite(getattr(r, metric))
+                )
                 if pts:
-                    ax.plot(*zip(*pts), style, color=_COLORS[codec], ms=3.5,
-                            label=f"{codec}" + (" (near-lossless)" if mode != "lossy" else ""))
+                    ax.plot(
+                        *zip(*pts),
+                        style,
+                        color=_COLORS[codec],
+                        ms=3.5,
+                        label=f"{codec}" + (" (near-lossless)" if mode != "lossy" else ""),
+                    )
         ax.set_xscale("log")
         # Plain numbers on the major ticks only: minor log labels collide on short ranges.
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -71,14 +81,19 @@ def rd_figure(records: Sequence[Record], volumes: Sequence[str], metric: str, ti
 
 def closest_to_ratio(records: Sequence[Record], volume: str, codec: str, ratio: float) -> Record | None:
     """The lossy sweep point of ``codec`` on ``volume`` whose ratio is closest (in log) to ``ratio``."""
-    pts = [r for r in records if r.volume == volume and r.codec == codec and r.mode == "lossy"
-           and r.error is None]
+    pts = [r for r in records if r.volume == volume and r.codec == codec and r.mode == "lossy" and r.error is None]
     return min(pts, key=lambda r: abs(math.log(r.ratio / ratio)), default=None)
 
 
-def panel_figure(volume: str, modality: str, original: np.ndarray,
-                 decoded: dict[str, np.ndarray], records: Sequence[Record], path: str | Path,
-                 codecs: Sequence[str] = (MEDCODEC, JPEG2000)) -> Path | None:
+def panel_figure(
+    volume: str,
+    modality: str,
+    original: np.ndarray,
+    decoded: dict[str, np.ndarray],
+    records: Sequence[Record],
+    path: str | Path,
+    codecs: Sequence[str] = (MEDCODEC, JPEG2000),
+) -> Path | None:
     """Original / decoded / error of the middle slice, one row per codec, at the clinical ratio.
 
     Args:
@@ -113,8 +128,7 @@ def panel_figure(volume: str, modality: str, original: np.ndarray,
         ax[0].imshow(orig, cmap="gray", vmin=lo, vmax=hi)
         ax[0].set_title("original (middle slice)", fontsize=9)
         ax[1].imshow(dec, cmap="gray", vmin=lo, vmax=hi)
-        ax[1].set_title(f"{rec.key}: {rec.ratio:.1f}:1, {rec.bpv:.3f} bpv, PSNR {rec.psnr:.1f} dB",
-                        fontsize=9)
+        ax[1].set_title(f"{rec.key}: {rec.ratio:.1f}:1, {rec.bpv:.3f} bpv, PSNR {rec.psnr:.1f} dB", fontsize=9)
         im = ax[2].imshow(err, cmap="seismic", vmin=-err_max, vmax=err_max)
         ax[2].set_title(f"error (decoded − original), own scale, max |e| {err_max:g}", fontsize=9)
         fig.colorbar(im, ax=ax[2], fraction=0.046)

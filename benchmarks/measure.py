@@ -84,8 +84,7 @@ class Record:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict: inf (exact PSNR) and nan become None; ``exact`` says which."""
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                for k, v in asdict(self).items()}
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Record:
@@ -96,8 +95,9 @@ class Record:
         return rec
 
 
-def measure(setting: CodecSetting, vol: BenchVolume, *, ssim_max_voxels: int | None = None,
-            compute_ssim: bool = True) -> tuple[Record, np.ndarray | None]:
+def measure(
+    setting: CodecSetting, vol: BenchVolume, *, ssim_max_voxels: int | None = None, compute_ssim: bool = True
+) -> tuple[Record, np.ndarray | None]:
     """Run one setting on one volume.
 
     Args:
@@ -114,8 +114,7 @@ def measure(setting: CodecSetting, vol: BenchVolume, *, ssim_max_voxels: int | N
         BoundViolation: A strict (baseline) setting broke its bound.
         Exception: Whatever a strict setting's codec raised.
     """
-    rec = Record(vol.name, vol.modality, setting.codec, setting.mode, setting.param,
-                 setting.value, setting.bound)
+    rec = Record(vol.name, vol.modality, setting.codec, setting.mode, setting.param, setting.value, setting.bound)
     try:
         with metrics.PeakMemory() as enc_mem:
             t0 = time.perf_counter()
@@ -146,8 +145,7 @@ def measure(setting: CodecSetting, vol: BenchVolume, *, ssim_max_voxels: int | N
     if rec.exact:
         rec.ssim = 1.0
     elif compute_ssim:
-        rec.ssim = metrics.ssim_3d(original, decoded, data_range=vol.data_range,
-                                   max_voxels=ssim_max_voxels)
+        rec.ssim = metrics.ssim_3d(original, decoded, data_range=vol.data_range, max_voxels=ssim_max_voxels)
         if ssim_max_voxels is not None:
             zs = metrics.ssim_region(original.shape, ssim_max_voxels)[0]
             if zs.stop - zs.start < original.shape[0]:
@@ -155,8 +153,10 @@ def measure(setting: CodecSetting, vol: BenchVolume, *, ssim_max_voxels: int | N
     if setting.bound is not None:
         rec.bound_ok = rec.exact if setting.bound == 0 else rec.max_abs_error <= setting.bound
         if not rec.bound_ok and setting.strict:
-            raise BoundViolation(f"{setting.key} on {vol.name}: max abs error {rec.max_abs_error} "
-                                 f"> bound {setting.bound} (exact={rec.exact})")
+            raise BoundViolation(
+                f"{setting.key} on {vol.name}: max abs error {rec.max_abs_error} "
+                f"> bound {setting.bound} (exact={rec.exact})"
+            )
     rec.enc_s, rec.dec_s = enc_s, dec_s
     rec.enc_mbps = metrics.megabytes_per_second(vol.raw_bytes, enc_s)
     rec.dec_mbps = metrics.megabytes_per_second(vol.raw_bytes, dec_s)

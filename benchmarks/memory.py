@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         for step in ("encode", "decode"):
             out = subprocess.run(
                 [sys.executable, "-c", _CHILD, step, str(args.slices), str(code), str(stream)],
-                check=True, capture_output=True, encoding="utf-8",
+                check=True,
+                capture_output=True,
+                encoding="utf-8",
             )
             print(out.stdout.strip())
 

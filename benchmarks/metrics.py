@@ -61,7 +61,7 @@ def mean_squared_error(original: np.ndarray, decoded: np.ndarray) -> float:
     _check_shapes(original, decoded)
     total = 0.0
     for z in range(0, original.shape[0], _CHUNK_SLICES):
-        d = original[z:z + _CHUNK_SLICES].astype(np.float64) - decoded[z:z + _CHUNK_SLICES]
+        d = original[z : z + _CHUNK_SLICES].astype(np.float64) - decoded[z : z + _CHUNK_SLICES]
         d = d.ravel()
         total += float(np.dot(d, d))
     return total / original.size
@@ -72,7 +72,7 @@ def max_abs_error(original: np.ndarray, decoded: np.ndarray) -> float:
     _check_shapes(original, decoded)
     worst = 0.0
     for z in range(0, original.shape[0], _CHUNK_SLICES):
-        d = original[z:z + _CHUNK_SLICES].astype(np.float64) - decoded[z:z + _CHUNK_SLICES]
+        d = original[z : z + _CHUNK_SLICES].astype(np.float64) - decoded[z : z + _CHUNK_SLICES]
         worst = max(worst, float(np.abs(d).max(initial=0.0)))
     return worst
 
@@ -104,8 +104,9 @@ def ssim_region(shape: tuple[int, ...], max_voxels: int) -> tuple[slice, slice, 
     return slice(start, start + nz), slice(0, y), slice(0, x)
 
 
-def ssim_3d(original: np.ndarray, decoded: np.ndarray, *, data_range: float | None = None,
-            max_voxels: int | None = None) -> float | None:
+def ssim_3d(
+    original: np.ndarray, decoded: np.ndarray, *, data_range: float | None = None, max_voxels: int | None = None
+) -> float | None:
     """3D SSIM (skimage, Gaussian-free 7-voxel uniform window) on float64.
 
     Args:
@@ -131,8 +132,11 @@ def ssim_3d(original: np.ndarray, decoded: np.ndarray, *, data_range: float | No
     win -= 1 - win % 2  # skimage needs an odd window
     if win < 3:
         return None
-    return float(structural_similarity(original.astype(np.float64), decoded.astype(np.float64),
-                                       data_range=data_range, win_size=win))
+    return float(
+        structural_similarity(
+            original.astype(np.float64), decoded.astype(np.float64), data_range=data_range, win_size=win
+        )
+    )
 
 
 def _proc_status_kb(field: str) -> int:
@@ -226,8 +230,9 @@ class PeakMemory:
             self._base = tracemalloc.get_traced_memory()[0]
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self.method == "rss":
             peak = _proc_status_kb("VmHWM") * 1024
         else:

@@ -9,7 +9,15 @@ from typing import Any
 
 from .bdrate import PSNR_RANGE, bd_rate, psnr_overlap, rate_at_psnr
 from .codecs import (
-    CODEC_ORDER, JPEG2000, JPEGLS, JPEGXL, JPEGXL_EFFORT, MEDCODEC, SZ3, SZ3_ABS_BOUNDS, TOMOZ,
+    CODEC_ORDER,
+    JPEG2000,
+    JPEGLS,
+    JPEGXL,
+    JPEGXL_EFFORT,
+    MEDCODEC,
+    SZ3,
+    SZ3_ABS_BOUNDS,
+    TOMOZ,
 )
 from .measure import Record
 
@@ -63,9 +71,13 @@ def _modality_groups(volumes: Sequence[dict[str, Any]]) -> list[tuple[str, list[
     return [(m, names) for m, names in groups if names]
 
 
-def _with_modality_means(volumes: Sequence[dict[str, Any]], n_cols: int,
-                         cell: Callable[[str, int], float | None], digits: int = 3,
-                         require_all: bool = False) -> list[list[str]]:
+def _with_modality_means(
+    volumes: Sequence[dict[str, Any]],
+    n_cols: int,
+    cell: Callable[[str, int], float | None],
+    digits: int = 3,
+    require_all: bool = False,
+) -> list[list[str]]:
     """Rows per volume, then one mean row per modality, for a table of numeric cells."""
     rows = [[v["name"], *(_fmt(cell(v["name"], i), digits) for i in range(n_cols))] for v in volumes]
     for modality, names in _modality_groups(volumes):
@@ -99,8 +111,7 @@ def _curve(records: Sequence[Record], volume: str, codec: str) -> tuple[list[flo
     return [r.bpv for r in pts], [r.psnr for r in pts]
 
 
-def bd_rates(records: Sequence[Record],
-             volume: str) -> dict[tuple[str, str], tuple[float, float, float] | None]:
+def bd_rates(records: Sequence[Record], volume: str) -> dict[tuple[str, str], tuple[float, float, float] | None]:
     """BD-rate (percent, PSNR low, PSNR high) of each :data:`BD_PAIRS` pair on one volume."""
     out: dict[tuple[str, str], tuple[float, float, float] | None] = {}
     for test, ref in BD_PAIRS:
@@ -114,14 +125,15 @@ def bd_rates(records: Sequence[Record],
 
 def _lossless_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) -> str:
     codecs = _codecs_present(records, "lossless")
+
     def bpv(name: str, i: int) -> float | None:
-        r = next((r for r in _ok(records) if r.volume == name and r.codec == codecs[i]
-                  and r.mode == "lossless"), None)
+        r = next((r for r in _ok(records) if r.volume == name and r.codec == codecs[i] and r.mode == "lossless"), None)
         return None if r is None else r.bpv
+
     def ratio(name: str, i: int) -> float | None:
-        r = next((r for r in _ok(records) if r.volume == name and r.codec == codecs[i]
-                  and r.mode == "lossless"), None)
+        r = next((r for r in _ok(records) if r.volume == name and r.codec == codecs[i] and r.mode == "lossless"), None)
         return None if r is None else r.ratio
+
     labels = [f"{c} (effort {JPEGXL_EFFORT})" if c == JPEGXL else c for c in codecs]
     text = "## Lossless (bpv, lower is better)\n\n"
     notes = [f"JPEG XL at effort {JPEGXL_EFFORT}"] if JPEGXL in codecs else []
@@ -131,40 +143,48 @@ def _lossless_section(records: Sequence[Record], volumes: Sequence[dict[str, Any
     header = ["volume", _DESCRIBE_HEADER, *labels]
     text += _table(header, _with_descriptions(_with_modality_means(volumes, len(codecs), bpv), volumes))
     text += "\nCompression ratio (raw bytes of the original dtype / stream bytes), mean per modality:\n\n"
-    rows = [[f"{m} (n={len(names)})", *(_fmt(_mean([ratio(n, i) for n in names]), 2)
-                                       for i in range(len(codecs)))]
-            for m, names in _modality_groups(volumes)]
+    rows = [
+        [f"{m} (n={len(names)})", *(_fmt(_mean([ratio(n, i) for n in names]), 2) for i in range(len(codecs)))]
+        for m, names in _modality_groups(volumes)
+    ]
     text += _table(["modality", *labels], rows)
     return text
 
 
 def _near_lossless_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) -> str:
     # Grouped by bound, so the codecs at one bound (JPEG-LS NEAR=2, SZ3 ABS=2, ...) sit together.
-    keys = sorted({(r.codec, r.bound or 0, r.param) for r in records if r.mode == "near-lossless"},
-                  key=lambda k: (k[1], CODEC_ORDER.index(k[0])))
+    keys = sorted(
+        {(r.codec, r.bound or 0, r.param) for r in records if r.mode == "near-lossless"},
+        key=lambda k: (k[1], CODEC_ORDER.index(k[0])),
+    )
     if not keys:
         return ""
+
     def cell(name: str, i: int) -> float | None:
         r = _find(records, name, f"{keys[i][0]} {keys[i][2]}")
         return None if r is None else r.bpv
+
     text = "## Near-lossless (bpv; every voxel within ±bound)\n\n"
-    text += ("Columns grouped by bound: JPEG-LS NEAR (slice by slice), SZ3 ABS (absolute error "
-             "bound, whole 3D volume) and medcodec max_error all guarantee every voxel within "
-             "±bound. The last row is the largest voxel error measured on any volume; z spacing: "
-             "distance between slices (mm).\n\n")
+    text += (
+        "Columns grouped by bound: JPEG-LS NEAR (slice by slice), SZ3 ABS (absolute error "
+        "bound, whole 3D volume) and medcodec max_error all guarantee every voxel within "
+        "±bound. The last row is the largest voxel error measured on any volume; z spacing: "
+        "distance between slices (mm).\n\n"
+    )
     rows = _with_modality_means(volumes, len(keys), cell)
     for row, v in zip(rows, volumes):  # flag a broken bound next to its number
         for i, (codec, _, param) in enumerate(keys):
             r = _find(records, v["name"], f"{codec} {param}")
             if r is not None and r.bound_ok is False:
                 row[i + 1] += f" ✗ (max err {r.max_abs_error:g})"
+
     def max_error(i: int) -> str:
         found = [_find(records, v["name"], f"{keys[i][0]} {keys[i][2]}") for v in volumes]
         errs = [r.max_abs_error for r in found if r is not None]
         return _DASH if not errs else f"{max(errs):g}"
+
     rows.append(["**max abs error (all volumes)**", *(max_error(i) for i in range(len(keys)))])
-    text += _table(["volume", _DESCRIBE_HEADER, *(f"{c} {p}" for c, _, p in keys)],
-                   _with_descriptions(rows, volumes))
+    text += _table(["volume", _DESCRIBE_HEADER, *(f"{c} {p}" for c, _, p in keys)], _with_descriptions(rows, volumes))
     return text
 
 
@@ -172,19 +192,22 @@ def _lossy_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]])
     codecs = _codecs_present(records, "lossy", _LOSSY_CODECS)
     if not codecs:
         return ""
+
     def at(name: str, codec: str, target: float) -> float | None:
         rates, psnrs = _curve(records, name, codec)
         return rate_at_psnr(rates, psnrs, target)
+
     header = ["volume", "codec", *(f"{t} dB" for t in PSNR_TARGETS)]
-    rows = [[v["name"], c, *(_fmt(at(v["name"], c, t)) for t in PSNR_TARGETS)]
-            for v in volumes for c in codecs]
+    rows = [[v["name"], c, *(_fmt(at(v["name"], c, t)) for t in PSNR_TARGETS)] for v in volumes for c in codecs]
     for modality, names in _modality_groups(volumes):
         for c in codecs:
             means = [_mean([at(n, c, t) for n in names], require_all=True) for t in PSNR_TARGETS]
             rows.append([f"**{modality} mean (n={len(names)})**", c, *(_fmt(m) for m in means)])
     text = "## Lossy: bits per voxel needed for a given PSNR (interpolated on each codec's sweep)\n\n"
-    text += ("PCHIP interpolation of log-bpv over PSNR on each curve's Pareto front; — where the "
-             "sweep does not reach that PSNR. Modality means only where every volume has a value.\n\n")
+    text += (
+        "PCHIP interpolation of log-bpv over PSNR on each curve's Pareto front; — where the "
+        "sweep does not reach that PSNR. Modality means only where every volume has a value.\n\n"
+    )
     return text + _table(header, rows)
 
 
@@ -193,8 +216,10 @@ def _bd_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) ->
     if not pairs:
         return ""
     values = {v["name"]: bd_rates(records, v["name"]) for v in volumes}
+
     def cell_text(res: tuple[float, float, float] | None) -> str:
         return _DASH if res is None else f"{res[0]:+.1f}% ({res[1]:.1f}–{res[2]:.1f} dB)"
+
     rows = [[v["name"], *(cell_text(values[v["name"]][p]) for p in pairs)] for v in volumes]
     for modality, names in _modality_groups(volumes):
         means = []
@@ -203,10 +228,12 @@ def _bd_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) ->
             means.append(_DASH if not vals else f"{statistics.fmean(vals):+.1f}% (n={len(vals)})")
         rows.append([f"**{modality} mean**", *means])
     text = "## BD-rate (Bjøntegaard delta rate, PSNR)\n\n"
-    text += (f"Percent bits the first codec needs relative to the second at equal PSNR (negative: "
-             f"fewer bits), averaged over the curves' PSNR overlap clipped to "
-             f"{PSNR_RANGE[0]:g}–{PSNR_RANGE[1]:g} dB (shown); PCHIP interpolation of log-rate. "
-             f"The last column compares two baselines, for reference.\n\n")
+    text += (
+        f"Percent bits the first codec needs relative to the second at equal PSNR (negative: "
+        f"fewer bits), averaged over the curves' PSNR overlap clipped to "
+        f"{PSNR_RANGE[0]:g}–{PSNR_RANGE[1]:g} dB (shown); PCHIP interpolation of log-rate. "
+        f"The last column compares two baselines, for reference.\n\n"
+    )
     return text + _table(["volume", *(f"{t} vs {r}" for t, r in pairs)], rows)
 
 
@@ -229,6 +256,7 @@ def _fmt_rate(x: float) -> str:
 
 def _pair_table(records: Sequence[Record], volumes: Sequence[dict[str, Any]], first: str, second: str) -> str:
     cols = _speed_columns(records)
+
     def cell(name: str, pick: Callable[[Record], bool]) -> str:
         rs = [r for r in _ok(records) if r.volume == name and pick(r)]
         if not rs:
@@ -236,15 +264,18 @@ def _pair_table(records: Sequence[Record], volumes: Sequence[dict[str, Any]], fi
         a = statistics.median(getattr(r, first) for r in rs)
         b = statistics.median(getattr(r, second) for r in rs)
         return f"{_fmt_rate(a)} / {_fmt_rate(b)}"
+
     rows = [[v["name"], *(cell(v["name"], pick) for _, pick in cols)] for v in volumes]
     return _table(["volume", *(label for label, _ in cols)], rows)
 
 
 def _speed_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     text = "## Speed (MB/s of raw voxels, encode / decode)\n\n"
-    text += ("One wall-clock run per setting (`time.perf_counter`) in one process on "
-             f"{meta.get('machine', 'this machine')}; 1 MB = 10^6 bytes of the original dtype. "
-             "Small volumes give noisy numbers.")
+    text += (
+        "One wall-clock run per setting (`time.perf_counter`) in one process on "
+        f"{meta.get('machine', 'this machine')}; 1 MB = 10^6 bytes of the original dtype. "
+        "Small volumes give noisy numbers."
+    )
     if meta.get("load_average"):
         start, end = meta["load_average"]
         text += f" System load average (1 min) at start / end of the run: {start:g} / {end:g}."
@@ -253,15 +284,19 @@ def _speed_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]],
     method = meta.get("memory_method", "rss")
     text += "\n## Peak memory (MB, encode / decode)\n\n"
     if method == "rss":
-        text += ("Growth of the process's peak resident set size over its RSS at the start of "
-                 "encode (decode): `VmHWM` reset through `/proc/self/clear_refs` after "
-                 "`malloc_trim`, with glibc's mmap/trim thresholds fixed at 128 KiB so freed "
-                 "buffers leave the process. Includes native allocations (OpenJPEG, libjxl, torch) "
-                 "and the output (the decoded volume); excludes the input volume. Memory reused "
-                 "from allocator free lists is not counted: read these as lower bounds.\n\n")
+        text += (
+            "Growth of the process's peak resident set size over its RSS at the start of "
+            "encode (decode): `VmHWM` reset through `/proc/self/clear_refs` after "
+            "`malloc_trim`, with glibc's mmap/trim thresholds fixed at 128 KiB so freed "
+            "buffers leave the process. Includes native allocations (OpenJPEG, libjxl, torch) "
+            "and the output (the decoded volume); excludes the input volume. Memory reused "
+            "from allocator free lists is not counted: read these as lower bounds.\n\n"
+        )
     else:
-        text += ("tracemalloc peak over the block: Python-level allocations only; native codec "
-                 "allocations are not seen, so these are lower bounds.\n\n")
+        text += (
+            "tracemalloc peak over the block: Python-level allocations only; native codec "
+            "allocations are not seen, so these are lower bounds.\n\n"
+        )
     return text + _pair_table(records, volumes, "enc_peak_mb", "dec_peak_mb")
 
 
@@ -269,8 +304,16 @@ def _problems_section(records: Sequence[Record]) -> str:
     bad = [r for r in records if r.error is not None or r.bound_ok is False]
     if not bad:
         return ""
-    rows = [[r.volume, r.key, r.error or f"bound {r.bound} broken: max abs error {r.max_abs_error:g}"
-             + ("" if r.exact or r.bound != 0 else " (not bit-exact)")] for r in bad]
+    rows = [
+        [
+            r.volume,
+            r.key,
+            r.error
+            or f"bound {r.bound} broken: max abs error {r.max_abs_error:g}"
+            + ("" if r.exact or r.bound != 0 else " (not bit-exact)"),
+        ]
+        for r in bad
+    ]
     return "## Failures and broken guarantees\n\n" + _table(["volume", "setting", "what"], rows)
 
 
@@ -288,22 +331,28 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
     out = ["# Benchmark results: medcodec and the standard codecs\n"]
     out.append(f"Produced on {meta['date']} by\n\n```\n{meta['command']}\n```\n")
     if meta.get("quick"):
-        out.append("**Quick mode: center-cropped volumes and a reduced sweep. Smoke-test numbers, "
-                   "not comparable to a full run.**\n")
+        out.append(
+            "**Quick mode: center-cropped volumes and a reduced sweep. Smoke-test numbers, "
+            "not comparable to a full run.**\n"
+        )
     out.append("Versions: " + ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items()) + ".\n")
     for msg in meta.get("messages", []):
         out.append(f"- {msg}")
     if meta.get("messages"):
         out.append("")
     out.append("## Method\n")
-    ssim_note = ("SSIM is 3D (skimage `structural_similarity`, 7-voxel uniform window, "
-                 "`data_range` = max − min of the whole original, float64)")
+    ssim_note = (
+        "SSIM is 3D (skimage `structural_similarity`, 7-voxel uniform window, "
+        "`data_range` = max − min of the whole original, float64)"
+    )
     slabs = [f"{v['name']} slices {v['ssim_slices']}" for v in volumes if v.get("ssim_slices")]
     if meta.get("ssim_max_voxels") is None:
         ssim_note += ", not computed in this run"
     elif slabs:
-        ssim_note += (f"; on volumes over {meta['ssim_max_voxels']:,} voxels it is computed on the "
-                      f"central slab of whole slices that fits: {'; '.join(slabs)}")
+        ssim_note += (
+            f"; on volumes over {meta['ssim_max_voxels']:,} voxels it is computed on the "
+            f"central slab of whole slices that fits: {'; '.join(slabs)}"
+        )
     out.append(
         "All codecs ran in one process on the same in-memory volumes. bpv = 8 × stream bytes / "
         "voxels; ratio = raw bytes of the original dtype / stream bytes; PSNR = 10 log10((max − "
@@ -320,16 +369,33 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
         "whole 3D volume as int32 (int64 for wider types), absolute error bound "
         f"(`szErrorBoundMode.ABS`) {', '.join(map(str, SZ3_ABS_BOUNDS))}, decoded values clipped "
         "to the original dtype. medcodec: public API only; each setting "
-        "first ran once on a small crop so model loading is not timed.\n")
-    out.append(_table(["volume", "modality", "shape (z×y×x)", "spacing x×y×z (mm)", "dtype",
-                       "source"],
-                      [[v["name"], v["modality"], "×".join(map(str, v["shape"])),
-                        "×".join(f"{s:g}" for s in v["spacing"]) if v.get("spacing") else _DASH,
-                        v["dtype"], v["source"]] for v in volumes]))
+        "first ran once on a small crop so model loading is not timed.\n"
+    )
+    out.append(
+        _table(
+            ["volume", "modality", "shape (z×y×x)", "spacing x×y×z (mm)", "dtype", "source"],
+            [
+                [
+                    v["name"],
+                    v["modality"],
+                    "×".join(map(str, v["shape"])),
+                    "×".join(f"{s:g}" for s in v["spacing"]) if v.get("spacing") else _DASH,
+                    v["dtype"],
+                    v["source"],
+                ]
+                for v in volumes
+            ],
+        )
+    )
     records = list(records)
-    for section in (_lossless_section(records, volumes), _near_lossless_section(records, volumes),
-                    _lossy_section(records, volumes), _bd_section(records, volumes),
-                    _speed_section(records, volumes, meta), _problems_section(records)):
+    for section in (
+        _lossless_section(records, volumes),
+        _near_lossless_section(records, volumes),
+        _lossy_section(records, volumes),
+        _bd_section(records, volumes),
+        _speed_section(records, volumes, meta),
+        _problems_section(records),
+    ):
         if section:
             out.append(section)
     if meta.get("figures"):

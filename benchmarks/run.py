@@ -60,22 +60,41 @@ def _int_list(text: str) -> list[int]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="*", type=Path, help="volumes to run on (default: the test split)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="output folder (default: benchmarks, or runs/bench-quick with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help=f"crop volumes to {'x'.join(map(str, QUICK_CROP))} and sweep fewer settings")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: benchmarks, or runs/bench-quick with --quick)"
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"crop volumes to {'x'.join(map(str, QUICK_CROP))} and sweep fewer settings",
+    )
     p.add_argument("--split", default="test", help="manifest split when no FILES are given")
-    p.add_argument("--qualities", type=_int_list, default=None,
-                   help="medcodec qualities, comma-separated (default "
-                        f"{','.join(map(str, MEDCODEC_QUALITIES))})")
-    p.add_argument("--max-errors", type=_int_list, default=None,
-                   help=f"medcodec max_error values (default {','.join(map(str, MEDCODEC_MAX_ERRORS))})")
-    p.add_argument("--codecs", type=lambda s: [c.strip() for c in s.split(",")], default=None,
-                   help=f"only these codecs, comma-separated from: {', '.join(CODEC_ORDER)}")
+    p.add_argument(
+        "--qualities",
+        type=_int_list,
+        default=None,
+        help=f"medcodec qualities, comma-separated (default {','.join(map(str, MEDCODEC_QUALITIES))})",
+    )
+    p.add_argument(
+        "--max-errors",
+        type=_int_list,
+        default=None,
+        help=f"medcodec max_error values (default {','.join(map(str, MEDCODEC_MAX_ERRORS))})",
+    )
+    p.add_argument(
+        "--codecs",
+        type=lambda s: [c.strip() for c in s.split(",")],
+        default=None,
+        help=f"only these codecs, comma-separated from: {', '.join(CODEC_ORDER)}",
+    )
     p.add_argument("--no-medcodec", action="store_true", help="baselines only")
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM")
-    p.add_argument("--ssim-max-voxels", type=int, default=SSIM_MAX_VOXELS,
-                   help="SSIM on the central slab of at most this many voxels (default %(default)s)")
+    p.add_argument(
+        "--ssim-max-voxels",
+        type=int,
+        default=SSIM_MAX_VOXELS,
+        help="SSIM on the central slab of at most this many voxels (default %(default)s)",
+    )
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     return p
 
@@ -95,10 +114,15 @@ def _warm_up(settings: Sequence[CodecSetting], vol: BenchVolume) -> None:
                 pass
 
 
-def run_benchmark(volumes: Sequence[BenchVolume], settings: Sequence[CodecSetting], *,
-                  ssim_max_voxels: int | None = SSIM_MAX_VOXELS, compute_ssim: bool = True,
-                  keep_slices_of: Sequence[str] = (MEDCODEC, JPEG2000), warm_up: bool = True,
-                  ) -> tuple[list[Record], dict[str, dict[str, np.ndarray]], list[str]]:
+def run_benchmark(
+    volumes: Sequence[BenchVolume],
+    settings: Sequence[CodecSetting],
+    *,
+    ssim_max_voxels: int | None = SSIM_MAX_VOXELS,
+    compute_ssim: bool = True,
+    keep_slices_of: Sequence[str] = (MEDCODEC, JPEG2000),
+    warm_up: bool = True,
+) -> tuple[list[Record], dict[str, dict[str, np.ndarray]], list[str]]:
     """Measure every setting on every volume.
 
     Args:
@@ -140,16 +164,25 @@ def run_benchmark(volumes: Sequence[BenchVolume], settings: Sequence[CodecSettin
                 kept[s.key] = mid
             flag = "" if rec.bound_ok in (None, True) else "  BOUND BROKEN"
             ssim = "—" if rec.ssim is None else f"{rec.ssim:.4f}"
-            _log(f"  {vol.name[:40]:40s} {s.key:24s} {rec.bpv:7.3f} bpv  {rec.psnr:6.2f} dB  "
-                 f"SSIM {ssim}  {time.perf_counter() - t0:6.1f} s{flag}")
+            _log(
+                f"  {vol.name[:40]:40s} {s.key:24s} {rec.bpv:7.3f} bpv  {rec.psnr:6.2f} dB  "
+                f"SSIM {ssim}  {time.perf_counter() - t0:6.1f} s{flag}"
+            )
     return records, slices, messages
 
 
 def _volume_meta(vol: BenchVolume, ssim_max_voxels: int | None) -> dict[str, Any]:
-    meta = {"name": vol.name, "modality": vol.modality, "shape": list(vol.array.shape),
-            "spacing": [float(s) for s in vol.spacing], "dtype": str(vol.array.dtype),
-            "source": vol.source, "min": float(vol.array.min()), "max": float(vol.array.max()),
-            "ssim_slices": None}
+    meta = {
+        "name": vol.name,
+        "modality": vol.modality,
+        "shape": list(vol.array.shape),
+        "spacing": [float(s) for s in vol.spacing],
+        "dtype": str(vol.array.dtype),
+        "source": vol.source,
+        "min": float(vol.array.min()),
+        "max": float(vol.array.max()),
+        "ssim_slices": None,
+    }
     if ssim_max_voxels is not None:
         zs = ssim_region(vol.array.shape, ssim_max_voxels)[0]
         if zs.stop - zs.start < vol.array.shape[0]:
@@ -175,8 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = medcodec_status()
         if why is None:
             qualities = args.qualities or (QUICK_MEDCODEC_QUALITIES if args.quick else MEDCODEC_QUALITIES)
-            max_errors = args.max_errors if args.max_errors is not None else (
-                QUICK_MEDCODEC_MAX_ERRORS if args.quick else MEDCODEC_MAX_ERRORS)
+            max_errors = (
+                args.max_errors
+                if args.max_errors is not None
+                else (QUICK_MEDCODEC_MAX_ERRORS if args.quick else MEDCODEC_MAX_ERRORS)
+            )
             settings += medcodec_settings(qualities, max_errors)
         else:
             messages.append(why)
@@ -199,8 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"{vol.name} ({vol.modality}, {'x'.join(map(str, vol.array.shape))} {vol.array.dtype})")
         vol_meta.append(_volume_meta(vol, ssim_budget))
         # One volume in memory at a time; only middle slices are kept for the figures.
-        recs, sl, msgs = run_benchmark([vol], settings, ssim_max_voxels=ssim_budget,
-                                       compute_ssim=not args.no_ssim, warm_up=not records)
+        recs, sl, msgs = run_benchmark(
+            [vol], settings, ssim_max_voxels=ssim_budget, compute_ssim=not args.no_ssim, warm_up=not records
+        )
         records += recs
         slices.update(sl)
         messages += msgs
@@ -225,17 +262,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .report import write_results
 
-    (out / "results.json").write_text(json.dumps(
-        {"meta": meta, "records": [r.to_json() for r in records]}, indent=1, allow_nan=False) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"meta": meta, "records": [r.to_json() for r in records]}, indent=1, allow_nan=False) + "\n"
+    )
     write_results(records, meta, out / "RESULTS.md")
-    _log(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(meta['figures'])} figures "
-         f"in {meta['elapsed_s']:.0f} s")
+    _log(
+        f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and {len(meta['figures'])} figures "
+        f"in {meta['elapsed_s']:.0f} s"
+    )
     broken = [r for r in records if r.bound_ok is False or r.error is not None]
     return 1 if broken else 0
 
 
-def _write_figures(records: Sequence[Record], slices: dict[str, dict[str, np.ndarray]],
-                   vol_meta: Sequence[dict[str, Any]], out: Path) -> list[str]:
+def _write_figures(
+    records: Sequence[Record], slices: dict[str, dict[str, np.ndarray]], vol_meta: Sequence[dict[str, Any]], out: Path
+) -> list[str]:
     """Draw every figure into ``out/figures``; returns their paths relative to ``out``."""
     try:
         import matplotlib  # noqa: F401
@@ -254,12 +295,24 @@ def _write_figures(records: Sequence[Record], slices: dict[str, dict[str, np.nda
         for metric, label in (("psnr", "PSNR"), ("ssim", "3D SSIM")):
             if metric == "ssim" and not any(r.ssim is not None and r.mode != "lossless" for r in records):
                 continue
-            written.append(rd_figure(records, names, metric, f"{modality}: {label} vs bits per voxel",
-                                     fig_dir / f"{metric}_bpv_{modality.lower()}.png"))
+            written.append(
+                rd_figure(
+                    records,
+                    names,
+                    metric,
+                    f"{modality}: {label} vs bits per voxel",
+                    fig_dir / f"{metric}_bpv_{modality.lower()}.png",
+                )
+            )
     for v in vol_meta:
         kept = slices.get(v["name"], {})
-        p = panel_figure(v["name"], v["modality"], kept.get("original"), kept, records,
-                         fig_dir / f"panel_{v['name']}.png") if "original" in kept else None
+        p = (
+            panel_figure(
+                v["name"], v["modality"], kept.get("original"), kept, records, fig_dir / f"panel_{v['name']}.png"
+            )
+            if "original" in kept
+            else None
+        )
         if p is not None:
             written.append(p)
     return [str(p.relative_to(out)) for p in written]

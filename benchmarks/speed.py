@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
             if err > bound:
                 raise SystemExit(f"max_error={bound}: decoded error {err}")
         name = "lossless" if bound == 0 else f"max_error={bound}"
-        print(f"| {name} | {8 * len(data) / a.size:.3f} | {statistics.median(enc):.1f} ({min(enc):.1f}–{max(enc):.1f}) "
-              f"| {statistics.median(dec):.1f} ({min(dec):.1f}–{max(dec):.1f}) | {before:.2f} / {_load():.2f} |")
+        print(
+            f"| {name} | {8 * len(data) / a.size:.3f} | {statistics.median(enc):.1f} ({min(enc):.1f}–{max(enc):.1f}) "
+            f"| {statistics.median(dec):.1f} ({min(dec):.1f}–{max(dec):.1f}) | {before:.2f} / {_load():.2f} |"
+        )
 
 
 def _region_speed(src, slices: int, repeats: int) -> None:

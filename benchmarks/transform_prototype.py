@@ -14,6 +14,7 @@ least-squares fit per band of 4|q| on the |q| of W, N, NW, NE, WW, NN, NNE, the 
 slice, the parent and the previous band of the level. Prints each crop's BD-rate against
 JPEG 2000 (PSNR over the crop's range, 35-65 dB) per z depth. Results: benchmarks/ATTEMPTS.md.
 """
+
 import argparse
 import math
 
@@ -41,11 +42,14 @@ def fwd1(x, axis):
         return np.moveaxis(x.copy(), 0, axis), np.moveaxis(x[:0].copy(), 0, axis)
     e, o = x[0::2].copy(), x[1::2].copy()
     no, ne = o.shape[0], e.shape[0]
+
     def prev_o(o):  # o[i-1] for i in range(ne), mirrored: o[-1] -> o[0]; o[ne-1] when ne > no -> o[no-1]
         p = np.concatenate([o[:1], o], 0)[:ne]
         return p
+
     def cur_o(o):  # o[i] for i in range(ne), mirrored past the end -> o[no-1]
         return np.concatenate([o, o[-1:]], 0)[:ne]
+
     o += A * (e[:no] + _ext_next(e, no))
     e += B * (prev_o(o) + cur_o(o))
     o += C * (e[:no] + _ext_next(e, no))
@@ -58,10 +62,13 @@ def inv1(lo, hi, axis):
     ne, no = e.shape[0], o.shape[0]
     if no == 0:
         return np.moveaxis(e, 0, axis)
+
     def prev_o(o):
         return np.concatenate([o[:1], o], 0)[:ne]
+
     def cur_o(o):
         return np.concatenate([o, o[-1:]], 0)[:ne]
+
     e = e - D * (prev_o(o) + cur_o(o))
     o = o - C * (e[:no] + _ext_next(e, no))
     e = e - B * (prev_o(o) + cur_o(o))
@@ -131,8 +138,8 @@ def entropy_bits(q, parent=None, nbuckets=16, sibling=None, per_octave=2):
     """Bits to code q with contexts from causal neighbours and the parent."""
     a = np.abs(q).astype(np.int64)
     pad = np.pad(a, ((1, 0), (2, 0), (2, 2)))
-    W = pad[1:, 2:, 1:-3]; N = pad[1:, 1:-1, 2:-2]; NW = pad[1:, 1:-1, 1:-3]; NE = pad[1:, 1:-1, 3:-1]
-    WW = pad[1:, 2:, :-4]; NN = pad[1:, :-2, 2:-2]; Z = pad[:-1, 2:, 2:-2]
+    W, N, NW, NE = pad[1:, 2:, 1:-3], pad[1:, 1:-1, 2:-2], pad[1:, 1:-1, 1:-3], pad[1:, 1:-1, 3:-1]
+    WW, NN, Z = pad[1:, 2:, :-4], pad[1:, :-2, 2:-2], pad[:-1, 2:, 2:-2]
     if MODE["ctx"] == "fit":
         P = parent if parent is not None else np.zeros_like(a)
         S = np.abs(sibling).astype(np.int64) if sibling is not None else np.zeros_like(a)
@@ -143,13 +150,13 @@ def entropy_bits(q, parent=None, nbuckets=16, sibling=None, per_octave=2):
         w = np.maximum(w, 0)
         c = (F @ w).reshape(a.shape)
         bucket = np.minimum(np.floor(np.log2(1 + c) * per_octave).astype(np.int64), 12 * per_octave)
-        bits_side = 8 * 16
     elif MODE["ctx"] in ("interband", "interband_noz"):
         # Only what a band-at-once decoder knows: the parent, the level's earlier bands and
         # (slice by slice) the previous slice, each with its 3x3 in-plane neighbourhood.
         def box(v):
             v = np.pad(v, ((0, 0), (1, 1), (1, 1)))
             return sum(v[:, i : i + a.shape[1], j : j + a.shape[2]] for i in range(3) for j in range(3))
+
         zero = np.zeros_like(a)
         P = parent if parent is not None else zero
         S = np.abs(sibling).astype(np.int64) if sibling is not None else zero
@@ -205,7 +212,10 @@ def parent_of(q_child_shape, parent_q):
     if parent_q is None:
         return None
     p = np.abs(parent_q)
-    idx = [np.minimum(np.arange(s) // 2 if ps * 2 >= s or True else np.arange(s), ps - 1) for s, ps in zip(q_child_shape, p.shape)]
+    idx = [
+        np.minimum(np.arange(s) // 2 if ps * 2 >= s or True else np.arange(s), ps - 1)
+        for s, ps in zip(q_child_shape, p.shape)
+    ]
     return p[np.ix_(*idx)]
 
 
@@ -214,22 +224,26 @@ def code(x, delta, levels_xy, levels_z, norms, theta=0.2, rec=0.0):
     bnorms, llnorm = norms
     total = 0.0
     qbands = []
-    for (lev, axes, k, v), nb in zip(bands, bnorms):
+    for (*_, v), nb in zip(bands, bnorms):
         step = delta / nb
         q = np.sign(v) * np.floor(np.abs(v) / step + 0.5 - theta)
         qbands.append(q)
     qll = np.round(ll / (delta / llnorm))
     # parent: same name band at level+1 (if it exists with same axes), else none
-    index = {(lev, k): i for i, (lev, axes, k, v) in enumerate(bands)}
-    for i, ((lev, axes, k, v), q) in enumerate(zip(bands, qbands)):
+    index = {(lev, k): i for i, (lev, _axes, k, _v) in enumerate(bands)}
+    for i, ((lev, axes, k, _v), q) in enumerate(zip(bands, qbands)):
         j = index.get((lev + 1, k))
         par = parent_of(q.shape, qbands[j]) if j is not None and len(bands[j][1]) == len(axes) else None
-        sib = qbands[i - 1] if MODE.get("sib") and i > 0 and bands[i - 1][0] == lev and qbands[i - 1].shape == q.shape else None
+        sib = (
+            qbands[i - 1]
+            if MODE.get("sib") and i > 0 and bands[i - 1][0] == lev and qbands[i - 1].shape == q.shape
+            else None
+        )
         total += entropy_bits(q, par, sibling=sib, per_octave=MODE.get("po", 2))
     total += entropy_bits(qll)
     # reconstruction
     rb = []
-    for (lev, axes, k, v), nb, q in zip(bands, bnorms, qbands):
+    for (lev, axes, k, _v), nb, q in zip(bands, bnorms, qbands):
         step = delta / nb
         rb.append((lev, axes, k, np.sign(q) * (np.abs(q) + 0.5 - theta + rec) * step * (q != 0)))
     y = inv(qll * (delta / llnorm), rb, levels_xy, levels_z) + x.mean()

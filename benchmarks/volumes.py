@@ -103,8 +103,9 @@ def default_volume_paths(split: str = "test") -> list[tuple[Path, str]]:
     if data_dir is None:
         raise FileNotFoundError("no data folder: set MEDCODEC_DATA or provide ../shared/data")
     rows = json.loads((data_dir / "manifest.json").read_text())
-    return [(data_dir / r["file"], r.get("modality") or modality_from_name(r["file"]))
-            for r in rows if r["split"] == split]
+    return [
+        (data_dir / r["file"], r.get("modality") or modality_from_name(r["file"])) for r in rows if r["split"] == split
+    ]
 
 
 def manifest_modalities() -> dict[str, str]:
@@ -142,8 +143,9 @@ def load_volume(path: str | os.PathLike, modality: str | None = None) -> BenchVo
         spacing, origin, direction = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     if array.ndim == 2:
         array = array[np.newaxis]
-    return BenchVolume(name, modality, np.ascontiguousarray(array), tuple(spacing), tuple(origin),
-                       tuple(direction), str(path))
+    return BenchVolume(
+        name, modality, np.ascontiguousarray(array), tuple(spacing), tuple(origin), tuple(direction), str(path)
+    )
 
 
 def center_crop(vol: BenchVolume, shape: tuple[int, int, int]) -> BenchVolume:

@@ -63,9 +63,7 @@ def load_volume(path: Path) -> medcodec.Volume:
     # spacing, origin and direction as well, so the geometry stays consistent.
     size = list(image.GetSize())
     first = sitk.Extract(image, [*size[:3], 0], [0, 0, 0, 0])
-    return medcodec.Volume(
-        sitk.GetArrayFromImage(first), first.GetSpacing(), first.GetOrigin(), first.GetDirection()
-    )
+    return medcodec.Volume(sitk.GetArrayFromImage(first), first.GetSpacing(), first.GetOrigin(), first.GetDirection())
 
 
 def measure(volume: medcodec.Volume, **options: float) -> dict[str, float]:

@@ -74,7 +74,9 @@ _EXTREMES = (0, 1, -1, 2**31 - 1, 2**32 + 1, 2**62, -(2**63), 1e308, -1e308, flo
 
 def _header_field(data: bytes, rng: np.random.Generator) -> bytes:
     header, chunks = read_stream(data)
-    fields = [f.name for f in dataclasses.fields(header) if f.name not in ("model_name", "model_sha256", "voxel_sha256")]
+    fields = [
+        f.name for f in dataclasses.fields(header) if f.name not in ("model_name", "model_sha256", "voxel_sha256")
+    ]
     name = fields[int(rng.integers(0, len(fields)))]
     value = getattr(header, name)
     pick = _EXTREMES[int(rng.integers(0, len(_EXTREMES)))]
@@ -146,7 +148,10 @@ def _decode(data: bytes, original: np.ndarray) -> tuple[str, str | None]:
         return "crash", traceback.format_exc(limit=4)
     if out.dtype == original.dtype and out.shape == original.shape and np.array_equal(out, original, equal_nan=True):
         return "harmless decode", None
-    return "wrong decode", f"decoded {out.dtype} {out.shape} differing from the original {original.dtype} {original.shape}"
+    return (
+        "wrong decode",
+        f"decoded {out.dtype} {out.shape} differing from the original {original.dtype} {original.shape}",
+    )
 
 
 def fuzz(*, count: int | None = None, seconds: float | None = None, seed: int = 0) -> Report:

@@ -61,7 +61,7 @@ def test_rd_front_drops_dominated_points():
 
 def test_rate_at_psnr_interpolates_log_rate():
     # On a log-linear curve PCHIP is exact: 45 dB -> 0.1 * 10^(15/20)
-    assert rate_at_psnr(RATE, PSNR, 45.0) == pytest.approx(0.1 * 10 ** 0.75)
+    assert rate_at_psnr(RATE, PSNR, 45.0) == pytest.approx(0.1 * 10**0.75)
     assert rate_at_psnr(RATE, PSNR, 48.0) == pytest.approx(RATE[3])
     assert rate_at_psnr(RATE, PSNR, 80.0) is None  # never extrapolated
     assert rate_at_psnr(RATE, PSNR, 20.0) is None

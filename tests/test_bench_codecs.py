@@ -64,9 +64,11 @@ def test_jpegls_near_holds_its_bound(near, vol):
 def test_lossy_sweeps_trade_rate_for_psnr():
     vol = VOLUMES[0]
     for family in (codecs.JPEG2000, codecs.JPEGXL):
-        recs = [measure(s, vol, compute_ssim=False)[0]
-                for s in codecs.baseline_settings(quick=True)[0]
-                if s.codec == family and s.mode == "lossy"]
+        recs = [
+            measure(s, vol, compute_ssim=False)[0]
+            for s in codecs.baseline_settings(quick=True)[0]
+            if s.codec == family and s.mode == "lossy"
+        ]
         assert len(recs) == 3
         by_rate = sorted(recs, key=lambda r: r.bpv)
         assert [r.psnr for r in by_rate] == sorted(r.psnr for r in recs), family

@@ -29,8 +29,10 @@ def test_evaluation_pairs_skip_a_local_models_own_site():
 
 
 def _curve(scale):
-    return {str(q): {"bpv": scale * 2.0 ** (q / 20), "psnr": 20 + q / 2, "bytes": 1000, "parts": {"latents": 10}}
-            for q in (20, 40, 60, 80)}
+    return {
+        str(q): {"bpv": scale * 2.0 ** (q / 20), "psnr": 20 + q / 2, "bytes": 1000, "parts": {"latents": 10}}
+        for q in (20, 40, 60, 80)
+    }
 
 
 def test_experiments_signs_and_targets():
@@ -79,11 +81,21 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
             "--qualities", "20,60,80", "--crop", "8x24x24"]  # fmt: skip
     assert fx.main(args) == 0
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["models"]) == {"federated", "federated-dropout", "centralized", "local-only/a", "local-only/b",
-                                  "federated-seed-b", "centralized-seed-b"}
+    assert set(doc["models"]) == {
+        "federated",
+        "federated-dropout",
+        "centralized",
+        "local-only/a",
+        "local-only/b",
+        "federated-seed-b",
+        "centralized-seed-b",
+    }
     assert doc["models"]["federated"] != doc["models"]["federated-seed-b"]
     assert set(doc["experiments"]["seed_variation"]) == {
-        "federated_seed_a_vs_b", "centralized_seed_a_vs_b", "federated_vs_centralized_seed_b"}
+        "federated_seed_a_vs_b",
+        "centralized_seed_a_vs_b",
+        "federated_vs_centralized_seed_b",
+    }
     assert doc["budget"]["federated_site_steps"] == doc["budget"]["centralized_steps"] == 2 * 1 * 2
     assert doc["budget"]["local_only_steps"] == {"a": 2, "b": 2}
     assert set(doc["points"]["local-only/a"]) == {"test_b_0"}  # only the other site's volume
@@ -94,8 +106,14 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
                 assert p["psnr"] is None or p["psnr"] >= 20 + int(q) / 2 - 1e-6  # the codec's guarantee
                 assert sum(p["parts"].values()) == p["bytes"]
                 assert p["pred_psnr"] is None or 0 < p["pred_psnr"] < 100
-    assert set(doc["experiments"]) == {"federated_vs_centralized", "federated_vs_local_only", "dropout_vs_no_dropout",
-                                       "seed_variation", "prediction_psnr_gaps", "bd_rate_without_latents"}
+    assert set(doc["experiments"]) == {
+        "federated_vs_centralized",
+        "federated_vs_local_only",
+        "dropout_vs_no_dropout",
+        "seed_variation",
+        "prediction_psnr_gaps",
+        "bd_rate_without_latents",
+    }
     text = md.read_text()
     assert "central crop of at most 8×24×24" in text and "python -m benchmarks.federated" in text
     # a second invocation with --resume reuses everything (no retraining, no re-measuring)

@@ -19,8 +19,7 @@ from benchmarks import codecs as bench_codecs  # noqa: E402
 from benchmarks import run  # noqa: E402
 
 #: The optional peer codecs installed here (each skipped with a reason otherwise).
-PEERS = {name for name, mod in (("tomoz", bench_codecs.tomoz), ("SZ3", bench_codecs.pysz))
-         if mod is not None}
+PEERS = {name for name, mod in (("tomoz", bench_codecs.tomoz), ("SZ3", bench_codecs.pysz)) if mod is not None}
 
 
 def _write(path: Path, array: np.ndarray) -> Path:
@@ -55,8 +54,8 @@ def _fake_medcodec() -> types.ModuleType:
 
     def decompress(data):
         n = int.from_bytes(data[:4], "little")
-        head = json.loads(data[4:4 + n])
-        q = np.frombuffer(zlib.decompress(data[4 + n:]), np.int64).reshape(head["shape"])
+        head = json.loads(data[4 : 4 + n])
+        q = np.frombuffer(zlib.decompress(data[4 + n :]), np.int64).reshape(head["shape"])
         return Volume((q * head["step"]).astype(head["dtype"]))
 
     mod.Volume, mod.compress, mod.decompress, mod.__version__ = Volume, compress, decompress, "fake"
@@ -72,16 +71,23 @@ def test_end_to_end_baselines_and_medcodec(tmp_path, files, monkeypatch):
     results = json.loads((out / "results.json").read_text())
     recs = results["records"]
     assert {r["volume"] for r in recs} == {"ct_synth", "mr_synth"}
-    assert {r["codec"] for r in recs} == {"gzip-6", "zstd-19", "JPEG 2000", "HTJ2K", "JPEG-LS",
-                                          "JPEG XL", "medcodec", *PEERS}
+    assert {r["codec"] for r in recs} == {
+        "gzip-6",
+        "zstd-19",
+        "JPEG 2000",
+        "HTJ2K",
+        "JPEG-LS",
+        "JPEG XL",
+        "medcodec",
+        *PEERS,
+    }
     assert all(r["exact"] for r in recs if r["mode"] == "lossless")
     assert all(r["bound_ok"] for r in recs if r["mode"] == "near-lossless")
     assert {r["modality"] for r in recs} == {"CT", "MR"}
 
     text = (out / "RESULTS.md").read_text()
     assert f"python -m benchmarks.run --quick --out {out}" in text
-    for heading in ("## Lossless", "## Near-lossless", "## Lossy", "## BD-rate", "## Speed",
-                    "## Peak memory"):
+    for heading in ("## Lossless", "## Near-lossless", "## Lossy", "## BD-rate", "## Speed", "## Peak memory"):
         assert heading in text
     assert "**CT mean (n=1)**" in text and "**MR mean (n=1)**" in text
     assert "medcodec vs JPEG 2000" in text and "medcodec max_error=2" in text
@@ -99,8 +105,9 @@ def test_end_to_end_baselines_and_medcodec(tmp_path, files, monkeypatch):
 def test_runs_without_medcodec(tmp_path, files, monkeypatch):
     monkeypatch.setitem(sys.modules, "medcodec", None)  # `import medcodec` fails
     out = tmp_path / "out"
-    code = run.main(["--quick", "--no-figures", "--codecs", "gzip-6,JPEG-LS,medcodec",
-                     "--out", str(out), str(files[0])])
+    code = run.main(
+        ["--quick", "--no-figures", "--codecs", "gzip-6,JPEG-LS,medcodec", "--out", str(out), str(files[0])]
+    )
     assert code == 0
     text = (out / "RESULTS.md").read_text()
     assert "medcodec skipped: import failed" in text
@@ -111,12 +118,27 @@ def test_runs_without_medcodec(tmp_path, files, monkeypatch):
 def test_medcodec_breaking_its_bound_is_reported_and_fails_the_exit_code(tmp_path, files, monkeypatch):
     fake = _fake_medcodec()
     good = fake.compress
-    fake.compress = lambda vol, **kw: good(vol, max_error=kw["max_error"] + 1) if kw.get("max_error") \
-        else good(vol, **kw)
+    fake.compress = lambda vol, **kw: (
+        good(vol, max_error=kw["max_error"] + 1) if kw.get("max_error") else good(vol, **kw)
+    )
     monkeypatch.setitem(sys.modules, "medcodec", fake)
     out = tmp_path / "out"
-    code = run.main(["--quick", "--no-figures", "--no-ssim", "--codecs", "medcodec",
-                     "--qualities", "50", "--max-errors", "0,2", "--out", str(out), str(files[0])])
+    code = run.main(
+        [
+            "--quick",
+            "--no-figures",
+            "--no-ssim",
+            "--codecs",
+            "medcodec",
+            "--qualities",
+            "50",
+            "--max-errors",
+            "0,2",
+            "--out",
+            str(out),
+            str(files[0]),
+        ]
+    )
     assert code == 1
     text = (out / "RESULTS.md").read_text()
     assert "## Failures and broken guarantees" in text and "bound 2 broken" in text

@@ -38,7 +38,9 @@ def run_cli(*args: object, module: str = "medcodec") -> subprocess.CompletedProc
     env.pop("MEDCODEC_DEBUG", None)
     script = Path(sys.executable).parent / module.replace("_", "-")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", module]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600)
+    return subprocess.run(
+        [*command, *map(str, args)], capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600
+    )
 
 
 def assert_error(proc: subprocess.CompletedProcess[str], code: int | tuple[int, ...]) -> str:
@@ -395,7 +397,9 @@ def test_dicom_folder_input(tmp_path: Path) -> None:
 
 
 def test_info_lists_the_metadata_keys_a_stream_carries(tmp_path: Path, capsys) -> None:
-    vol = medcodec.Volume(make_volume(3).array, metadata={"0010|0010": "Doe^Jane", "0010|0020": "12345", "Modality": "MR"})
+    vol = medcodec.Volume(
+        make_volume(3).array, metadata={"0010|0010": "Doe^Jane", "0010|0020": "12345", "Modality": "MR"}
+    )
     data = medcodec.compress(vol, max_error=0)
     assert medcodec.info(data).metadata_keys == ["0010|0010", "0010|0020", "Modality"]
     assert medcodec.info(medcodec.compress(make_volume(3), max_error=0)).metadata_keys == []
@@ -473,12 +477,35 @@ def test_metadata_can_be_stripped_or_anonymized(tmp_path: Path) -> None:
             "0028|0030": "0.7\\0.8", "descrip": "scan of Jane at St Elsewhere"}  # fmt: skip
     medcodec.write(medcodec.Volume(make_volume(1).array, metadata=meta), tmp_path / "scan.nrrd")
     stored = medcodec.read(tmp_path / "scan.nrrd").metadata
-    assert cli.main(["compress", str(tmp_path / "scan.nrrd"), "--lossless", "--anonymize", "-q", "-o", str(tmp_path / "a.mcz")]) == 0
+    assert (
+        cli.main(
+            ["compress", str(tmp_path / "scan.nrrd"), "--lossless", "--anonymize", "-q", "-o", str(tmp_path / "a.mcz")]
+        )
+        == 0
+    )
     kept = medcodec.info((tmp_path / "a.mcz").read_bytes()).metadata_keys
     assert "0008|0060" in kept and not any(identifying(k) for k in kept)
-    assert {"0010|0010", "0010|0020", "0009|1001", "descrip"} & set(stored) == {"0010|0010", "0010|0020", "0009|1001", "descrip"}
+    assert {"0010|0010", "0010|0020", "0009|1001", "descrip"} & set(stored) == {
+        "0010|0010",
+        "0010|0020",
+        "0009|1001",
+        "descrip",
+    }
     assert not {"0010|0010", "0010|0020", "0009|1001", "descrip"} & set(kept)
-    assert cli.main(["compress", str(tmp_path / "scan.nrrd"), "--lossless", "--strip-metadata", "-q", "-o", str(tmp_path / "s.mcz")]) == 0
+    assert (
+        cli.main(
+            [
+                "compress",
+                str(tmp_path / "scan.nrrd"),
+                "--lossless",
+                "--strip-metadata",
+                "-q",
+                "-o",
+                str(tmp_path / "s.mcz"),
+            ]
+        )
+        == 0
+    )
     assert medcodec.info((tmp_path / "s.mcz").read_bytes()).metadata_keys == []
 
 
@@ -499,7 +526,11 @@ def test_a_batch_goes_on_past_a_failure_and_mirrors_its_folders(tmp_path: Path, 
     records = {Path(r["file"]).name: r for r in json.loads(capsys.readouterr().out)}
     assert code == 8 and not records["broken.nii.gz"]["ok"]  # the failure's exit code; the rest went on
     assert all(records[n]["ok"] for n in ("a.nii.gz", "b.nrrd", "series"))
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mcz")) == ["site/a.mcz", "site/series.mcz", "site/sub/b.mcz"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.mcz")) == [
+        "site/a.mcz",
+        "site/series.mcz",
+        "site/sub/b.mcz",
+    ]
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary leftovers
     assert cli.main(["decompress", str(out), "-r", "-q"]) == 0
     assert np.array_equal(medcodec.read(out / "site" / "sub" / "b.nii.gz").array, make_volume(2).array)
@@ -510,8 +541,21 @@ def test_a_batch_runs_on_a_dask_cluster(tmp_path: Path, capsys) -> None:
     distributed = pytest.importorskip("distributed")
     _site_tree(tmp_path)
     (tmp_path / "site" / "broken.nii.gz").unlink()
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
-        code = cli.main(["compress", str(tmp_path / "site"), "-r", "--max-error", "1", "--scheduler", cluster.scheduler_address, "--json"])
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+    ) as cluster:
+        code = cli.main(
+            [
+                "compress",
+                str(tmp_path / "site"),
+                "-r",
+                "--max-error",
+                "1",
+                "--scheduler",
+                cluster.scheduler_address,
+                "--json",
+            ]
+        )
     records = json.loads(capsys.readouterr().out)
     assert code == 0 and len(records) == 3 and all(r["ok"] for r in records)
     back = medcodec.decompress((tmp_path / "site" / "a.mcz").read_bytes()).array

@@ -160,8 +160,13 @@ def test_bad_options_are_clear_errors(kwargs, match):
 
 @pytest.mark.parametrize(
     "array",
-    [np.zeros((2, 3, 4, 5), np.int16), np.zeros((0, 4, 4), np.int16), np.zeros((2, 4, 4), np.complex64),
-     np.zeros((2, 4, 4), bool), np.zeros(5, np.int16)],  # fmt: skip
+    [
+        np.zeros((2, 3, 4, 5), np.int16),
+        np.zeros((0, 4, 4), np.int16),
+        np.zeros((2, 4, 4), np.complex64),
+        np.zeros((2, 4, 4), bool),
+        np.zeros(5, np.int16),
+    ],  # fmt: skip
 )
 def test_unsupported_volumes_are_rejected(array):
     with pytest.raises(InvalidInputError):
@@ -191,7 +196,9 @@ def test_a_region_decodes_only_the_tiles_it_touches_and_keeps_its_place_in_space
     a = synthetic(shape=(70, 300, 280)).astype(np.int16)  # 2 x 2 x 2 tiles
     data = medcodec.compress(Volume(a, spacing=(0.5, 0.6, 2.0), origin=(10.0, 20.0, 30.0)), max_error=0)
     seen = []
-    part = medcodec.decompress(data, region=(slice(60, 70), slice(250, None), slice(5, 9)), progress=lambda i, n: seen.append(n))
+    part = medcodec.decompress(
+        data, region=(slice(60, 70), slice(250, None), slice(5, 9)), progress=lambda i, n: seen.append(n)
+    )
     assert np.array_equal(part.array, a[60:70, 250:, 5:9]) and seen == [1]  # one tile of eight decoded
     assert part.origin == pytest.approx((10.0 + 0.5 * 5, 20.0 + 0.6 * 250, 30.0 + 2.0 * 60))
     across = medcodec.decompress(data, region=(slice(30, 40),))

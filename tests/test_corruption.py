@@ -222,7 +222,9 @@ def test_metadata_that_is_not_a_flat_object_is_refused_before_it_is_parsed():
     from medcodec.codec import METADATA_ENTRIES
     from medcodec.container import Chunk, read_stream, write_stream
 
-    header, chunks = read_stream(medcodec.compress(medcodec.Volume(synthetic(shape=(2, 8, 8)), metadata={"k": "v"}), max_error=0))
+    header, chunks = read_stream(
+        medcodec.compress(medcodec.Volume(synthetic(shape=(2, 8, 8)), metadata={"k": "v"}), max_error=0)
+    )
 
     def with_meta(text: bytes) -> bytes:
         payload = zstandard.ZstdCompressor().compress(text)

@@ -39,7 +39,12 @@ def test_decoding_is_identical_with_one_and_two_threads(tmp_path, kwargs):
     results = []
     for threads in (1, 2):
         out = subprocess.run(
-            [sys.executable, "-c", _DECODE, str(path), str(threads)], capture_output=True, encoding="utf-8", errors="replace", env=env, check=True
+            [sys.executable, "-c", _DECODE, str(path), str(threads)],
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            env=env,
+            check=True,
         ).stdout.split()
         assert out[1] == str(threads)
         results.append(out[0])

@@ -95,7 +95,6 @@ def test_a_run_writes_a_codec_model_and_per_round_per_site_metrics(reference, si
 
 def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tmp_path, monkeypatch):
     import medcodec.export
-
     from medcodec_fed import export as fed_export
     from medcodec_fed.local import calibrate_site
     from medcodec_fed.messages import SiteCalibration
@@ -117,7 +116,7 @@ def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tm
     server.run(sites, replace(TINY, rounds=1), tmp_path / "cal", say=_quiet)
     assert [type(c) for c in sent] == [SiteCalibration, SiteCalibration]
     assert [c.site for c in sent] == ["site0", "site1"]
-    (calibration, act_max), = exported
+    ((calibration, act_max),) = exported
     assert calibration is None  # no patches reach the export, only the ranges
     assert act_max == [max(a, b) for a, b in zip(sent[0].activation_max, sent[1].activation_max)]
 

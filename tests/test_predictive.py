@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import medcodec
-from medcodec import CorruptStreamError, MedcodecError
+from medcodec import CorruptStreamError, MedcodecError, predictive, wavefront
 from medcodec import codec as codec_module
-from medcodec import predictive, wavefront
 from medcodec.predictive import MAX_TOKENS, decode_tile, encode_tile, plan_tile, tokens, untokens
 from tests.conftest import synthetic
 
@@ -20,7 +19,9 @@ def test_tokens_round_trip_over_the_whole_symbol_range():
     tok, nraw, raw = tokens(q)
     assert (tok < MAX_TOKENS).all() and (nraw <= 32).all() and (raw < (np.int64(1) << nraw)).all()
     assert np.array_equal(untokens(tok, raw), q)
-    assert (tok[np.abs(q) < 8] == np.where(q[np.abs(q) < 8] >= 0, 2 * q[np.abs(q) < 8], -2 * q[np.abs(q) < 8] - 1)).all()
+    assert (
+        tok[np.abs(q) < 8] == np.where(q[np.abs(q) < 8] >= 0, 2 * q[np.abs(q) < 8], -2 * q[np.abs(q) < 8] - 1)
+    ).all()
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 6, 9), (2, 3, 2), (9, 13, 11), (17, 20, 18)])
@@ -70,7 +71,11 @@ def numpy_loops(monkeypatch):
 def test_compiled_kernels_write_and_read_the_reference_loops_streams(numpy_loops, shape, d, span):
     rng = np.random.default_rng(sum(shape) + d)
     smooth = synthetic(shape=shape, seed=d).astype(np.int64)
-    x = smooth + rng.integers(-span // 100, span // 100 + 1, shape) if span < 2**31 else rng.integers(-span, span, shape)
+    x = (
+        smooth + rng.integers(-span // 100, span // 100 + 1, shape)
+        if span < 2**31
+        else rng.integers(-span, span, shape)
+    )
     lo, hi = int(x.min()), int(x.max())
     numpy_loops(True)
     reference, recon = encode_tile(x, d, lo, hi)

@@ -41,7 +41,9 @@ def test_a_zarr_v3_array_stores_its_chunks_with_medcodec_and_reopens(tmp_path, v
     assert np.abs(region.astype(np.int64) - volume[3:13, 5:30, 17:23]).max() <= bound
     chunk = next((tmp_path / "v.zarr").rglob("c/0/0/0"))
     assert medcodec.info(chunk.read_bytes()).shape == (12, 24, 20)  # each chunk is a medcodec stream
-    assert float(da.from_zarr(back).astype("int64").sum().compute()) == pytest.approx(float(volume.sum()), abs=bound * volume.size)
+    assert float(da.from_zarr(back).astype("int64").sum().compute()) == pytest.approx(
+        float(volume.sum()), abs=bound * volume.size
+    )
 
 
 def test_a_zarr_v2_array_takes_the_numcodecs_codec_as_its_compressor(volume):
@@ -64,7 +66,9 @@ def test_a_region_read_through_a_dask_cluster_equals_the_original(tmp_path, volu
     z = zarr.create_array(zarr.storage.LocalStore(tmp_path / "v.zarr"), shape=volume.shape, chunks=(10, 20, 18),
                           dtype="int16", serializer=MedcodecZarr(), compressors=None)  # fmt: skip
     z[:] = volume
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
         with distributed.Client(cluster):
             arr = da.from_zarr(str(tmp_path / "v.zarr"))
             assert np.array_equal(arr[4:17, 9:33, 5:30].compute(), volume[4:17, 9:33, 5:30])

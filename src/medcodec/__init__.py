@@ -60,6 +60,7 @@ def __dir__() -> list[str]:
     # Completion (IPython, Jupyter) lists the lazy names too.
     return sorted(set(globals()) | set(_LAZY))
 
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -166,6 +166,7 @@ def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Name
         raise InvalidInputError(f"with several inputs, -o names a folder; {args.output} is a file")
     if args.jobs < 1:
         raise InvalidInputError(f"--jobs must be at least 1, got {args.jobs}")
+
     def default(source: Path) -> Path:
         if name == "compress":
             return default_compress_output(source)
@@ -196,7 +197,9 @@ def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Name
     elif not args.quiet:
         ok = [r for r in records if r["ok"]]
         into, out = sum(r["input_bytes"] for r in ok), sum(r["output_bytes"] for r in ok)
-        total = f", {_human_size(into)} -> {_human_size(out)}" + (f" ({_ratio(into, out)})" if name == "compress" else "")
+        total = f", {_human_size(into)} -> {_human_size(out)}" + (
+            f" ({_ratio(into, out)})" if name == "compress" else ""
+        )
         print(f"{len(records)} files: {len(ok)} done, {len(failed)} failed{total if ok else ''}")
     return failed[0]["exit_code"] if failed else 0
 
@@ -417,7 +420,6 @@ def _fmt_floats(values: Sequence[float], sep: str = " x ") -> str:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from . import compress, info, read  # heavy: numpy, SimpleITK, torch
-
     from .io import WRITE_SUFFIXES
 
     start = time.perf_counter()
@@ -427,7 +429,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     dest = Path("-") if to_stdout else _resolve_output(args.output, default_compress_output(source))
     if not to_stdout:
         if dest.name.lower().endswith(WRITE_SUFFIXES):
-            raise InvalidInputError(f"{dest.name!r} names a volume file; a compressed stream is written as {STREAM_SUFFIX}")
+            raise InvalidInputError(
+                f"{dest.name!r} names a volume file; a compressed stream is written as {STREAM_SUFFIX}"
+            )
         _check_output(dest, source, force=args.force)
 
     _refuse_stream_input(source)
@@ -511,7 +515,9 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
                      "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
     elif not args.quiet:
         elapsed = time.perf_counter() - start
-        print(f"{args.input} -> {dest}: {_human_size(len(data))} -> {_human_size(volume.array.nbytes)}, {elapsed:.1f} s")
+        print(
+            f"{args.input} -> {dest}: {_human_size(len(data))} -> {_human_size(volume.array.nbytes)}, {elapsed:.1f} s"
+        )
     return 0
 
 
@@ -681,7 +687,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality", type=int, metavar="Q",
         help="lossy quality 1-100 (default mode, default 40): guarantees PSNR >= 20 + Q/2 dB over max - min",
     )  # fmt: skip
-    mode.add_argument("--max-error", type=_max_error, metavar="D", help="near-lossless: every voxel within +-D of the original")
+    mode.add_argument(
+        "--max-error", type=_max_error, metavar="D", help="near-lossless: every voxel within +-D of the original"
+    )
     mode.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
     privacy = p.add_mutually_exclusive_group()
     privacy.add_argument("--strip-metadata", action="store_true", help="store no metadata (header fields, DICOM tags)")
@@ -715,7 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("test", "Verify .mcz files: decode each and check every checksum, writing nothing.")
     p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin)")
-    p.add_argument("--model", metavar="NAME_OR_PATH", help="model name or weights file (default: the one each stream names)")
+    p.add_argument(
+        "--model", metavar="NAME_OR_PATH", help="model name or weights file (default: the one each stream names)"
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list, one object per file")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the failures")
     p.set_defaults(func=_cmd_test)

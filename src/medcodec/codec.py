@@ -147,7 +147,9 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
     else:
         lo, hi = float(arr.min()), float(arr.max())
     if mode != "lossless" and not math.isfinite(hi - lo):
-        raise InvalidInputError(f"volume spans {lo:g}..{hi:g}, wider than float64 holds: only lossless (max_error=0) can store it")
+        raise InvalidInputError(
+            f"volume spans {lo:g}..{hi:g}, wider than float64 holds: only lossless (max_error=0) can store it"
+        )
     q = quality if quality is not None else DEFAULT_QUALITY if mode == "lossy" else PREDICTOR_QUALITY
     d = quality_bound(q, lo, hi, integer) if mode == "lossy" else float(max_error or 0.0)
     # Any bound past the span reconstructs within it; capping keeps the step a small number.
@@ -206,8 +208,10 @@ def compress(
         meta = json.dumps({str(k): str(v) for k, v in vol.metadata.items()}, sort_keys=True).encode()
         if len(meta) > METADATA_LIMIT or len(vol.metadata) > METADATA_ENTRIES:
             # The decoder refuses more (docs/FORMAT.md): never write a stream it cannot read.
-            raise InvalidInputError(f"metadata is {len(vol.metadata)} entries, {len(meta)} bytes as JSON; a stream "
-                                    f"holds at most {METADATA_ENTRIES} entries and {METADATA_LIMIT} bytes")
+            raise InvalidInputError(
+                f"metadata is {len(vol.metadata)} entries, {len(meta)} bytes as JSON; a stream "
+                f"holds at most {METADATA_ENTRIES} entries and {METADATA_LIMIT} bytes"
+            )
         chunks.append(Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta)))
     encoded = _tile_map(lambda i: _encode_tile(i, arr[tiles[i]], plan, cm), range(len(tiles)), parallel=cm is None)
     for i, (payload, digest) in enumerate(encoded):
@@ -418,7 +422,9 @@ def _tile_map(fn: Callable[[int], Any], indices: range, parallel: bool) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _decode_tile(i: int, tile, payload: bytes, header: Header, expected: int, cm: CodecModel | None) -> tuple[np.ndarray, bytes]:
+def _decode_tile(
+    i: int, tile, payload: bytes, header: Header, expected: int, cm: CodecModel | None
+) -> tuple[np.ndarray, bytes]:
     """Validate and decode tile chunk ``i``; returns its voxels and checksum.
 
     Raises:
@@ -454,7 +460,9 @@ def _decode_tile(i: int, tile, payload: bytes, header: Header, expected: int, cm
     return recon, digest
 
 
-def _decode_learned(header: Header, cm: CodecModel, shape, integer: bool, levels: int, n_buckets: int, sections) -> np.ndarray:
+def _decode_learned(
+    header: Header, cm: CodecModel, shape, integer: bool, levels: int, n_buckets: int, sections
+) -> np.ndarray:
     latents, residual, exceptions = sections
     c = cm.synthesis.latent_channels
     lat_shape = (c, *(-(-s // 8) for s in shape))
@@ -522,7 +530,9 @@ def _metadata(chunks: list[Chunk]) -> dict:
             try:
                 text = unzstd(c.payload, METADATA_LIMIT)
             except CorruptStreamError as exc:
-                raise CorruptStreamError(f"metadata chunk is damaged or over {METADATA_LIMIT >> 20} MiB: {exc}") from None
+                raise CorruptStreamError(
+                    f"metadata chunk is damaged or over {METADATA_LIMIT >> 20} MiB: {exc}"
+                ) from None
             # Only an object of at most METADATA_ENTRIES strings is parsed: 64 MiB of nested lists
             # would cost gigabytes as Python objects before it could be refused.
             skeleton = b"".join(_JSON_STRING.sub(b'""', text).split())

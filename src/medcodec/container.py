@@ -70,7 +70,7 @@ class Header:
         return fixed + struct.pack("<B", len(name)) + name + self.model_sha256 + self.voxel_sha256
 
     @classmethod
-    def unpack(cls, body: bytes) -> "Header":
+    def unpack(cls, body: bytes) -> Header:
         if len(body) < _HEADER.size + 1:
             raise CorruptStreamError("header is too short")
         f = _HEADER.unpack_from(body)

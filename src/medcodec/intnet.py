@@ -114,13 +114,10 @@ class IntSynthesis:
                 x = pixel_shuffle3d(x)
         return x[0, 0].to(torch.int64).numpy()
 
-
     def _first_conv(self, x: torch.Tensor, bias: np.ndarray) -> torch.Tensor:
         """First convolution: exact float32 groups summed in float64, then rounded once to float32."""
         w = self._weights[0]
-        acc = torch.from_numpy(bias.astype(np.float64)).view(1, -1, 1, 1, 1).expand(
-            1, w.shape[0], *x.shape[2:]
-        ).clone()
+        acc = torch.from_numpy(bias.astype(np.float64)).view(1, -1, 1, 1, 1).expand(1, w.shape[0], *x.shape[2:]).clone()
         for c in range(0, w.shape[1], FIRST_GROUP):
             acc += F.conv3d(x[:, c : c + FIRST_GROUP], w[:, c : c + FIRST_GROUP], padding=1).double()
         # float64 -> float32 is one correctly rounded conversion: the same everywhere.

@@ -86,7 +86,7 @@ def _restore_nonfinite(path: Path, array: np.ndarray) -> np.ndarray:
     import gzip
 
     try:
-        with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
             raw = f.read()
     except OSError:
         return array

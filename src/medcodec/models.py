@@ -79,16 +79,16 @@ class CodecModel:
         """The float analysis transform (built on first use: only encoders need it)."""
         if self._analysis is None:
             net = Autoencoder(self.arch).g_a
-            state = {k[len("g_a.") :]: torch.from_numpy(v.copy()) for k, v in self.tensors.items() if k.startswith("g_a.")}
+            state = {
+                k[len("g_a.") :]: torch.from_numpy(v.copy()) for k, v in self.tensors.items() if k.startswith("g_a.")
+            }
             net.load_state_dict(state)
             net.eval()
             self._analysis = net
         return self._analysis
 
 
-def save_model_file(
-    arch: Architecture, tensors: dict[str, np.ndarray], meta: dict[str, Any], out_dir: Path
-) -> Path:
+def save_model_file(arch: Architecture, tensors: dict[str, np.ndarray], meta: dict[str, Any], out_dir: Path) -> Path:
     """Write a model file named by its content hash; returns its path.
 
     The bytes depend only on the arguments, so the same weights give the same file.
@@ -101,7 +101,9 @@ def save_model_file(
         entries.append({"name": name, "dtype": code, "shape": list(arr.shape), "offset": offset, "nbytes": len(blob)})
         blobs.append(blob)
         offset += len(blob)
-    header = json.dumps({"arch": arch.to_dict(), "meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":"))
+    header = json.dumps(
+        {"arch": arch.to_dict(), "meta": meta, "tensors": entries}, sort_keys=True, separators=(",", ":")
+    )
     head = header.encode()
     data = MAGIC + struct.pack("<I", len(head)) + head + b"".join(blobs)
     digest = hashlib.sha256(data).hexdigest()

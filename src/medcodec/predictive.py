@@ -27,6 +27,7 @@ voxels on every machine. The numpy loops here (one wavefront per step) are the
 reference; :mod:`medcodec.wavefront` computes the same integers compiled, and is
 used wherever numba imports (set ``MEDCODEC_NO_JIT`` to run the reference).
 """
+
 from __future__ import annotations
 
 import os
@@ -71,10 +72,17 @@ DIRECT_BITS, MANTISSA_BITS = 4, 2
 MAX_TOKENS = (1 << DIRECT_BITS) + (1 << MANTISSA_BITS) * (35 - DIRECT_BITS)
 MAX_Z_LEVELS = 3
 
+
 def _margins() -> tuple[int, int, int, int]:
     """Top, bottom, left and right margins of the padded planes: room for every neighbour offset."""
     offs = INPLANE + ZNEIGHBOURS
-    return (max(-dy for dy, _ in offs), max(dy for dy, _ in offs), max(-dx for _, dx in offs), max(dx for _, dx in offs))
+    return (
+        max(-dy for dy, _ in offs),
+        max(dy for dy, _ in offs),
+        max(-dx for _, dx in offs),
+        max(dx for _, dx in offs),
+    )
+
 
 #: Voxels sampled to fit a level's parameters, and to compare z depths.
 _FIT_SAMPLES, _PLAN_SAMPLES = 1 << 14, 1 << 12
@@ -97,7 +105,9 @@ def tokens(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         # floor(log2) by comparison with powers of two: exact for every int64.
         e[big] = np.searchsorted(1 << np.arange(63, dtype=np.int64), ub, side="right") - 1
     nraw = np.where(big, e - MANTISSA_BITS, 0)
-    tok = np.where(big, (1 << DIRECT_BITS) + ((e - DIRECT_BITS) << MANTISSA_BITS) + ((u >> nraw) & ((1 << MANTISSA_BITS) - 1)), u)
+    tok = np.where(
+        big, (1 << DIRECT_BITS) + ((e - DIRECT_BITS) << MANTISSA_BITS) + ((u >> nraw) & ((1 << MANTISSA_BITS) - 1)), u
+    )
     raw = u & ((np.int64(1) << nraw) - 1)
     return tok, nraw, raw
 
@@ -204,7 +214,9 @@ class _Planes:
         pred = np.clip(base + ((s + (1 << (W_SCALE - 1))) >> W_SCALE), lo, hi)
         return pred, acts
 
-    def buckets(self, pos: np.ndarray, acts: np.ndarray, lv: _Level, pred: np.ndarray, lo: int, step: int) -> np.ndarray:
+    def buckets(
+        self, pos: np.ndarray, acts: np.ndarray, lv: _Level, pred: np.ndarray, lo: int, step: int
+    ) -> np.ndarray:
         e = np.abs(self.err[:, pos[None, :] + self.off[:N_ERR_CONTEXT, None]])
         c = np.concatenate([acts, e], axis=1)
         ctx = np.einsum("bkn,k->bn", c, lv.ctx_w) >> C_SCALE
@@ -261,7 +273,9 @@ def _lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _EXACT_LIMIT = 1 << 62
 
 
-def _normal_equations(f: np.ndarray, target: np.ndarray, cls: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def _normal_equations(
+    f: np.ndarray, target: np.ndarray, cls: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Per class and for all samples (index N_CLASSES): the Gram matrices, right-hand sides and
     sample counts, summed exactly in integers (so their order does not matter); None where an
     int64 sum could overflow."""
@@ -308,11 +322,15 @@ def _fit_level(x: np.ndarray, t: np.ndarray, h: int, step: int, lo: int, hi: int
     their z neighbours) would only cost memory.
     """
     fill = int(np.median(x[t, 0, :]))
-    keep = t if t.size <= _FIT_SLICES else t[np.unique(np.linspace(0, t.size - 1, _FIT_SLICES).round().astype(np.int64))]
+    keep = (
+        t if t.size <= _FIT_SLICES else t[np.unique(np.linspace(0, t.size - 1, _FIT_SLICES).round().astype(np.int64))]
+    )
     return _fit(x[keep], *_z_neighbours(x, keep, h), fill, t.size * x.shape[1] * x.shape[2], step, lo, hi, samples)
 
 
-def _fit(x: np.ndarray, zm, zp, fill: int, voxels: int, step: int, lo: int, hi: int, samples: int) -> tuple[_Level, float]:
+def _fit(
+    x: np.ndarray, zm, zp, fill: int, voxels: int, step: int, lo: int, hi: int, samples: int
+) -> tuple[_Level, float]:
     """Fit a level's parameters on a sample of slices ``x`` standing for ``voxels`` voxels."""
     has_z = zm is not None
     b, h, w = x.shape
@@ -406,7 +424,9 @@ _UNIFORM = constriction.stream.model.Uniform()
 
 
 def _models(counts: np.ndarray) -> list:
-    return [constriction.stream.model.Categorical(c.astype(np.float64), perfect=False) if c.sum() else None for c in counts]
+    return [
+        constriction.stream.model.Categorical(c.astype(np.float64), perfect=False) if c.sum() else None for c in counts
+    ]
 
 
 def _raw_parts(nraw: np.ndarray, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -446,6 +466,8 @@ _KERNELS = None
 def compiled() -> bool:
     """Whether the coder's loops run compiled (numba importable and MEDCODEC_NO_JIT unset)."""
     return _kernels() is not None
+
+
 _NO_Z = np.zeros((1, 1), np.int64)
 
 
@@ -660,7 +682,11 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
     at = _HEAD.size
     r = _Words(np.frombuffer(unzstd(data[at : at + n_head], 8 * max_words), dtype="<i8").astype(np.int64))
     at += n_head
-    rc = _Words(np.frombuffer(unzstd(data[at : at + n_table], 2 * N_BUCKETS * MAX_TOKENS * len(levels)), dtype="<u2").astype(np.int64))
+    rc = _Words(
+        np.frombuffer(unzstd(data[at : at + n_table], 2 * N_BUCKETS * MAX_TOKENS * len(levels)), dtype="<u2").astype(
+            np.int64
+        )
+    )
     body = data[at + n_table :]
     if len(body) % 4:
         raise CorruptStreamError("predictive section's coded words are not whole")

@@ -56,7 +56,9 @@ FREE_TEXT_NIFTI_FIELDS = ("descrip", "aux_file", "intent_name", "db_name")
 
 def _private(key: str) -> bool:
     group = key.split("|", 1)[0]
-    return "|" in key and len(group) == 4 and all(c in "0123456789abcdefABCDEF" for c in group) and int(group, 16) % 2 == 1
+    return (
+        "|" in key and len(group) == 4 and all(c in "0123456789abcdefABCDEF" for c in group) and int(group, 16) % 2 == 1
+    )
 
 
 def identifying(key: str) -> bool:

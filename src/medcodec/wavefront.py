@@ -14,6 +14,7 @@ voxel ``(y, x)`` at ``(y + top) * cols + x + left``. Within a wavefront the
 voxels are visited slice by slice, then by increasing ``y``: the reference's
 order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,7 +26,16 @@ except ImportError:  # pragma: no cover - exercised where numba is not installed
 else:
     AVAILABLE = True
 
-__all__ = ["AVAILABLE", "Geometry", "encode_level", "front_predict", "front_raw_sizes", "front_finish", "runs", "normal_equations"]
+__all__ = [
+    "AVAILABLE",
+    "Geometry",
+    "encode_level",
+    "front_predict",
+    "front_raw_sizes",
+    "front_finish",
+    "runs",
+    "normal_equations",
+]
 
 
 class Geometry:

@@ -275,8 +275,10 @@ def _flower_app(args: argparse.Namespace) -> int:
     path = flower.write_app(args.dir, RunConfig.from_mapping(settings), options)
     print(path)
     if not Path(options.out).is_absolute():
-        note = (f"note: the run folder {options.out!r} is relative to the ServerApp's working directory on the "
-                "coordinator; give an absolute --out (or --run-config \"out='/path'\" to flwr run)")
+        note = (
+            f"note: the run folder {options.out!r} is relative to the ServerApp's working directory on the "
+            "coordinator; give an absolute --out (or --run-config \"out='/path'\" to flwr run)"
+        )
         print(note, file=sys.stderr)
     print(f"submit it with: flwr run {args.dir} <connection>   (run folder on the coordinator: {options.out})")
     return 0

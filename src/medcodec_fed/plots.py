@@ -58,6 +58,7 @@ def plot_global_rd(metrics: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     rounds = [r["round"] for r in metrics["rounds"]]
+
     def value(rec: dict[str, Any], key: str) -> float:  # a gap where a site did not report (Flower engine)
         v = rec.get(key) if rec is not None else None
         return np.nan if v is None else v
