@@ -607,3 +607,18 @@ def test_the_installed_command_as_a_user_types_it(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "back.nrrd" in proc.stdout
     assert np.array_equal(medcodec.read(tmp_path / "back.nrrd").array, make_volume(1).array)
     assert "nope" in assert_error(run_cli_process("info", tmp_path / "nope.mcz"), 8)
+
+
+def test_info_and_help_never_import_torch(tmp_path: Path) -> None:
+    data = medcodec.compress(np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32), quality=50)
+    assert medcodec.info(data).model_name  # a stream of the learned path: info still needs no network
+    (tmp_path / "s.mcz").write_bytes(data)
+    code = (
+        "import sys\nfrom medcodec import cli\n"
+        f"assert cli.main(['info', {str(tmp_path / 's.mcz')!r}]) == 0\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules, file=sys.stderr)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=env, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "False"
