@@ -1,0 +1,103 @@
+"""The dependency rules of docs/ARCHITECTURE.md, checked by reading every module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+MODULES = sorted(p for pkg in ("medcodec", "medcodec_fed") for p in (SRC / pkg).glob("*.py"))
+
+
+def _name(path: Path) -> str:
+    return ".".join(path.relative_to(SRC).with_suffix("").parts)
+
+
+def _imports(path: Path, *, module_level: bool) -> set[str]:
+    """Absolute names a module imports (relative imports resolved), at module level or anywhere."""
+    tree = ast.parse(path.read_text())
+    package = _name(path).rsplit(".", 1)[0]
+    nodes = []
+    for node in tree.body if module_level else [tree]:
+        # Module level includes imports under if/try at top level, not those inside functions.
+        if module_level and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        nodes.extend(ast.walk(node))
+    names = set()
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            names |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level:
+                base = ".".join([package, *([base] if base else [])]) if n.level == 1 else base
+            names |= {f"{base}.{a.name}" if n.level and not n.module else base for a in n.names}
+    if module_level:
+        # `if TYPE_CHECKING:` imports never run.
+        for node in tree.body:
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                for n in ast.walk(node):
+                    if isinstance(n, ast.ImportFrom) and n.level == 1:
+                        names.discard(".".join([package, *([n.module] if n.module else [])]))
+    return names
+
+
+def _top(names: set[str]) -> set[str]:
+    return {n.split(".")[0] for n in names}
+
+
+def test_the_codec_never_imports_the_federation():
+    offenders = [
+        _name(p)
+        for p in MODULES
+        if _name(p).startswith("medcodec.") and "medcodec_fed" in _top(_imports(p, module_level=False))
+    ]
+    assert offenders == []
+
+
+TORCH_AT_IMPORT = {"medcodec.models", "medcodec.intnet", "medcodec.network", "medcodec.train", "medcodec.export",
+                   "medcodec_fed.local", "medcodec_fed.server", "medcodec_fed.evaluate"}  # fmt: skip
+ONLY_IN = {"numba": {"medcodec.wavefront"}, "flwr": {"medcodec_fed.flower"}, "SimpleITK": {"medcodec.io"},
+           "zarr": {"medcodec.zarr_codec"}, "numcodecs": {"medcodec.zarr_codec"}}  # fmt: skip
+
+
+def test_torch_is_imported_at_module_level_only_where_it_is_the_point():
+    loaded = {_name(p) for p in MODULES if "torch" in _top(_imports(p, module_level=True))}
+    assert loaded <= TORCH_AT_IMPORT, sorted(loaded - TORCH_AT_IMPORT)
+
+
+@pytest.mark.parametrize("library", sorted(ONLY_IN))
+def test_each_heavy_library_lives_in_its_own_module(library):
+    users = {_name(p) for p in MODULES if library in _top(_imports(p, module_level=True))}
+    assert users <= ONLY_IN[library], sorted(users - ONLY_IN[library])
+
+
+def test_the_package_import_graph_has_no_cycle():
+    names = {_name(p): p for p in MODULES}
+
+    def deps(module: str) -> set[str]:
+        found = set()
+        for n in _imports(names[module], module_level=True):
+            while n and n not in names:
+                n = n.rpartition(".")[0]
+            if n and n != module and not n.endswith("__init__"):
+                found.add(n)
+        return found
+
+    graph = {m: deps(m) for m in names if not m.endswith("__init__")}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in graph.get(m, ()):
+            if state.get(d) == 1:
+                raise AssertionError(f"import cycle: {' -> '.join([*path, m, d])}")
+            if d not in state:
+                visit(d, [*path, m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
