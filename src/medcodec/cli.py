@@ -435,12 +435,17 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         _check_output(dest, source, force=args.force)
 
     _refuse_stream_input(source)
-    volume = read(source)
+    max_error = 0.0 if args.lossless else args.max_error
+    keep = None
     if args.strip_metadata or args.anonymize:
         from .privacy import anonymized
 
-        volume.metadata = {} if args.strip_metadata else anonymized(volume.metadata)
-    max_error = 0.0 if args.lossless else args.max_error
+        keep = (lambda m: {}) if args.strip_metadata else anonymized
+    if not to_stdout and _out_of_core(source):
+        return _compress_large(args, source, dest, max_error, keep, start)
+    volume = read(source)
+    if keep is not None:
+        volume.metadata = keep(volume.metadata)
     progress = _Progress("compressing", enabled=not args.quiet)
     try:
         data = compress(volume, quality=args.quality, max_error=max_error, model=args.model, progress=progress)
@@ -474,6 +479,49 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Inputs (an uncompressed .nii or a .npy) and outputs at least this large are coded a z-slab
+#: of tiles at a time from and to disk (medcodec.large), so memory stays bounded.
+OUT_OF_CORE_BYTES = 512 << 20
+
+
+def _large_stream(path: Path) -> bool:
+    from . import info
+
+    with open(path, "rb") as f:
+        head = info(f.read(65536))
+    return head.raw_bytes >= OUT_OF_CORE_BYTES
+
+
+def _out_of_core(path: Path) -> bool:
+    from .large import FILE_SUFFIXES
+
+    return path.is_file() and path.name.lower().endswith(FILE_SUFFIXES) and path.stat().st_size >= OUT_OF_CORE_BYTES
+
+
+def _compress_large(args, source: Path, dest: Path, max_error, keep, start: float) -> int:
+    from .large import compress_file
+
+    progress = _Progress("compressing", enabled=not args.quiet)
+    try:
+        header = compress_file(source, dest, quality=args.quality, max_error=max_error, model=args.model,
+                               progress=progress, force=args.force, metadata=keep)  # fmt: skip
+    finally:
+        progress.close()
+    import numpy as np
+
+    size, raw = dest.stat().st_size, math.prod(header.shape) * np.dtype(header.dtype).itemsize
+    if args.json:
+        _print_json({"file": args.input, "output": str(dest), "mode": header.mode, "max_error": header.max_error,
+                     "quality": header.quality if header.mode == "lossy" else None, "raw_bytes": raw,
+                     "input_file_bytes": source.stat().st_size, "stream_bytes": size,
+                     "seconds": round(time.perf_counter() - start, 3), "out_of_core": True})  # fmt: skip
+    elif not args.quiet:
+        print(f"{args.input} -> {dest}: {_human_size(raw)} -> {_human_size(size)} ({_ratio(raw, size)} against raw "
+              f"voxels), {_describe_mode(header.mode, header.max_error, header.quality)}, slab by slab, "
+              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+    return 0
+
+
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from . import decompress, write  # heavy: numpy, SimpleITK, torch
     from .io import WRITE_SUFFIXES
@@ -498,6 +546,22 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"cannot tell the format of {dest.name!r}; use one of {', '.join(WRITE_SUFFIXES)}")
     _check_output(dest, source, force=args.force)
 
+    if (
+        args.input != "-"
+        and args.region is None
+        and dest.name.lower().endswith((".nii", ".npy"))
+        and _large_stream(source)
+    ):
+        from .large import decompress_file
+
+        progress = _Progress("decompressing", enabled=not args.quiet)
+        try:
+            decompress_file(source, dest, model=args.model, progress=progress, force=args.force)
+        finally:
+            progress.close()
+        if not args.quiet:
+            print(f"{args.input} -> {dest}: slab by slab, {time.perf_counter() - start:.1f} s")
+        return 0
     data = _read_bytes(source)  # "-": stdin
     progress = _Progress("decompressing", enabled=not args.quiet)
     try:

@@ -135,17 +135,37 @@ def _integer_valued(a: np.ndarray) -> bool:
     return bool((np.floor(a) == a).all() and not (np.signbit(a) & (a == 0)).any())
 
 
-def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Plan:
-    is_float = arr.dtype.kind == "f"
+@dataclass
+class _Scan:
+    """What the plan needs to know of a volume's values, gathered slab by slab."""
+
+    lo: float = math.inf
+    hi: float = -math.inf
+    integer_valued: bool = True  # floats only: every value an exactly held integer
+    finite: bool = True
+
+    def add(self, a: np.ndarray) -> None:
+        if a.dtype.kind == "f":
+            finite = bool(np.isfinite(a).all())
+            self.finite &= finite
+            self.integer_valued &= finite and _integer_valued(a)
+            if not finite:
+                return  # a span with NaN or inf is never planned on (lossless raw, or an error)
+        if a.size:
+            self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
+
+
+def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | None) -> _Plan:
+    is_float = dtype.kind == "f"
     mode = "lossy" if max_error is None else "lossless" if max_error == 0 else "near-lossless"
-    integer = not is_float or _integer_valued(arr)
-    if is_float and not integer and mode != "lossless" and not np.isfinite(arr).all():
+    integer = not is_float or scan.integer_valued
+    if is_float and not integer and mode != "lossless" and not scan.finite:
         raise InvalidInputError("volume holds NaN or infinite values: only lossless (max_error=0) can store them")
     raw = is_float and not integer and mode == "lossless"
     if raw:
         lo = hi = 0.0
     else:
-        lo, hi = float(arr.min()), float(arr.max())
+        lo, hi = scan.lo, scan.hi
     if mode != "lossless" and not math.isfinite(hi - lo):
         raise InvalidInputError(
             f"volume spans {lo:g}..{hi:g}, wider than float64 holds: only lossless (max_error=0) can store it"
@@ -159,7 +179,7 @@ def _plan(arr: np.ndarray, quality: int | None, max_error: float | None) -> _Pla
         mode, d = "lossless", 0.0
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
-    return _Plan(arr.dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
+    return _Plan(dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
 
 
 def compress(
@@ -193,42 +213,74 @@ def compress(
     _check_options(quality, max_error)
     vol = as_volume(volume)
     arr = vol.array
-    plan = _plan(arr, quality, max_error)
-    # Only float arithmetic runs the network; a model the caller names is checked all the same.
-    cm = None
-    network = not (plan.raw or plan.integer)
-    if network or model is not None:
-        from .models import load_model  # imports torch
+    scan = _Scan()
+    scan.add(arr)
+    coding = _Coding.start(vol, arr.shape, arr.dtype, scan, quality, max_error, model)
+    chunks = coding.leading_chunks()
+    for payload in coding.tiles(lambda t: arr[t], progress):
+        chunks.append(Chunk(b"TILE", payload))
+    return write_stream(coding.header(), chunks)
 
-        loaded = load_model(model)
-        cm = loaded if network else None
-    tiles = tile_grid(arr.shape, DEFAULT_TILE)
-    chunks, digests = [], []
-    if vol.metadata:
-        meta = json.dumps({str(k): str(v) for k, v in vol.metadata.items()}, sort_keys=True).encode()
-        if len(meta) > METADATA_LIMIT or len(vol.metadata) > METADATA_ENTRIES:
+
+@dataclass
+class _Coding:
+    """One volume being coded, whatever holds its voxels: the plan, the model, the tiles done."""
+
+    vol: Volume  # geometry and metadata (its array is not read here)
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    quality: int | None
+    plan: _Plan
+    cm: CodecModel | None
+    grid: list
+    digests: list[bytes]
+
+    @classmethod
+    def start(cls, vol: Volume, shape, dtype, scan: _Scan, quality, max_error, model) -> _Coding:
+        plan = _plan(np.dtype(dtype), scan, quality, max_error)
+        # Only float arithmetic runs the network; a model the caller names is checked all the same.
+        cm = None
+        network = not (plan.raw or plan.integer)
+        if network or model is not None:
+            from .models import load_model  # imports torch
+
+            loaded = load_model(model)
+            cm = loaded if network else None
+        return cls(vol, tuple(shape), np.dtype(dtype), quality, plan, cm, tile_grid(tuple(shape), DEFAULT_TILE), [])
+
+    def leading_chunks(self) -> list[Chunk]:
+        if not self.vol.metadata:
+            return []
+        meta = json.dumps({str(k): str(v) for k, v in self.vol.metadata.items()}, sort_keys=True).encode()
+        if len(meta) > METADATA_LIMIT or len(self.vol.metadata) > METADATA_ENTRIES:
             # The decoder refuses more (docs/FORMAT.md): never write a stream it cannot read.
             raise InvalidInputError(
-                f"metadata is {len(vol.metadata)} entries, {len(meta)} bytes as JSON; a stream "
+                f"metadata is {len(self.vol.metadata)} entries, {len(meta)} bytes as JSON; a stream "
                 f"holds at most {METADATA_ENTRIES} entries and {METADATA_LIMIT} bytes"
             )
-        chunks.append(Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta)))
-    encoded = _tile_map(lambda i: _encode_tile(i, arr[tiles[i]], plan, cm), range(len(tiles)), parallel=cm is None)
-    for i, (payload, digest) in enumerate(encoded):
-        chunks.append(Chunk(b"TILE", payload))
-        digests.append(digest)
-        if progress:
-            progress(i + 1, len(tiles))
-    header = Header(
-        dtype=str(arr.dtype), mode=plan.mode,
-        quality=quality if quality is not None else (DEFAULT_QUALITY if plan.mode == "lossy" else 0),
-        shape=arr.shape, spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
-        max_error=plan.d, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(tiles),
-        model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
-        voxel_sha256=hashlib.sha256(b"".join(digests)).digest(),
-        flags=FLAG_INTEGER_VALUED if plan.integer and arr.dtype.kind == "f" else 0,
-    )  # fmt: skip
-    return write_stream(header, chunks)
+        return [Chunk(b"meta", zstandard.ZstdCompressor(level=19).compress(meta))]
+
+    def tiles(self, voxels: Callable[[tuple[slice, ...]], np.ndarray], progress: Progress | None) -> Iterator[bytes]:
+        """Each tile's payload in order; ``voxels(tile)`` gives a tile's voxels."""
+        grid, plan, cm = self.grid, self.plan, self.cm
+        encoded = _tile_map(lambda i: _encode_tile(i, voxels(grid[i]), plan, cm), range(len(grid)), parallel=cm is None)
+        for i, (payload, digest) in enumerate(encoded):
+            self.digests.append(digest)
+            if progress:
+                progress(i + 1, len(grid))
+            yield payload
+
+    def header(self) -> Header:
+        plan, cm, vol, quality = self.plan, self.cm, self.vol, self.quality
+        return Header(
+            dtype=str(self.dtype), mode=plan.mode,
+            quality=quality if quality is not None else (DEFAULT_QUALITY if plan.mode == "lossy" else 0),
+            shape=self.shape, spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
+            max_error=plan.d, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(self.grid),
+            model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
+            voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
+            flags=FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0,
+        )  # fmt: skip
 
 
 def _section(data: bytes) -> bytes:
@@ -525,29 +577,33 @@ def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:
 
 
 def _metadata(chunks: list[Chunk]) -> dict:
+    """The first ``meta`` chunk's metadata ({} without one)."""
     for c in chunks:
         if c.kind == b"meta":
-            try:
-                text = unzstd(c.payload, METADATA_LIMIT)
-            except CorruptStreamError as exc:
-                raise CorruptStreamError(
-                    f"metadata chunk is damaged or over {METADATA_LIMIT >> 20} MiB: {exc}"
-                ) from None
-            # Only an object of at most METADATA_ENTRIES strings is parsed: 64 MiB of nested lists
-            # would cost gigabytes as Python objects before it could be refused.
-            skeleton = b"".join(_JSON_STRING.sub(b'""', text).split())
-            if not _JSON_SKELETON.fullmatch(skeleton):
-                raise CorruptStreamError("metadata chunk is not an object of strings")
-            if skeleton.count(b":") > METADATA_ENTRIES:
-                raise CorruptStreamError(f"metadata chunk holds more than {METADATA_ENTRIES} entries")
-            try:
-                meta = json.loads(text)
-            except ValueError:
-                raise CorruptStreamError("metadata chunk is not valid JSON") from None
-            if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
-                raise CorruptStreamError("metadata chunk is not an object of strings")
-            return meta
+            return _parse_metadata(c.payload)
     return {}
+
+
+def _parse_metadata(payload: bytes) -> dict:
+    """A ``meta`` payload's metadata, refused unless it is a flat object of strings (Section 6.4)."""
+    try:
+        text = unzstd(payload, METADATA_LIMIT)
+    except CorruptStreamError as exc:
+        raise CorruptStreamError(f"metadata chunk is damaged or over {METADATA_LIMIT >> 20} MiB: {exc}") from None
+    # Only an object of at most METADATA_ENTRIES strings is parsed: 64 MiB of nested lists
+    # would cost gigabytes as Python objects before it could be refused.
+    skeleton = b"".join(_JSON_STRING.sub(b'""', text).split())
+    if not _JSON_SKELETON.fullmatch(skeleton):
+        raise CorruptStreamError("metadata chunk is not an object of strings")
+    if skeleton.count(b":") > METADATA_ENTRIES:
+        raise CorruptStreamError(f"metadata chunk holds more than {METADATA_ENTRIES} entries")
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        raise CorruptStreamError("metadata chunk is not valid JSON") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CorruptStreamError("metadata chunk is not an object of strings")
+    return meta
 
 
 def info(data: bytes) -> StreamInfo:

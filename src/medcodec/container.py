@@ -174,13 +174,64 @@ def _dtype_code(dtype: str) -> int:
 
 def write_stream(header: Header, chunks: list[Chunk]) -> bytes:
     """Serialize a header and chunks, each with its CRC-32, followed by the end chunk."""
+    return b"".join([header_block(header), *(chunk_bytes(c) for c in [*chunks, END])])
+
+
+#: The end chunk.
+END = Chunk(b"MEND", b"")
+
+
+def header_block(header: Header) -> bytes:
+    """Magic number, prelude, header body and header CRC: the stream's first bytes.
+
+    Its length depends only on the model name's length, so a writer can reserve it first and
+    fill it in once the voxel checksum is known.
+    """
     body = header.pack()
     prelude = _PRELUDE.pack(*FORMAT_VERSION, len(body)) + body
-    parts = [MAGIC, prelude, struct.pack("<I", zlib.crc32(prelude))]
-    for c in [*chunks, Chunk(b"MEND", b"")]:
-        head = _CHUNK_HEAD.pack(c.kind, len(c.payload))
-        parts += [head, c.payload, struct.pack("<I", zlib.crc32(c.payload, zlib.crc32(head)))]
-    return b"".join(parts)
+    return MAGIC + prelude + struct.pack("<I", zlib.crc32(prelude))
+
+
+def chunk_bytes(c: Chunk) -> bytes:
+    """One chunk as stored: head, payload, CRC-32."""
+    head = _CHUNK_HEAD.pack(c.kind, len(c.payload))
+    return head + c.payload + struct.pack("<I", zlib.crc32(c.payload, zlib.crc32(head)))
+
+
+def scan_stream(f) -> tuple[Header, list[tuple[bytes, int, int]]]:
+    """Check a stream in a binary file chunk by chunk, keeping no payload: the header and
+    each chunk's (type, payload offset, length), in order, the end chunk left out."""
+    f.seek(0)
+    first = f.read(65536)
+    header, pos, _ = read_header(first)
+    f.seek(0, 2)
+    size = f.tell()
+    chunks = []
+    while True:
+        f.seek(pos)
+        head = f.read(_CHUNK_HEAD.size)
+        if len(head) < _CHUNK_HEAD.size or size < pos + _CHUNK_HEAD.size + 4:
+            raise TruncatedStreamError("stream ends before its end chunk")
+        kind, length = _CHUNK_HEAD.unpack(head)
+        start = pos + _CHUNK_HEAD.size
+        if length > size - start - 4:
+            raise TruncatedStreamError(f"chunk {_name(kind)} runs past the end of the stream")
+        crc = zlib.crc32(head)
+        for at in range(0, length, 1 << 24):  # in pieces: a chunk may be large
+            crc = zlib.crc32(f.read(min(1 << 24, length - at)), crc)
+        if struct.unpack("<I", f.read(4))[0] != crc:
+            raise CorruptStreamError(f"checksum mismatch in chunk {_name(kind)} at byte {pos}")
+        pos = start + length + 4
+        if kind == b"MEND":
+            if length:
+                raise CorruptStreamError("end chunk has a payload")
+            break
+        if not (kind.isascii() and kind.isalpha()):
+            raise CorruptStreamError(f"invalid chunk type {_name(kind)}")
+        chunks.append((bytes(kind), start, length))
+    if pos != size:
+        raise CorruptStreamError("bytes after the end chunk")
+    return header, chunks
 
 
 def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:

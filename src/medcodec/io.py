@@ -63,11 +63,17 @@ def read(path: str | os.PathLike) -> Volume:
         direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
     if array.dtype.kind == "f" and path.name.lower().endswith((".nii", ".nii.gz")):
         array = _restore_nonfinite(path, array)
-    metadata = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    metadata = file_metadata(image)
     try:
         return Volume(array, spacing, origin, direction, metadata)
     except InvalidInputError as exc:
         raise VolumeIOError(f"{path}: {exc}") from None
+
+
+def file_metadata(image) -> dict[str, str]:
+    """The header fields a SimpleITK image (or reader) carries from its file, without ITK's
+    own bookkeeping (``ITK_original_direction`` and the like)."""
+    return {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if not k.startswith("ITK_")}
 
 
 #: NIfTI-1 / NIfTI-2 header fields: (sizeof_hdr, dims offset and type, datatype offset,

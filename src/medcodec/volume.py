@@ -55,9 +55,9 @@ class Volume:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
-        self.origin = tuple(float(o) for o in self.origin)  # type: ignore[assignment]
-        self.direction = tuple(float(d) for d in self.direction)
+        self.spacing = tuple(float(s) + 0.0 for s in self.spacing)  # type: ignore[assignment]
+        self.origin = tuple(float(o) + 0.0 for o in self.origin)  # type: ignore[assignment]
+        self.direction = tuple(float(d) + 0.0 for d in self.direction)  # + 0.0: no -0.0, one spelling of a geometry
         if len(self.spacing) != 3 or len(self.origin) != 3 or len(self.direction) != 9:
             raise InvalidInputError("spacing and origin need 3 values and direction 9")
         problem = geometry_problem(self.spacing, self.origin, self.direction)
