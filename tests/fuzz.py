@@ -2,8 +2,8 @@
 
     python -m tests.fuzz [--seconds 60 | --count N] [--seed 0]
 
-Seed streams (every tile path: predictive lossless and near-lossless, integer-valued
-float, raw float, and metadata) are mutated at random, four ways: bytes flipped or
+Seed streams (every tile path without a network: predictive lossless and near-lossless,
+integer-valued float, palette and raw float, and metadata) are mutated at random, four ways: bytes flipped or
 inserted anywhere (CRCs left stale), the stream truncated, a header field set to an
 extreme value, or bytes of one chunk's payload changed, with every CRC recomputed so the
 damage reaches the layers behind them. Each mutant is decoded (``info``, then
@@ -44,7 +44,8 @@ def seed_streams() -> list[tuple[bytes, np.ndarray]]:
         (medcodec.Volume(smooth.astype(np.int16), spacing=(0.7, 0.7, 2.5), metadata={"Modality": "CT"}), 0),
         ((smooth + rng.integers(0, 3, smooth.shape)).astype(np.int16), 2),
         ((smooth + 1000).astype(np.float32), 0),  # integer-valued float: the predictive path
-        (rng.normal(size=(3, 9, 11)).astype(np.float32), 0),  # fractional float: raw byte planes
+        (np.round(rng.normal(size=(3, 9, 11)), 2).astype(np.float32), 0),  # few fractional values: a palette
+        (rng.normal(size=(2, 190, 180)).astype(np.float32), 0),  # more than 65,536 values: raw byte planes
         ((smooth * 70_000).astype(np.int32), 0),  # wide spans: raw bits past 16
     ]
     out = []

@@ -4,7 +4,7 @@ Golden streams pin the format: every future version must decode them to the
 recorded checksums. Only add new ones; never regenerate existing ones unless the
 format's major version changes.
 
-    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 streams
+    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 and 3.0 streams
 """
 
 from __future__ import annotations
@@ -64,6 +64,33 @@ def add_format_2() -> None:
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def palette_volume() -> np.ndarray:
+    """A float32 volume with 60 distinct values (NaN, -0.0 and a subnormal among them): a palette stream."""
+    rng = np.random.default_rng(20261203)
+    levels = (np.arange(57, dtype=np.float64) * 0.731 - 11.0).astype(np.float32)
+    v = levels[rng.integers(0, 57, size=(6, 21, 19)).cumsum(axis=2) % 57]
+    v.ravel()[[3, 70, 500]] = np.array([np.nan, -0.0, 1e-45], dtype=np.float32)
+    return v
+
+
+def add_format_3() -> None:
+    """Add the format 3.0 (palette path) stream; existing entries stay."""
+    record = json.loads((HERE / "golden.json").read_text())
+    name = "v3-lossless-palette"
+    if name not in record["streams"]:
+        data = medcodec.compress(medcodec.Volume(palette_volume(), spacing=(0.5, 0.5, 1.0)), max_error=0)
+        (HERE / f"golden-{name}.mcz").write_bytes(data)
+        decoded = medcodec.decompress(data).array
+        record["streams"][name] = {
+            "file": f"golden-{name}.mcz",
+            "voxels_sha256": hashlib.sha256(decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()).hexdigest(),
+            "dtype": str(decoded.dtype),
+            "shape": list(decoded.shape),
+            "format": "3.0",
+        }
+    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
     torch.manual_seed(0)
@@ -90,8 +117,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if (HERE / "golden.json").exists():
-        add_format_2()
-    else:
+    if not (HERE / "golden.json").exists():
         main()
-        add_format_2()
+    add_format_2()
+    add_format_3()

@@ -216,3 +216,51 @@ def test_a_region_is_refused_when_the_stored_tile_checksums_do_not_match_the_hea
     header.voxel_sha256 = bytes(32)
     with pytest.raises(medcodec.ChecksumError):
         medcodec.decompress(write_stream(header, chunks), region=(slice(0, 5),))
+
+
+def _few_values(dtype) -> np.ndarray:
+    rng = np.random.default_rng(5)
+    levels = (np.arange(40, dtype=np.float64) * 0.37 - 3.1).astype(dtype)
+    a = levels[np.clip((synthetic(shape=(9, 30, 26)).astype(np.int64) // 40) % 40, 0, 39)]
+    a.ravel()[rng.choice(a.size, 12, replace=False)] = np.array(
+        [np.nan, -np.inf, np.inf, -0.0, 5e-45 if dtype == np.float32 else 5e-324] * 3
+    )[:12].astype(dtype)
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_floats_with_few_values_are_a_palette_and_its_indices_bit_for_bit(dtype):
+    a = _few_values(dtype)
+    data = medcodec.compress(a, max_error=0)
+    assert medcodec.info(data).format_version == "3.0"
+    back = medcodec.decompress(data).array
+    assert back.dtype == a.dtype and np.array_equal(back.view(np.uint8), a.view(np.uint8))  # NaN, -0.0, subnormals
+    planes = medcodec.compress(np.random.default_rng(0).normal(size=(4, 300, 300)).astype(dtype), max_error=0)
+    assert medcodec.info(planes).format_version == "2.0"  # many values: byte planes, readable by 2.x decoders
+    ints = np.nan_to_num(a.astype(np.float64), posinf=0, neginf=0).round().astype(np.int16)
+    assert medcodec.info(medcodec.compress(ints, max_error=0)).format_version == "2.0"
+
+
+def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
+    import zstandard
+
+    from medcodec import codec as codec_module
+    from medcodec.container import Chunk, read_stream, write_stream
+
+    header, chunks = read_stream(medcodec.compress(_few_values(np.float32), max_error=0))
+    tile = chunks[-1].payload
+    (n,) = np.frombuffer(tile[8:12], "<u4")
+    values = np.frombuffer(zstandard.ZstdDecompressor().decompress(tile[12 : 12 + n]), "<u4")
+    swapped = zstandard.ZstdCompressor().compress(values[::-1].tobytes())
+    bad = tile[:8] + np.uint32(len(swapped)).tobytes() + swapped + tile[12 + n :]
+    with pytest.raises(medcodec.CorruptStreamError, match="palette"):
+        codec_module._decode_palette(codec_module._split_sections(bad[8:], 2)[0], (9, 30, 26), np.dtype(np.float32))
+    data = bytearray(write_stream(header, [Chunk(c.kind, c.payload) for c in chunks]))
+    data[8:10] = np.uint16(2).tobytes()  # the prelude's major version, header CRC left as it was computed
+    import struct
+    import zlib
+
+    (size,) = struct.unpack_from("<I", data, 12)
+    struct.pack_into("<I", data, 16 + size, zlib.crc32(bytes(data[8 : 16 + size])))
+    with pytest.raises(medcodec.CorruptStreamError, match="format 3.0 defines"):
+        medcodec.decompress(bytes(data))

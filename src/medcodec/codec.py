@@ -27,13 +27,22 @@ import re
 import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zstandard
 
-from .container import FLAG_INTEGER_VALUED, Chunk, Header, StreamInfo, read_header, read_stream, write_stream
+from .container import (
+    FLAG_INTEGER_VALUED,
+    FLAG_PALETTE,
+    Chunk,
+    Header,
+    StreamInfo,
+    read_header,
+    read_stream,
+    write_stream,
+)
 from .entropy import decode_groups, encode_groups, unzstd
 from .errors import (
     ChecksumError,
@@ -63,7 +72,10 @@ DEFAULT_QUALITY = 40
 #: bits than they save in the residual layer (measured on the test split, benchmarks/RESULTS.md).
 PREDICTOR_QUALITY = 25
 
-_LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE = 0, 1, 2, 3
+_LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE, _PALETTE = 0, 1, 2, 3, 4
+#: A lossless fractional-float volume with at most this many distinct values (bit patterns)
+#: is coded as a palette and the indices of its voxels (path 4, format 3.0).
+PALETTE_LIMIT = 1 << 16
 _TILE_HEAD = struct.Struct("<IBBBB")
 Progress = Callable[[int, int], None]
 #: Threads that encode numpy-only tiles at once.
@@ -102,6 +114,7 @@ class _Plan:
     lo: float
     hi: float
     gain_num: int
+    palette: bool = False  # raw, and few distinct values: a palette and indices instead of byte planes
 
 
 #: Largest metadata chunk content (JSON bytes) a stream may hold, and most entries.
@@ -143,8 +156,16 @@ class _Scan:
     hi: float = -math.inf
     integer_valued: bool = True  # floats only: every value an exactly held integer
     finite: bool = True
+    patterns: np.ndarray | None = field(
+        default_factory=lambda: np.zeros(0, np.uint64)
+    )  # floats: distinct bits, until too many
 
     def add(self, a: np.ndarray) -> None:
+        if a.dtype.kind == "f" and self.patterns is not None:
+            bits = np.unique(_bits(a))
+            self.patterns = np.union1d(self.patterns, bits.astype(np.uint64))
+            if self.patterns.size > PALETTE_LIMIT:
+                self.patterns = None
         if a.dtype.kind == "f":
             finite = bool(np.isfinite(a).all())
             self.finite &= finite
@@ -179,7 +200,21 @@ def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | 
         mode, d = "lossless", 0.0
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
-    return _Plan(dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)))
+    palette = raw and scan.patterns is not None
+    return _Plan(dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)), palette)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    """A float array's bit patterns as unsigned integers of its width (NaN payloads and -0.0 kept apart)."""
+    return np.ascontiguousarray(a).view(np.dtype(f"u{a.dtype.itemsize}"))
+
+
+def _ordered(bits: np.ndarray, width: int) -> np.ndarray:
+    """Keys that sort float bit patterns in the order of their values (NaNs past +inf and below -inf)."""
+    bits = bits.astype(np.uint64)
+    sign = np.uint64(1) << np.uint64(8 * width - 1)
+    mask = (sign << np.uint64(1)) - np.uint64(1) if width < 8 else np.uint64(0xFFFFFFFFFFFFFFFF)
+    return np.where(bits & sign, ~bits & mask, bits | sign)
 
 
 def compress(
@@ -279,7 +314,8 @@ class _Coding:
             max_error=plan.d, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(self.grid),
             model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
             voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
-            flags=FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0,
+            flags=(FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0)
+            | (FLAG_PALETTE if plan.palette else 0),
         )  # fmt: skip
 
 
@@ -288,6 +324,17 @@ def _section(data: bytes) -> bytes:
 
 
 def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) -> tuple[bytes, bytes]:
+    if plan.palette:
+        # The tile's distinct values in the order of their values, then each voxel's index into
+        # them: neighbouring values get neighbouring indices, so the predictive coder finds them.
+        width = x.dtype.itemsize
+        keys = _ordered(_bits(x), width)
+        table, idx = np.unique(keys, return_inverse=True)
+        values = _bits(x).ravel()[np.unique(keys.ravel(), return_index=True)[1]]
+        section, _ = encode_predictive(idx.reshape(x.shape).astype(np.int64), 0, 0, int(table.size) - 1)
+        palette = zstandard.ZstdCompressor(level=19).compress(values.astype(f"<u{width}").tobytes())
+        digest = _digest(x)
+        return _TILE_HEAD.pack(index, _PALETTE, 0, 0, 0) + _section(palette) + _section(section) + digest, digest
     if plan.raw:
         body = zstandard.ZstdCompressor(level=9).compress(_shuffle(x))
         digest = _digest(x)
@@ -493,10 +540,12 @@ def _decode_tile(
     learned = path in (_LEARNED_INT, _LEARNED_FLOAT)
     if learned == (levels == 0 and n_buckets == 0) or levels > 8:
         raise CorruptStreamError(f"tile chunk {i} has invalid residual layer fields")
-    sections, digest = _split_sections(payload[_TILE_HEAD.size :], 3 if learned else 1)
+    sections, digest = _split_sections(payload[_TILE_HEAD.size :], 3 if learned else 2 if path == _PALETTE else 1)
     try:
         if path == _RAW:
             recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
+        elif path == _PALETTE:
+            recon = _decode_palette(sections, shape, dtype)
         elif path == _PREDICTIVE:
             lo, hi = int(header.lo), int(header.hi)
             recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
@@ -554,11 +603,27 @@ def _expected_path(header: Header, integer_dtype: bool) -> int:
         if header.model_name == "" and header.max_error > max(1.0, header.hi - header.lo):
             raise CorruptStreamError("header bound exceeds the intensity span of a predictive stream")
         return _PREDICTIVE if header.model_name == "" else _LEARNED_INT
+    if header.flags & FLAG_PALETTE:
+        return _PALETTE  # the header's own rules tie it to lossless fractional floats
     if header.mode == "lossless" and header.model_name == "":
         return _RAW
     if header.model_name == "":
         raise CorruptStreamError("float stream in a lossy mode names no model")
     return _LEARNED_FLOAT
+
+
+def _decode_palette(sections: list[bytes], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    width = dtype.itemsize
+    blob = unzstd(sections[0], PALETTE_LIMIT * width)
+    if not blob or len(blob) % width:
+        raise CorruptStreamError("palette is empty or not whole values")
+    values = np.frombuffer(blob, dtype=f"<u{width}")
+    keys = _ordered(values, width)
+    if values.size > 1 and (keys[1:] <= keys[:-1]).any():
+        raise CorruptStreamError("palette values are not distinct and in the order of their values")
+    # The indices are clamped to the palette by the predictive coder's own bounds (lo 0, hi n - 1).
+    idx = decode_predictive(sections[1], shape, 0, 0, int(values.size) - 1)
+    return values.astype(f"u{width}")[idx].view(dtype).reshape(shape)
 
 
 def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:

@@ -17,17 +17,21 @@ from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersion
 from .volume import SUPPORTED_DTYPES, geometry_problem
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "Header", "Chunk", "StreamInfo", "write_stream",
+    "MAGIC", "FORMAT_VERSION", "PALETTE_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "FLAG_PALETTE", "Header", "Chunk", "StreamInfo", "write_stream",
     "read_header", "read_stream", "MODES",
 ]  # fmt: skip
 
 MAGIC = b"\x89MCZ\r\n\x1a\n"
 FORMAT_VERSION = (2, 0)
+#: The version of streams whose tiles use a palette (path 4): major version 3 adds only that.
+PALETTE_VERSION = (3, 0)
 #: Major versions this decoder reads: 1 (the learned paths only) and 2 (adds the predictive path).
-READ_MAJORS = (1, 2)
+READ_MAJORS = (1, 2, 3)
 MODES = ("lossy", "near-lossless", "lossless")
 #: Header flag: a float volume whose values are all integers, coded with integer arithmetic.
 FLAG_INTEGER_VALUED = 1
+#: flags bit 1 (format 3.0): a lossless float stream whose tiles hold a palette and its indices.
+FLAG_PALETTE = 2
 #: Largest volume a stream may describe (voxels); guards allocations a header could ask for.
 MAX_VOXELS = 1 << 36
 #: Largest nominal tile (voxels): the encoder's 64 x 256 x 256.
@@ -79,7 +83,7 @@ class Header:
         if len(rest) != n + 64:
             raise CorruptStreamError("header length does not match its model name")
         dtype_code, mode, quality, flags = f[0:4]
-        if dtype_code >= len(SUPPORTED_DTYPES) or mode >= len(MODES) or flags & ~FLAG_INTEGER_VALUED:
+        if dtype_code >= len(SUPPORTED_DTYPES) or mode >= len(MODES) or flags & ~(FLAG_INTEGER_VALUED | FLAG_PALETTE):
             raise CorruptStreamError("header has an unknown dtype, mode or reserved flag")
         try:
             name = rest[:n].decode("ascii")
@@ -115,6 +119,13 @@ class Header:
             raise CorruptStreamError("header intensity range is not integer for an integer volume")
         if self.flags & FLAG_INTEGER_VALUED and np.dtype(self.dtype).kind != "f":
             raise CorruptStreamError("header flags a float property on an integer volume")
+        if self.flags & FLAG_PALETTE and (
+            np.dtype(self.dtype).kind != "f"
+            or self.flags & FLAG_INTEGER_VALUED
+            or self.mode != "lossless"
+            or self.model_name
+        ):
+            raise CorruptStreamError("header flags a palette on a stream that is not lossless fractional floats")
         dtype = np.dtype(self.dtype)
         if dtype.kind in "iu" and not np.iinfo(dtype).min <= self.lo <= self.hi <= np.iinfo(dtype).max:
             # Binds the dtype to the values: an int16 stream relabelled uint16 would decode -30 as 65506.
@@ -188,7 +199,9 @@ def header_block(header: Header) -> bytes:
     fill it in once the voxel checksum is known.
     """
     body = header.pack()
-    prelude = _PRELUDE.pack(*FORMAT_VERSION, len(body)) + body
+    # The lowest version that describes the stream, so that decoders of 2.x read all they can.
+    version = PALETTE_VERSION if header.flags & FLAG_PALETTE else FORMAT_VERSION
+    prelude = _PRELUDE.pack(*version, len(body)) + body
     return MAGIC + prelude + struct.pack("<I", zlib.crc32(prelude))
 
 
@@ -260,7 +273,10 @@ def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
             f"stream format version {major}.{minor} is not supported"
             f" (this decoder reads {', '.join(f'{m}.x' for m in READ_MAJORS)})"
         )
-    return Header.unpack(bytes(data[pos + _PRELUDE.size : end])), end + 4, (major, minor)
+    header = Header.unpack(bytes(data[pos + _PRELUDE.size : end]))
+    if header.flags & FLAG_PALETTE and major < PALETTE_VERSION[0]:
+        raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 1, which format 3.0 defines")
+    return header, end + 4, (major, minor)
 
 
 def _name(kind: bytes) -> str:
