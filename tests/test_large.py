@@ -69,3 +69,19 @@ def test_the_cli_codes_large_files_slab_by_slab(tmp_path, volume, monkeypatch):
     assert medcodec.info((tmp_path / "v.mcz").read_bytes()).metadata_keys == []
     assert cli.main(["decompress", str(tmp_path / "v.mcz"), "-o", str(tmp_path / "out.nii"), "-q"]) == 0
     assert np.array_equal(medcodec.read(tmp_path / "out.nii").array, volume)
+
+
+def test_a_large_file_it_cannot_read_in_slabs_is_read_whole(tmp_path, volume, monkeypatch):
+    from medcodec.large import readable
+
+    monkeypatch.setattr(cli, "OUT_OF_CORE_BYTES", 1)
+    img = sitk.GetImageFromArray(volume[:3])
+    sitk.WriteImage(img, str(tmp_path / "v.nii"), False)
+    raw = bytearray((tmp_path / "v.nii").read_bytes())
+    raw[112:116] = np.float32(2.0).tobytes()  # scl_slope 2: not a plain layout
+    (tmp_path / "v.nii").write_bytes(bytes(raw))
+    assert not readable(tmp_path / "v.nii")
+    assert cli.main(["compress", str(tmp_path / "v.nii"), "--lossless", "-q"]) == 0
+    assert np.array_equal(
+        medcodec.decompress((tmp_path / "v.mcz").read_bytes()).array, medcodec.read(tmp_path / "v.nii").array
+    )

@@ -493,9 +493,11 @@ def _large_stream(path: Path) -> bool:
 
 
 def _out_of_core(path: Path) -> bool:
-    from .large import FILE_SUFFIXES
+    """Whether ``path`` is large and a file medcodec.large reads (else it is read whole, as any input)."""
+    from .large import FILE_SUFFIXES, readable
 
-    return path.is_file() and path.name.lower().endswith(FILE_SUFFIXES) and path.stat().st_size >= OUT_OF_CORE_BYTES
+    big = path.is_file() and path.name.lower().endswith(FILE_SUFFIXES) and path.stat().st_size >= OUT_OF_CORE_BYTES
+    return big and readable(path)
 
 
 def _compress_large(args, source: Path, dest: Path, max_error, keep, start: float) -> int:

@@ -28,7 +28,7 @@ from .errors import ChecksumError, CorruptStreamError, InvalidInputError, Volume
 from .predictive import compiled as predictive_compiled
 from .volume import Volume
 
-__all__ = ["compress_file", "decompress_file", "FILE_SUFFIXES"]
+__all__ = ["compress_file", "decompress_file", "readable", "FILE_SUFFIXES"]
 
 #: Files the out-of-core functions read and write.
 FILE_SUFFIXES = (".nii", ".npy")
@@ -118,6 +118,15 @@ def _open_source(path: Path) -> tuple[_Source, Volume]:
     geometry = Volume(np.zeros((1, 1, 1), dtype.newbyteorder("=")), reader.GetSpacing(), reader.GetOrigin(),
                       reader.GetDirection(), meta)  # fmt: skip
     return _Source(path, shape, dtype, offset), geometry
+
+
+def readable(path: str | os.PathLike) -> bool:
+    """Whether :func:`compress_file` can read ``path`` slab by slab (a plain, unscaled layout)."""
+    try:
+        _open_source(Path(path))
+    except (InvalidInputError, VolumeIOError):
+        return False
+    return True
 
 
 def _atomic(dest: Path, write: Callable[[Path], None], *, force: bool) -> None:
