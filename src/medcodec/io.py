@@ -9,7 +9,6 @@ SimpleITK's (x, y, z) LPS convention. Dtype and geometry round-trip exactly.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -188,17 +187,10 @@ def write(volume: Volume | np.ndarray, path: str | os.PathLike, *, compress: boo
         # Detached headers write a second data file beside them: no single atomic rename.
         _write_image(sitk, vol, path, compress=bool(compress))
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        _write_image(sitk, vol, Path(tmp), compress=suffix == ".nii.gz" if compress is None else compress)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from .atomic import write_atomic
+
+    squeeze = suffix == ".nii.gz" if compress is None else compress
+    write_atomic(path, lambda tmp: _write_image(sitk, vol, tmp, compress=squeeze), force=True, suffix=suffix)
 
 
 def _write_image(sitk, vol: Volume, path: Path, *, compress: bool) -> None:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_atomic
 from .codec import _PREDICTIVE, _WORKERS, _Coding, _decode_tile, _expected_path, _parse_metadata, _Scan, _tile_map
 from .container import END, Chunk, Header, chunk_bytes, header_block, scan_stream
 from .errors import ChecksumError, CorruptStreamError, InvalidInputError, VolumeIOError
@@ -129,21 +129,6 @@ def readable(path: str | os.PathLike) -> bool:
     return True
 
 
-def _atomic(dest: Path, write: Callable[[Path], None], *, force: bool) -> None:
-    if dest.exists() and not force:
-        from .errors import OutputExistsError
-
-        raise OutputExistsError(f"{dest} exists; use --force to overwrite it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent if str(dest.parent) else ".")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def compress_file(source: str | os.PathLike, dest: str | os.PathLike, *, quality: int | None = None,
                   max_error: float | None = None, model: str | None = None, progress: Progress | None = None,
                   force: bool = False, metadata: Callable[[dict], dict] | None = None) -> Header:  # fmt: skip
@@ -180,7 +165,7 @@ def compress_file(source: str | os.PathLike, dest: str | os.PathLike, *, quality
             f.seek(0)
             f.write(header_block(coding.header()))  # the voxel checksum is known now
 
-    _atomic(Path(dest), write, force=force)
+    write_atomic(Path(dest), write, force=force)
     return coding.header()
 
 
@@ -288,5 +273,5 @@ def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model
                 out.seek(start + z0 * plane * dtype.itemsize)
                 out.write(slab.astype(dtype.newbyteorder("<")).tobytes())
 
-    _atomic(dest, write, force=force)
+    write_atomic(dest, write, force=force)
     return header
