@@ -17,7 +17,7 @@ def _name(path: Path) -> str:
 
 def _imports(path: Path, *, module_level: bool) -> set[str]:
     """Absolute names a module imports (relative imports resolved), at module level or anywhere."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     package = _name(path).rsplit(".", 1)[0]
     nodes = []
     for node in tree.body if module_level else [tree]:

@@ -50,7 +50,7 @@ def load_manifest(data_dir: Path | None = None, split: str | None = None) -> lis
     data_dir = data_dir or find_data_dir()
     if data_dir is None:
         raise FileNotFoundError("no data folder: set MEDCODEC_DATA or provide ../shared/data")
-    rows = json.loads((Path(data_dir) / "manifest.json").read_text())
+    rows = json.loads((Path(data_dir) / "manifest.json").read_text(encoding="utf-8"))
     entries = [
         DataEntry(
             path=Path(data_dir) / r["file"],

@@ -288,7 +288,7 @@ def _plot(args: argparse.Namespace) -> int:
     from .plots import draw_all
 
     out = Path(args.out)
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     for p in draw_all(metrics, out):
         print(p)
     return 0

@@ -345,7 +345,7 @@ def write_app(folder: str | os.PathLike, config: RunConfig, options: FlowerOptio
         "",
     ]
     path = folder / "pyproject.toml"
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines), encoding="utf-8")
     return path
 
 
@@ -928,7 +928,7 @@ def run_simulation(
     flower_run_simulation(server_app=make_server_app(config, options, say=say), client_app=make_client_app(sites),
                           num_supernodes=len(sites), backend_config=backend)  # fmt: skip
     metrics = out / METRICS
-    doc = json.loads(metrics.read_text()) if metrics.is_file() else {}
+    doc = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
     if not doc.get("model") and config.export:
         raise RuntimeError(f"the Flower simulation ended without a model file in {out}; see the log above")
     return RunResult(out, doc, out / doc["model"] if doc.get("model") else None)

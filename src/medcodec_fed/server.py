@@ -179,7 +179,7 @@ def _clean(value: Any) -> Any:
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
