@@ -49,19 +49,24 @@ def add_format_2() -> None:
         "v2-lossless-int32": (medcodec.Volume(wide_volume()), {"max_error": 0}),
     }
     for name, (vol, kwargs) in cases.items():
-        if name in record["streams"]:
-            continue
-        data = medcodec.compress(vol, **kwargs)
-        (HERE / f"golden-{name}.mcz").write_bytes(data)
-        decoded = medcodec.decompress(data).array
-        record["streams"][name] = {
-            "file": f"golden-{name}.mcz",
-            "voxels_sha256": hashlib.sha256(decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()).hexdigest(),
-            "dtype": str(decoded.dtype),
-            "shape": list(decoded.shape),
-            "format": "2.0",
-        }
+        _add_stream(record, name, vol, kwargs, "2.0")
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _add_stream(record: dict, name: str, vol: medcodec.Volume, kwargs: dict, version: str) -> None:
+    """Write golden stream ``name`` and record its voxels' checksum, unless it exists already."""
+    if name in record["streams"]:
+        return
+    data = medcodec.compress(vol, **kwargs)
+    (HERE / f"golden-{name}.mcz").write_bytes(data)
+    decoded = medcodec.decompress(data).array
+    record["streams"][name] = {
+        "file": f"golden-{name}.mcz",
+        "voxels_sha256": hashlib.sha256(decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()).hexdigest(),
+        "dtype": str(decoded.dtype),
+        "shape": list(decoded.shape),
+        "format": version,
+    }
 
 
 def palette_volume() -> np.ndarray:
@@ -76,18 +81,8 @@ def palette_volume() -> np.ndarray:
 def add_format_3() -> None:
     """Add the format 3.0 (palette path) stream; existing entries stay."""
     record = json.loads((HERE / "golden.json").read_text())
-    name = "v3-lossless-palette"
-    if name not in record["streams"]:
-        data = medcodec.compress(medcodec.Volume(palette_volume(), spacing=(0.5, 0.5, 1.0)), max_error=0)
-        (HERE / f"golden-{name}.mcz").write_bytes(data)
-        decoded = medcodec.decompress(data).array
-        record["streams"][name] = {
-            "file": f"golden-{name}.mcz",
-            "voxels_sha256": hashlib.sha256(decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()).hexdigest(),
-            "dtype": str(decoded.dtype),
-            "shape": list(decoded.shape),
-            "format": "3.0",
-        }
+    vol = medcodec.Volume(palette_volume(), spacing=(0.5, 0.5, 1.0))
+    _add_stream(record, "v3-lossless-palette", vol, {"max_error": 0}, "3.0")
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

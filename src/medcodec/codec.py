@@ -328,9 +328,9 @@ def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) 
         # The tile's distinct values in the order of their values, then each voxel's index into
         # them: neighbouring values get neighbouring indices, so the predictive coder finds them.
         width = x.dtype.itemsize
-        keys = _ordered(_bits(x), width)
-        table, idx = np.unique(keys, return_inverse=True)
-        values = _bits(x).ravel()[np.unique(keys.ravel(), return_index=True)[1]]
+        bits = _bits(x).ravel()
+        table, first, idx = np.unique(_ordered(bits, width), return_index=True, return_inverse=True)
+        values = bits[first]
         section, _ = encode_predictive(idx.reshape(x.shape).astype(np.int64), 0, 0, int(table.size) - 1)
         palette = zstandard.ZstdCompressor(level=19).compress(values.astype(f"<u{width}").tobytes())
         digest = _digest(x)

@@ -7,6 +7,7 @@ relies on before anything is allocated from what the header claims.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -286,28 +287,5 @@ def _name(kind: bytes) -> str:
 
 def read_stream(data: bytes) -> tuple[Header, list[Chunk]]:
     """Parse a whole stream, checking every checksum; returns the header and its known chunks."""
-    header, pos, _ = read_header(data)
-    view = memoryview(data)
-    chunks: list[Chunk] = []
-    while True:
-        if len(view) < pos + _CHUNK_HEAD.size + 4:
-            raise TruncatedStreamError("stream ends before its end chunk")
-        kind, length = _CHUNK_HEAD.unpack_from(view, pos)
-        start = pos + _CHUNK_HEAD.size
-        if length > len(view) - start - 4:
-            raise TruncatedStreamError(f"chunk {_name(kind)} runs past the end of the stream")
-        payload = view[start : start + length]
-        (crc,) = struct.unpack_from("<I", view, start + length)
-        if zlib.crc32(payload, zlib.crc32(view[pos:start])) != crc:
-            raise CorruptStreamError(f"checksum mismatch in chunk {_name(kind)} at byte {pos}")
-        pos = start + length + 4
-        if kind == b"MEND":
-            if length:
-                raise CorruptStreamError("end chunk has a payload")
-            break
-        if not (kind.isascii() and kind.isalpha()):
-            raise CorruptStreamError(f"invalid chunk type {_name(kind)}")
-        chunks.append(Chunk(bytes(kind), bytes(payload)))
-    if pos != len(view):
-        raise CorruptStreamError("bytes after the end chunk")
-    return header, chunks
+    header, index = scan_stream(io.BytesIO(data))
+    return header, [Chunk(kind, bytes(data[at : at + n])) for kind, at, n in index]
