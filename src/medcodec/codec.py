@@ -454,9 +454,7 @@ def decompress(
     wanted = [i for i, t in enumerate(tiles) if all(s.start < b.stop and b.start < s.stop for s, b in zip(t, box))]
     if len(wanted) < len(tiles):
         # The tiles left out are never decoded: their stored checksums stand in for them.
-        stored = [c.payload[-32:] for c in tile_chunks]
-        if hashlib.sha256(b"".join(stored)).digest() != header.voxel_sha256:
-            raise ChecksumError("the stream's tile checksums do not match its header's")
+        _check_stored_digests([c.payload[-32:] for c in tile_chunks], header)
     shape = tuple(b.stop - b.start for b in box)
     try:
         out = np.empty(shape, dtype=dtype)
@@ -482,6 +480,16 @@ def decompress(
         step = np.array(header.spacing) * np.array([box[2].start, box[1].start, box[0].start], dtype=np.float64)
         origin = tuple(float(v) for v in np.array(header.origin) + np.array(header.direction).reshape(3, 3) @ step)
     return Volume(out, header.spacing, origin, header.direction, metadata)
+
+
+def _check_stored_digests(stored: list[bytes], header: Header) -> None:
+    """The tiles' own checksums (each chunk's last 32 bytes) against the header's voxel checksum.
+
+    Raises:
+        ChecksumError: They do not match.
+    """
+    if hashlib.sha256(b"".join(stored)).digest() != header.voxel_sha256:
+        raise ChecksumError("the stream's tile checksums do not match its header's")
 
 
 #: A region of a volume: slices along (z, y, x); missing trailing axes are whole.

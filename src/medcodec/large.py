@@ -12,7 +12,6 @@ the same voxels, geometry and metadata, byte for byte.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import threading
@@ -22,9 +21,19 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_atomic
-from .codec import _PREDICTIVE, _WORKERS, _Coding, _decode_tile, _expected_path, _parse_metadata, _Scan, _tile_map
+from .codec import (
+    _PREDICTIVE,
+    _WORKERS,
+    _check_stored_digests,
+    _Coding,
+    _decode_tile,
+    _expected_path,
+    _parse_metadata,
+    _Scan,
+    _tile_map,
+)
 from .container import END, Chunk, Header, chunk_bytes, header_block, scan_stream
-from .errors import ChecksumError, CorruptStreamError, InvalidInputError, VolumeIOError
+from .errors import CorruptStreamError, InvalidInputError, VolumeIOError
 from .predictive import compiled as predictive_compiled
 from .volume import Volume
 
@@ -211,12 +220,11 @@ def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model
         meta = next(((off, n) for kind, off, n in index if kind == b"meta"), None)
         if len(tiles_at) != header.n_tiles:
             raise CorruptStreamError(f"stream holds {len(tiles_at)} tiles, its header announces {header.n_tiles}")
-        stored = b""
+        stored = []
         for off, n in tiles_at:
             f.seek(off + n - 32)
-            stored += f.read(32)
-        if hashlib.sha256(stored).digest() != header.voxel_sha256:
-            raise ChecksumError("the stream's tile checksums do not match its header's")
+            stored.append(f.read(32))
+        _check_stored_digests(stored, header)
         metadata = {}
         if meta is not None:
             f.seek(meta[0])
