@@ -161,3 +161,18 @@ def test_a_refused_init_checkpoint_is_a_one_line_error_and_leaves_no_folder(site
     err = _one_line_error(capsys)
     assert str(evil) in err and "refused" in err
     assert not out.exists() and not (tmp_path / "pwned").exists()
+
+
+def test_a_fault_drill_from_the_command_line_is_said_and_recorded(site_dirs, tmp_path, capsys):
+    north, south = site_dirs
+    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--rounds", "1", "--no-plots",
+            "--no-export", *TINY]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "a"), "--drill-hostile", "south=loud"]) == 2
+    assert main([*argv, "--out", str(tmp_path / "b"), "--drill-hostile", "west=nan"]) == 2
+    err = capsys.readouterr().err
+    assert "drill_hostile must map" in err and "unknown sites ['west']" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert main([*argv, "--out", str(tmp_path / "c"), "--drill-hostile", "south=nan"]) == 0
+    assert "fault drill (south sends 'nan' updates)" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert doc["drill"]["hostile"] == {"south": "nan"} and doc["rounds"][0]["rejected"][0]["site"] == "south"

@@ -13,7 +13,7 @@ import torch
 from medcodec.io import write
 from medcodec.volume import Volume
 from medcodec_fed import server
-from medcodec_fed.config import RunConfig
+from medcodec_fed.config import DRILL_KINDS, RunConfig
 from medcodec_fed.messages import SiteUpdate
 from medcodec_fed.sites import Site
 
@@ -167,6 +167,19 @@ def test_resume_refuses_changed_settings(sites, tmp_path):
         server.run(sites, replace(TINY, rounds=2, lr=1e-2, export=False), out, resume=True, say=_quiet)
     with pytest.raises(ValueError, match="sites"):
         server.run(sites[:1], replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
+    with pytest.raises(ValueError, match="drill_hostile"):
+        server.run(sites, replace(TINY, rounds=2, export=False, drill_hostile={"site0": "nan"}), out, resume=True,
+                   say=_quiet)  # fmt: skip
+
+
+def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(sites, tmp_path):
+    out = tmp_path / "old"
+    server.run(sites, replace(TINY, rounds=1, export=False), out, say=_quiet)
+    blob = torch.load(out / server.CHECKPOINT, weights_only=True)
+    del blob["config"]["drill_hostile"]  # as written before the setting existed
+    torch.save(blob, out / server.CHECKPOINT)
+    result = server.run(sites, replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
+    assert [r["round"] for r in result.metrics["rounds"]] == [1, 2]
 
 
 def test_when_every_site_drops_out_the_global_model_is_kept_and_said(sites, tmp_path, caplog):
@@ -307,40 +320,44 @@ def honest_only(three_sites, tmp_path_factory):
     return _checkpoint_params(out)
 
 
-@pytest.mark.parametrize("attack", ["1e30", "scaled", "samples"])
+@pytest.mark.parametrize("kind", DRILL_KINDS)
 def test_a_hostile_site_cannot_move_the_global_model_and_the_run_goes_on(
-    attack, three_sites, honest_only, tmp_path, monkeypatch, caplog
+    kind, three_sites, honest_only, tmp_path, caplog
 ):
-    real = server.train_site
-
-    def hostile(current, site, *args, **kwargs):
-        update, local = real(current, site, *args, **kwargs)
-        if site != "site2":
-            return update, local
-        params, n = dict(update.parameters), update.num_samples
-        if attack == "1e30":
-            params = {k: np.full_like(v, 1e30) for k, v in params.items()}
-        elif attack == "scaled":
-            params = {k: v * np.float32(1e4) for k, v in params.items()}
-        else:
-            n = 2**63 - 1
-        return SiteUpdate(site=site, arch=update.arch, round=update.round, parameters=params, num_samples=n,
-                          metrics=update.metrics), local  # fmt: skip
-
-    monkeypatch.setattr(server, "train_site", hostile)
-    out = tmp_path / "hostile"
+    # The fault drill: site2 trains, then sends the hostile update of ``kind`` every round.
+    config = replace(TINY, export=False, drill_hostile={"site2": kind})
+    out, lines = tmp_path / "hostile", []
     with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
-        result = server.run(three_sites, replace(TINY, export=False), out, say=_quiet)
+        result = server.run(three_sites, config, out, say=lines.append)
+    assert result.metrics["drill"] == {"hostile": {"site2": kind}, "note": lines[0]} and "fault drill" in lines[0]
     honest_weight = TINY.local_steps * TINY.batch
     for rec in result.metrics["rounds"]:
         assert {"site0", "site1"} <= set(rec["accepted"])  # honest sites never diverge
-        if attack == "samples":
+        if kind == "samples":
+            assert rec["train"]["site2"]["num_samples"] == 2**63 - 1
             assert rec["capped"] == ["site2"] and rec["num_samples"] == 3 * honest_weight
         else:
             assert rec["accepted"] == ["site0", "site1"] and rec["num_samples"] == 2 * honest_weight
             (rej,) = rec["rejected"]
-            assert rej["site"] == "site2" and "distance" in rej["reason"]
+            assert rej["site"] == "site2" and ("non-finite" if kind == "nan" else "distance") in rej["reason"]
+            assert f"round {rec['round']}: rejected the update from site 'site2'" in caplog.text
     got = _checkpoint_params(out)
+    if kind != "samples":  # rejected every round: exactly the run without site2
+        assert all(np.array_equal(got[k], honest_only[k]) for k in honest_only)
     diff = np.sqrt(sum(np.square(got[k].astype(np.float64) - honest_only[k]).sum() for k in honest_only))
     norm = np.sqrt(sum(np.square(v.astype(np.float64)).sum() for v in honest_only.values()))
     assert diff / norm < 0.05
+
+
+def test_a_drill_names_known_sites_and_marks_the_model_file(three_sites, tmp_path):
+    from medcodec.models import load_model
+
+    with pytest.raises(ValueError, match="drill_hostile names unknown sites"):
+        server.run(three_sites[:2], replace(TINY, drill_hostile={"site2": "huge"}), tmp_path / "x", say=_quiet)
+    with pytest.raises(ValueError, match="drill_hostile must map"):
+        replace(TINY, drill_hostile={"site2": "loud"})
+    config = replace(TINY, rounds=1, drill_hostile={"site2": "nan"})
+    result = server.run(three_sites, config, tmp_path / "drill", say=_quiet)
+    meta = load_model(str(result.model)).meta
+    assert meta["federated"]["drill"] == config.drill() and meta["trained_on"].startswith("fault drill")
+    assert server.run(three_sites, replace(TINY, rounds=1), tmp_path / "real", say=_quiet).metrics["drill"] is None

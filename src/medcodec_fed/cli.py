@@ -118,6 +118,12 @@ def _add_settings(r: argparse.ArgumentParser) -> None:
                    help="largest sample count a site is weighted with (default: local-steps x batch)")  # fmt: skip
     a.add_argument("--local-group", action="append", metavar="PATTERN",
                    help="parameters that stay at each site, e.g. 'prior.*' (repeat)")  # fmt: skip
+    from .config import DRILL_KINDS  # the standard library only: --help stays instant
+
+    d = r.add_argument_group("fault drill (a rehearsal of the defences, never a real run)")
+    d.add_argument("--drill-hostile", action="append", metavar="NAME=KIND",
+                   help=f"site NAME sends a hostile update of KIND ({', '.join(DRILL_KINDS)}) every round; "
+                   "recorded in metrics.json and the model file (repeat)")  # fmt: skip
     e = r.add_argument_group("evaluation and output")
     e.add_argument("--quality", type=int, help="fixed quality of every evaluation (default 50)")
     e.add_argument("--eval-crop", type=int, help="crop side of the per-round evaluation (default 64)")
@@ -184,6 +190,8 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], d
             settings[name] = value
     if args.site_dropout:
         settings["site_dropout"] = {k: float(v) for k, v in _pairs(args.site_dropout, "--site-dropout").items()}
+    if args.drill_hostile:
+        settings["drill_hostile"] = _pairs(args.drill_hostile, "--drill-hostile")
     if args.local_group:
         settings["local_groups"] = args.local_group
     if getattr(args, "site", None):

@@ -9,9 +9,14 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AGGREGATIONS", "RunConfig", "check_field_types", "load_toml", "RESUMABLE_KEYS"]
+__all__ = ["AGGREGATIONS", "DRILL_KINDS", "RunConfig", "check_field_types", "load_toml", "RESUMABLE_KEYS"]
 
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
+
+#: The hostile updates a ``drill_hostile`` site sends (made by ``medcodec_fed.local.drill_update``):
+#: every parameter NaN; every parameter 1e30; its change of the global model times 1e4;
+#: its own parameters with ``num_samples`` = 2**63 - 1.
+DRILL_KINDS = ("nan", "huge", "scaled", "samples")
 
 #: Settings a resumed run may change; every other one must equal the checkpoint's,
 #: because it changes the training trajectory or the meaning of earlier metrics.
@@ -35,6 +40,10 @@ class RunConfig:
         fraction: Fraction of sites sampled each round (at least one).
         dropout: Probability that a sampled site drops out of a round.
         site_dropout: Per-site dropout probabilities overriding ``dropout``.
+        drill_hostile: A fault drill, never part of a real run: site name -> the kind of
+            hostile update (:data:`DRILL_KINDS`) that site sends every round instead of its
+            own, to rehearse the server's screening. Recorded in metrics.json
+            (:meth:`drill`) and in the model file.
         aggregation: "fedavg" (weighted by sample counts), "median" or "trimmed-mean"
             (coordinate-wise, unweighted).
         trim: Fraction trimmed from each end per coordinate for "trimmed-mean".
@@ -70,6 +79,7 @@ class RunConfig:
     fraction: float = 1.0
     dropout: float = 0.0
     site_dropout: Mapping[str, float] = field(default_factory=dict)
+    drill_hostile: Mapping[str, str] = field(default_factory=dict)
     aggregation: str = "fedavg"
     trim: float = 0.1
     max_samples: int | None = None
@@ -99,6 +109,10 @@ class RunConfig:
         ):
             raise ValueError(f"site_dropout must map site names to probabilities, got {self.site_dropout!r}")
         object.__setattr__(self, "site_dropout", {str(k): float(v) for k, v in dict(self.site_dropout).items()})
+        drill = self.drill_hostile
+        if not isinstance(drill, Mapping) or not all(isinstance(v, str) and v in DRILL_KINDS for v in drill.values()):
+            raise ValueError(f"drill_hostile must map site names to one of {DRILL_KINDS}, got {self.drill_hostile!r}")
+        object.__setattr__(self, "drill_hostile", {str(k): v for k, v in dict(drill).items()})
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"arch must be one of {sorted(ARCHITECTURES)}, got {self.arch!r}")
         _require(self.rounds >= 1, "rounds must be >= 1")
@@ -149,7 +163,18 @@ class RunConfig:
         d = asdict(self)
         d["local_groups"] = list(self.local_groups)
         d["site_dropout"] = dict(sorted(self.site_dropout.items()))
+        d["drill_hostile"] = dict(sorted(self.drill_hostile.items()))
         return d
+
+    def drill(self) -> dict[str, Any] | None:
+        """The fault drill of this run, as metrics.json and the model file record it (None: a real run)."""
+        if not self.drill_hostile:
+            return None
+        sends = ", ".join(f"{site} sends {kind!r} updates" for site, kind in sorted(self.drill_hostile.items()))
+        return {
+            "hostile": dict(sorted(self.drill_hostile.items())),
+            "note": f"fault drill ({sends}): a rehearsal of the defences, not a real run",
+        }
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

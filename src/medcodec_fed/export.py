@@ -52,7 +52,11 @@ def model_meta(
         "seed": config.seed,
         "calibration": "element-wise maximum of the sites' activation ranges",
     }
-    meta: dict[str, Any] = {"trained_on": "federated: " + ", ".join(names), "federated": fed}
+    trained_on = "federated: " + ", ".join(names)
+    if config.drill():  # a rehearsal's model must never pass for a real one
+        fed["drill"] = config.drill()
+        trained_on = "fault drill, " + trained_on
+    meta: dict[str, Any] = {"trained_on": trained_on, "federated": fed}
     if site is not None:
         meta["personalized_for"] = site
     return meta

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ __all__ = [
     "LocalConfig",
     "build_model",
     "calibrate_site",
+    "drill_update",
     "evaluate_site",
     "model_arrays",
     "proximal_term",
@@ -161,6 +162,29 @@ def train_site(
         metrics=metrics,
     )
     return update, {k: v for k, v in arrays.items() if k not in global_model.parameters}
+
+
+def drill_update(update: SiteUpdate, kind: str, global_model: GlobalModel) -> SiteUpdate:
+    """The hostile update a site sends instead of ``update`` in a fault drill (``RunConfig.drill_hostile``).
+
+    ``kind`` (one of ``medcodec_fed.config.DRILL_KINDS``): "nan" sets every parameter to
+    NaN, "huge" to 1e30; "scaled" multiplies the site's change of ``global_model`` by 1e4
+    (a model-replacement attack); "samples" keeps the parameters and reports 2**63 - 1
+    samples, to outweigh every other site in FedAvg.
+    """
+    params, num_samples = dict(update.parameters), update.num_samples
+    if kind == "nan":
+        params = {k: np.full_like(v, np.nan) for k, v in params.items()}
+    elif kind == "huge":
+        params = {k: np.full_like(v, 1e30) for k, v in params.items()}
+    elif kind == "scaled":
+        ref = global_model.parameters
+        params = {k: (ref[k] + 1e4 * (v.astype(np.float64) - ref[k])).astype(np.float32) for k, v in params.items()}
+    elif kind == "samples":
+        num_samples = 2**63 - 1
+    else:
+        raise ValueError(f"unknown drill kind {kind!r}")
+    return replace(update, parameters=params, num_samples=num_samples)
 
 
 def evaluate_site(

@@ -33,7 +33,7 @@ import torch
 from .aggregate import Rejection, aggregate
 from .config import RESUMABLE_KEYS, RunConfig
 from .evaluate import evaluate_codec, quality_to_gain
-from .local import LocalConfig, build_model, evaluate_site, model_arrays, train_site
+from .local import LocalConfig, build_model, drill_update, evaluate_site, model_arrays, train_site
 from .messages import GlobalModel, MessageError, parameter_spec
 from .randomness import Purpose, derive_seed
 from .sites import Site, SiteData, held_out_volumes, load_site
@@ -153,8 +153,10 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
 
 def _check_resumable(saved: dict[str, Any], config: RunConfig, sites: Sequence[Site]) -> None:
     now = config.to_dict()
-    diffs = [f"{k}: {saved['config'].get(k)!r} -> {now[k]!r}" for k in now
-             if k not in RESUMABLE_KEYS and saved["config"].get(k) != now[k]]  # fmt: skip
+    # A setting newer than the checkpoint (drill_hostile, ...) had its default's effect there.
+    was = {**RunConfig(arch=config.arch).to_dict(), **saved["config"]}
+    diffs = [f"{k}: {was.get(k)!r} -> {now[k]!r}" for k in now
+             if k not in RESUMABLE_KEYS and was.get(k) != now[k]]  # fmt: skip
     if [s.describe() for s in sites] != saved["sites"]:
         diffs.append("the sites (names or volumes) differ")
     if diffs:
@@ -240,9 +242,10 @@ def run(
     spec = parameter_spec(config.arch)
     local_names = config.local_names(list(spec))
     shared_names = [n for n in spec if n not in local_names]
-    unknown = sorted(set(config.site_dropout) - set(names))
-    if unknown:
-        raise ValueError(f"site_dropout names unknown sites {unknown}")
+    for setting in ("site_dropout", "drill_hostile"):
+        unknown = sorted(set(getattr(config, setting)) - set(names))
+        if unknown:
+            raise ValueError(f"{setting} names unknown sites {unknown}")
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FileExistsError(f"{ckpt_path} exists: pass resume=True (--resume) to continue it, or choose another out")
@@ -267,6 +270,8 @@ def run(
             }  # fmt: skip
         data = {s.name: load_site(s, eval_crop=config.eval_crop) for s in sites}
         out.mkdir(parents=True, exist_ok=True)  # only once the inputs are readable
+        if config.drill():
+            say(config.drill()["note"])
         gain = quality_to_gain(config.quality)
         lc = local_config(config)
         for r in range(state["next_round"], config.rounds + 1):
@@ -310,6 +315,8 @@ def _round(
             update, local = train_site(
                 current, name, data[name], lc, seed=config.seed, site_index=i, local_state=state["local"][name]
             )
+            if name in config.drill_hostile:
+                update = drill_update(update, config.drill_hostile[name], current)
         except MessageError as exc:  # the site could not even build a valid message
             early_rejects.append(Rejection(name, f"malformed update: {exc}"))
             log.warning("round %d: rejected the update from site %r: malformed update: %s", r, name, exc)
@@ -355,6 +362,7 @@ def _metrics_doc(state: dict[str, Any], sites: Sequence[Site], config: RunConfig
         "format": _METRICS_FORMAT,
         "model": None,
         "config": config.to_dict(),
+        "drill": config.drill(),
         "sites": [s.describe() for s in sites],
         "rounds": state["history"],
     }
