@@ -28,7 +28,7 @@ from medcodec.io import write  # noqa: E402
 from medcodec.volume import Volume  # noqa: E402
 from medcodec_fed import flower, server  # noqa: E402
 from medcodec_fed.aggregate import aggregate  # noqa: E402
-from medcodec_fed.config import RunConfig  # noqa: E402
+from medcodec_fed.config import DRILL_KINDS, RunConfig  # noqa: E402
 from medcodec_fed.messages import METRIC_NAMES, GlobalModel, SiteCalibration, parameter_spec  # noqa: E402
 from medcodec_fed.sites import Site  # noqa: E402
 
@@ -70,11 +70,13 @@ def _params(out) -> dict[str, np.ndarray]:
 
 
 def test_settings_round_trip_through_the_flower_run_config():
-    config = replace(TINY, site_dropout={"b": 0.25, "a": 1.0}, local_epochs=0.5, init="/x/ckpt.pt")
+    config = replace(TINY, site_dropout={"b": 0.25, "a": 1.0}, local_epochs=0.5, init="/x/ckpt.pt",
+                     drill_hostile={"c": "huge", "a": "samples"})  # fmt: skip
     options = flower.FlowerOptions(out="/runs/a", secagg=False, dp="server", dp_clipping_norm=0.5)
     table = flower.app_run_config(config, options)
     assert all(isinstance(v, (bool, int, float, str)) for v in table.values())  # Flower's run-config types
     assert table["site-dropout"] == "a=1.0,b=0.25" and table["local-steps"] == 1
+    assert table["drill-hostile"] == "a=samples,c=huge"
     assert flower.settings_from_run_config(table) == (config, options)
     # run_simulation passes an empty run config: every key has a default
     assert flower.settings_from_run_config({}) == (RunConfig(), flower.FlowerOptions())
@@ -93,6 +95,14 @@ def test_settings_the_flower_engine_refuses():
         flower.FlowerOptions(min_fit_clients=1)
     with pytest.raises(ValueError, match="clipping-norm"):
         flower.FlowerOptions(dp="client")
+    # a hostile-update drill rehearses the screening of each update, which SecAgg+ hides
+    drill = replace(TINY, drill_hostile={"site2": "huge"})
+    with pytest.raises(ValueError, match="drill-hostile.*SecAgg"):
+        flower.app_run_config(drill, flower.FlowerOptions())
+    with pytest.raises(ValueError, match="drill-hostile.*SecAgg"):
+        flower.settings_from_run_config({"drill-hostile": "site2=huge"})
+    config, _ = flower.settings_from_run_config({"drill-hostile": "site2=huge", "secagg": False})
+    assert config.drill_hostile == drill.drill_hostile
     dp = flower.FlowerOptions(dp="client", dp_noise_multiplier=0.5, dp_clipping_norm=0.2, min_fit_clients=2)
     assert dp.dp_record() == {
         "mode": "client", "wrapper": "flwr.server.strategy.DifferentialPrivacyClientSideFixedClipping",
@@ -160,6 +170,26 @@ def test_a_site_drops_out_or_refuses_an_update_instead_of_sending_it(sites):
         client.fit(init, _fit_config(TINY, **{flower._SECAGG_CLIP: 0.01, flower._SECAGG_WEIGHT: 2.0}))
     with pytest.raises(flower.UpdateRefused, match="max weight"):
         client.fit(init, _fit_config(TINY, **{flower._SECAGG_CLIP: 8.0, flower._SECAGG_WEIGHT: 1.0}))
+
+
+@pytest.mark.parametrize("kind", DRILL_KINDS)
+def test_a_drill_site_sends_its_hostile_update_unscreened(kind, sites):
+    from medcodec_fed.local import drill_update, train_site
+    from medcodec_fed.sites import load_site
+
+    init = server.initial_parameters(TINY)
+    config = replace(TINY, drill_hostile={"site2": kind})
+    arrays, num, _ = flower._SiteClient(sites[2], 2).fit([init[n] for n in NAMES], _fit_config(config))
+    current = GlobalModel(TINY.arch, 1, init)
+    honest, _ = train_site(current, "site2", load_site(sites[2], eval_crop=16), server.local_config(TINY),
+                           seed=TINY.seed, site_index=2)  # fmt: skip
+    want = drill_update(honest, kind, current)  # what the in-process engine's site2 sends
+    assert num == want.num_samples and (num == 2**63 - 1) == (kind == "samples")
+    assert all(np.array_equal(a, want.parameters[n], equal_nan=True) for a, n in zip(arrays, NAMES))
+    assert kind == "samples" or not all(np.array_equal(a, honest.parameters[n]) for a, n in zip(arrays, NAMES))
+    # the other sites are honest
+    arrays, num, _ = flower._SiteClient(sites[0], 0).fit([init[n] for n in NAMES], _fit_config(config))
+    assert num == TINY.local_steps * TINY.batch and all(np.isfinite(a).all() for a in arrays)
 
 
 def test_in_the_last_round_a_site_sends_its_activation_ranges(sites):
@@ -366,3 +396,25 @@ def test_simulation_with_secagg_and_client_side_dp_records_its_parameters(sites,
     server.run(sites, replace(TINY, export=False), tmp_path / "in-process", say=lambda _: None)
     assert_matches_in_process(_params(tmp_path / "flower"), _params(tmp_path / "in-process"), TINY,
                               secagg_tolerance(TINY, options, 3))  # fmt: skip
+
+
+@pytest.mark.flower
+def test_simulation_rejects_a_hostile_site_every_round_and_ends_with_the_honest_only_model(sites, tmp_path):
+    from medcodec.models import load_model
+
+    config = replace(TINY, drill_hostile={"site2": "huge"})  # the fault drill: site2 sends 1e30 everywhere
+    options = flower.FlowerOptions(out=str(tmp_path / "flower"), secagg=False, min_available_clients=3)
+    lines: list[str] = []
+    result = flower.run_simulation(sites, config, options, say=lines.append)
+    assert result.metrics["drill"] == config.drill() and config.drill()["note"] in lines
+    assert load_model(str(result.model)).meta["federated"]["drill"] == config.drill()
+    assert [r["round"] for r in result.metrics["rounds"]] == [1, 2]
+    for rec in result.metrics["rounds"]:
+        assert rec["accepted"] == ["site0", "site1"] and not rec["failures"] and not rec["kept_previous"]
+        assert rec["train"]["site2"]["num_samples"] == TINY.local_steps * TINY.batch  # it did reply, and was refused
+        (rej,) = rec["rejected"]
+        assert rej["site"] == "site2" and "distance" in rej["reason"]
+    # Exactly the model of a federation of the honest sites alone (site indices 0 and 1 in both).
+    server.run(sites[:2], replace(TINY, export=False), tmp_path / "honest", say=lambda _: None)
+    got, want = _params(tmp_path / "flower"), _params(tmp_path / "honest")
+    assert all(np.array_equal(got[k], want[k]) for k in want)

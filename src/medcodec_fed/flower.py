@@ -118,9 +118,12 @@ _check_flwr_version()
 #: aggregation is FedAvg, personalization and baselines are in-process only).
 _RUN_KEYS = (
     "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
-    "site_dropout", "seed", "threads", "quality", "eval_crop", "calib_patches", "calib_size", "init", "plots",
-    "max_samples",
+    "site_dropout", "drill_hostile", "seed", "threads", "quality", "eval_crop", "calib_patches", "calib_size",
+    "init", "plots", "max_samples",
 )  # fmt: skip
+#: The per-site settings among them, which Flower's scalar-only run config holds as a
+#: string "NAME=VALUE,NAME=VALUE", and the type of their values.
+_PER_SITE_KEYS = {"site_dropout": float, "drill_hostile": str}
 _DP_MODES = ("off", "client", "server")
 
 
@@ -215,13 +218,19 @@ class FlowerOptions:
         }
 
 
-def check_flower_config(config: RunConfig) -> None:
-    """Refuse the in-process-only settings of ``config``.
+def check_flower_config(config: RunConfig, options: FlowerOptions | None = None) -> None:
+    """Refuse the in-process-only settings of ``config`` (and those ``options`` rule out).
 
     Raises:
         ValueError: Robust aggregation (needs the individual updates, which SecAgg+ hides;
-            the Flower engine averages), personalization, or baselines.
+            the Flower engine averages), personalization, baselines, or a hostile-update
+            drill under SecAgg+ (it rehearses the screening of each update, which SecAgg+ hides).
     """
+    if config.drill_hostile and options is not None and options.secagg:
+        raise ValueError(
+            "drill-hostile rehearses the server's screening of each update, which SecAgg+ hides (under SecAgg+ "
+            "the defences are each site's own check and SecAgg+'s clipping): turn SecAgg+ off for the drill"
+        )
     if config.aggregation != "fedavg":
         raise ValueError("the Flower engine aggregates with FedAvg only (median/trimmed-mean need every update)")
     if config.local_groups:
@@ -238,13 +247,14 @@ def app_run_config(config: RunConfig, options: FlowerOptions) -> dict[str, bool 
     """The ``[tool.flwr.app.config]`` table for ``config`` and ``options`` (kebab-case keys).
 
     Flower's run config holds only scalars: no ``local-epochs`` (or ``max-samples``) is 0,
-    no ``init`` is "", and per-site dropout is a string ``"NAME=P,NAME=P"``.
+    no ``init`` is "", and a per-site setting (``site-dropout``, ``drill-hostile``) is a
+    string ``"NAME=VALUE,NAME=VALUE"``.
     """
-    check_flower_config(config)
+    check_flower_config(config, options)
     out: dict[str, bool | int | float | str] = {}
     for name in _RUN_KEYS:
         value = getattr(config, name)
-        if name == "site_dropout":
+        if name in _PER_SITE_KEYS:
             value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
         elif name == "local_epochs":
             value = 0.0 if value is None else float(value)
@@ -284,15 +294,16 @@ def settings_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, 
         run["max_samples"] = int(run["max_samples"]) or None
     if "init" in run:
         run["init"] = run["init"] or None
-    if isinstance(run.get("site_dropout"), str):
-        pairs = [p.partition("=") for p in run["site_dropout"].split(",") if p.strip()]
-        run["site_dropout"] = {k.strip(): float(v) for k, _, v in pairs}
+    for name, kind in _PER_SITE_KEYS.items():
+        if isinstance(run.get(name), str):
+            pairs = [p.partition("=") for p in run[name].split(",") if p.strip()]
+            run[name] = {k.strip(): kind(v.strip()) for k, _, v in pairs}
     for name in ("secagg_quantization_range", "min_fit_clients", "min_available_clients", "dp_sampled_clients"):
         if name in opts:
             opts[name] = int(opts[name])
-    config = RunConfig.from_mapping(run)
-    check_flower_config(config)
-    return config, FlowerOptions(**opts)
+    config, options = RunConfig.from_mapping(run), FlowerOptions(**opts)
+    check_flower_config(config, options)
+    return config, options
 
 
 # --- the Flower app folder (deployment engine) -----------------------------------------------
@@ -449,7 +460,7 @@ class _SiteClient(NumPyClient):
         return run, GlobalModel(run.arch, int(config[_ROUND]), _arrays(names, parameters))
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
-        from .local import train_site
+        from .local import drill_update, train_site
         from .server import local_config
 
         run, current = self._job(parameters, config)
@@ -458,7 +469,12 @@ class _SiteClient(NumPyClient):
             raise SiteDropout(f"site {self.site.name!r} drops out of round {current.round}")
         data = _site_data(self.site, run.eval_crop)
         update, _ = train_site(current, self.site.name, data, local_config(run), seed=run.seed, site_index=self.index)
-        reason = check_update(update, current)  # the screening the server cannot do under SecAgg+
+        if self.site.name in run.drill_hostile:
+            # A fault drill: this site plays a hostile one, which would not screen itself.
+            update = drill_update(update, run.drill_hostile[self.site.name], current)
+            reason = None
+        else:
+            reason = check_update(update, current)  # the screening the server cannot do under SecAgg+
         if reason is None and _SECAGG_CLIP in config:
             reason = _secagg_range_problem(update, float(config[_SECAGG_CLIP]), float(config[_SECAGG_WEIGHT]))
         if reason is not None:
@@ -573,6 +589,7 @@ class _Run:
             "engine": f"flower {flwr.__version__}",
             "model": None,
             "config": self.config.to_dict(),
+            "drill": self.config.drill(),
             "flower": {**asdict(self.options), "dp": self.options.dp_record()},
             "sites": [{"name": s} for s in sorted(self.sites)],
             "rounds": self.history,
@@ -796,7 +813,7 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
 
     from .server import CHECKPOINT
 
-    check_flower_config(config)
+    check_flower_config(config, options)
     out = Path(options.out)
     if (out / CHECKPOINT).exists():
         raise FileExistsError(f"{out / CHECKPOINT} exists: the Flower engine does not resume; choose another out")
@@ -834,6 +851,8 @@ def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, ou
     secagg = "on" if options.secagg else "off"
     dp = f", DP {options.dp}" if options.dp != "off" else ""
     say(f"flower {flwr.__version__}: {config.rounds} rounds of {config.arch}, SecAgg+ {secagg}{dp}")
+    if config.drill():
+        say(config.drill()["note"])
     DefaultWorkflow(fit_workflow=fit_workflow)(grid, legacy)
 
     model_path = None
@@ -916,7 +935,7 @@ def run_simulation(
     from flwr.simulation import run_simulation as flower_run_simulation
 
     options = options or FlowerOptions()
-    check_flower_config(config)
+    check_flower_config(config, options)
     names = [s.name for s in sites]
     if len(set(names)) != len(names) or len(names) < options.min_available_clients:
         raise ValueError(f"need {options.min_available_clients}+ sites with unique names, got {names}")
