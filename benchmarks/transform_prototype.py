@@ -231,7 +231,16 @@ def code(x, delta, levels_xy, levels_z, norms, theta=0.2, rec=0.0):
     qll = np.round(ll / (delta / llnorm))
     # parent: same name band at level+1 (if it exists with same axes), else none
     index = {(lev, k): i for i, (lev, _axes, k, _v) in enumerate(bands)}
-    for i, ((lev, axes, k, _v), q) in enumerate(zip(bands, qbands)):
+    if MODE["ctx"] == "coder":
+        from medcodec.predictive import encode_tile
+
+        for q in [*qbands, qll]:
+            q = q.astype(np.int64)
+            total += 8 * len(encode_tile(q, 0, int(q.min()), int(q.max()))[0])
+        qbands_iter = []
+    else:
+        qbands_iter = list(enumerate(zip(bands, qbands)))
+    for i, ((lev, axes, k, _v), q) in qbands_iter:
         j = index.get((lev + 1, k))
         par = parent_of(q.shape, qbands[j]) if j is not None and len(bands[j][1]) == len(axes) else None
         sib = (
@@ -240,7 +249,8 @@ def code(x, delta, levels_xy, levels_z, norms, theta=0.2, rec=0.0):
             else None
         )
         total += entropy_bits(q, par, sibling=sib, per_octave=MODE.get("po", 2))
-    total += entropy_bits(qll)
+    if MODE["ctx"] != "coder":
+        total += entropy_bits(qll)
     # reconstruction
     rb = []
     for (lev, axes, k, _v), nb, q in zip(bands, bnorms, qbands):
@@ -277,7 +287,7 @@ def main(argv=None) -> None:
     p.add_argument("--crops", default=",".join(CROPS), help="comma-separated names from benchmarks.crops")
     p.add_argument("--z-levels", default="0,2", help="z depths to try (each crop gets its best)")
     p.add_argument("--theta", type=float, default=0.3, help="deadzone: q = floor(|c|/step + 0.5 - theta)")
-    p.add_argument("--contexts", choices=("fit", "plain", "interband", "interband_noz"), default="fit")
+    p.add_argument("--contexts", choices=("fit", "plain", "interband", "interband_noz", "coder"), default="fit")
     p.add_argument("--no-sign-contexts", action="store_true", help="signs cost 1 bit each")
     args = p.parse_args(argv)
     MODE["ctx"], MODE["sign"] = args.contexts, not args.no_sign_contexts

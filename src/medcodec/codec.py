@@ -36,6 +36,7 @@ import zstandard
 from .container import (
     FLAG_INTEGER_VALUED,
     FLAG_PALETTE,
+    FLAG_TRANSFORM,
     Chunk,
     Header,
     StreamInfo,
@@ -59,6 +60,8 @@ from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 from .residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .tiling import DEFAULT_TILE, pad_edge, tile_grid
+from .transform import decode_tile as decode_transform
+from .transform import encode_tile as encode_transform
 from .volume import Volume, as_volume
 
 if TYPE_CHECKING:
@@ -72,10 +75,15 @@ DEFAULT_QUALITY = 40
 #: bits than they save in the residual layer (measured on the test split, benchmarks/RESULTS.md).
 PREDICTOR_QUALITY = 25
 
-_LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE, _PALETTE = 0, 1, 2, 3, 4
+_LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE, _PALETTE, _TRANSFORM = 0, 1, 2, 3, 4, 5
 #: A lossless fractional-float volume with at most this many distinct values (bit patterns)
 #: is coded as a palette and the indices of its voxels (path 4, format 3.0).
 PALETTE_LIMIT = 1 << 16
+#: In lossy mode a tile whose bound is at most this is also coded by the predictive coder, and
+#: the smaller section kept: at such bounds an error-bounded coder can cost less than the transform.
+BOTH_CODERS_BOUND = 3
+#: Slices at most this much thicker than the pixels are wide take z levels in the transform.
+THIN_SLICES = 1.5
 _TILE_HEAD = struct.Struct("<IBBBB")
 Progress = Callable[[int, int], None]
 #: Threads that encode numpy-only tiles at once.
@@ -115,6 +123,8 @@ class _Plan:
     hi: float
     gain_num: int
     palette: bool = False  # raw, and few distinct values: a palette and indices instead of byte planes
+    mse: float = 0.0  # lossy integers: the largest mean squared error a tile may have (0: no transform)
+    z_levels: int = 0  # the transform's z levels
 
 
 #: Largest metadata chunk content (JSON bytes) a stream may hold, and most entries.
@@ -176,7 +186,7 @@ class _Scan:
             self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
 
 
-def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | None) -> _Plan:
+def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | None, spacing=(1.0, 1.0, 1.0)) -> _Plan:
     is_float = dtype.kind == "f"
     mode = "lossy" if max_error is None else "lossless" if max_error == 0 else "near-lossless"
     integer = not is_float or scan.integer_valued
@@ -201,7 +211,10 @@ def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | 
     if d and not integer and d < (hi - lo) * 2.0**-40:
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     palette = raw and scan.patterns is not None
-    return _Plan(dtype, mode, d, integer, raw, lo, hi, quality_gain(min(q, PREDICTOR_QUALITY)), palette)
+    mse = (hi - lo) ** 2 * 10.0 ** (-quality_psnr(q) / 10.0) if mode == "lossy" and integer else 0.0
+    z_levels = 2 if spacing[2] <= THIN_SLICES * min(spacing[0], spacing[1]) else 0
+    gain = quality_gain(min(q, PREDICTOR_QUALITY))
+    return _Plan(dtype, mode, d, integer, raw, lo, hi, gain, palette, mse, z_levels)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -272,7 +285,7 @@ class _Coding:
 
     @classmethod
     def start(cls, vol: Volume, shape, dtype, scan: _Scan, quality, max_error, model) -> _Coding:
-        plan = _plan(np.dtype(dtype), scan, quality, max_error)
+        plan = _plan(np.dtype(dtype), scan, quality, max_error, vol.spacing)
         # Only float arithmetic runs the network; a model the caller names is checked all the same.
         cm = None
         network = not (plan.raw or plan.integer)
@@ -315,7 +328,8 @@ class _Coding:
             model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
             voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
             flags=(FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0)
-            | (FLAG_PALETTE if plan.palette else 0),
+            | (FLAG_PALETTE if plan.palette else 0)
+            | (FLAG_TRANSFORM if plan.mse else 0),
         )  # fmt: skip
 
 
@@ -340,9 +354,17 @@ def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) 
         digest = _digest(x)
         return _TILE_HEAD.pack(index, _RAW, 0, 0, 0) + _section(body) + digest, digest
     if plan.integer:
-        section, recon = encode_predictive(x, int(plan.d), int(plan.lo), int(plan.hi))
+        path, section, recon = _PREDICTIVE, None, None
+        if plan.mse:
+            coded = encode_transform(x, plan.mse, int(plan.lo), int(plan.hi), plan.z_levels)
+            if coded is not None:
+                path, (section, recon) = _TRANSFORM, coded
+        if section is None or plan.d <= BOTH_CODERS_BOUND:
+            other, other_recon = encode_predictive(x, int(plan.d), int(plan.lo), int(plan.hi))
+            if section is None or len(other) < len(section):
+                path, section, recon = _PREDICTIVE, other, other_recon
         digest = _digest(recon.astype(plan.dtype))
-        return _TILE_HEAD.pack(index, _PREDICTIVE, 0, 0, 0) + _section(section) + digest, digest
+        return _TILE_HEAD.pack(index, path, 0, 0, 0) + _section(section) + digest, digest
     assert cm is not None
     xp = pad_edge(normalize(x, plan.lo, plan.hi), 8)
     import torch
@@ -543,7 +565,8 @@ def _decode_tile(
         index, path, levels, n_buckets, reserved = _TILE_HEAD.unpack_from(payload)
     except struct.error:
         raise CorruptStreamError("tile chunk is too short") from None
-    if index != i or reserved or path != expected:
+    transform = path == _TRANSFORM and expected == _PREDICTIVE and header.flags & FLAG_TRANSFORM
+    if index != i or reserved or (path != expected and not transform):
         raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
     learned = path in (_LEARNED_INT, _LEARNED_FLOAT)
     if learned == (levels == 0 and n_buckets == 0) or levels > 8:
@@ -557,6 +580,8 @@ def _decode_tile(
         elif path == _PREDICTIVE:
             lo, hi = int(header.lo), int(header.hi)
             recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
+        elif path == _TRANSFORM:
+            recon = decode_transform(sections[0], shape, int(header.lo), int(header.hi)).astype(dtype)
         else:
             recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, levels, n_buckets, sections)
             recon = recon.astype(dtype)

@@ -18,7 +18,7 @@ from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersion
 from .volume import SUPPORTED_DTYPES, geometry_problem
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "PALETTE_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "FLAG_PALETTE", "Header", "Chunk", "StreamInfo", "write_stream",
+    "MAGIC", "FORMAT_VERSION", "PALETTE_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "FLAG_PALETTE", "FLAG_TRANSFORM", "TRANSFORM_VERSION", "Header", "Chunk", "StreamInfo", "write_stream",
     "read_header", "read_stream", "MODES",
 ]  # fmt: skip
 
@@ -26,13 +26,18 @@ MAGIC = b"\x89MCZ\r\n\x1a\n"
 FORMAT_VERSION = (2, 0)
 #: The version of streams whose tiles use a palette (path 4): major version 3 adds only that.
 PALETTE_VERSION = (3, 0)
-#: Major versions this decoder reads: 1 (the learned paths only) and 2 (adds the predictive path).
-READ_MAJORS = (1, 2, 3)
+#: The version of streams whose tiles may use the transform coder (path 5): major version 4 adds only that.
+TRANSFORM_VERSION = (4, 0)
+#: Major versions this decoder reads: 1 (the learned paths only), 2 (adds the predictive path),
+#: 3 (the palette path) and 4 (the transform path).
+READ_MAJORS = (1, 2, 3, 4)
 MODES = ("lossy", "near-lossless", "lossless")
 #: Header flag: a float volume whose values are all integers, coded with integer arithmetic.
 FLAG_INTEGER_VALUED = 1
 #: flags bit 1 (format 3.0): a lossless float stream whose tiles hold a palette and its indices.
 FLAG_PALETTE = 2
+#: flags bit 2 (format 4.0): a lossy integer stream whose tiles may be coded by the transform coder.
+FLAG_TRANSFORM = 4
 #: Largest volume a stream may describe (voxels); guards allocations a header could ask for.
 MAX_VOXELS = 1 << 36
 #: Largest nominal tile (voxels): the encoder's 64 x 256 x 256.
@@ -84,7 +89,11 @@ class Header:
         if len(rest) != n + 64:
             raise CorruptStreamError("header length does not match its model name")
         dtype_code, mode, quality, flags = f[0:4]
-        if dtype_code >= len(SUPPORTED_DTYPES) or mode >= len(MODES) or flags & ~(FLAG_INTEGER_VALUED | FLAG_PALETTE):
+        if (
+            dtype_code >= len(SUPPORTED_DTYPES)
+            or mode >= len(MODES)
+            or flags & ~(FLAG_INTEGER_VALUED | FLAG_PALETTE | FLAG_TRANSFORM)
+        ):
             raise CorruptStreamError("header has an unknown dtype, mode or reserved flag")
         try:
             name = rest[:n].decode("ascii")
@@ -127,6 +136,8 @@ class Header:
             or self.model_name
         ):
             raise CorruptStreamError("header flags a palette on a stream that is not lossless fractional floats")
+        if self.flags & FLAG_TRANSFORM and (not integer or self.mode != "lossy" or self.model_name):
+            raise CorruptStreamError("header flags the transform coder on a stream that is not lossy integers")
         dtype = np.dtype(self.dtype)
         if dtype.kind in "iu" and not np.iinfo(dtype).min <= self.lo <= self.hi <= np.iinfo(dtype).max:
             # Binds the dtype to the values: an int16 stream relabelled uint16 would decode -30 as 65506.
@@ -201,7 +212,10 @@ def header_block(header: Header) -> bytes:
     """
     body = header.pack()
     # The lowest version that describes the stream, so that decoders of 2.x read all they can.
-    version = PALETTE_VERSION if header.flags & FLAG_PALETTE else FORMAT_VERSION
+    if header.flags & FLAG_TRANSFORM:
+        version = TRANSFORM_VERSION
+    else:
+        version = PALETTE_VERSION if header.flags & FLAG_PALETTE else FORMAT_VERSION
     prelude = _PRELUDE.pack(*version, len(body)) + body
     return MAGIC + prelude + struct.pack("<I", zlib.crc32(prelude))
 
@@ -277,6 +291,8 @@ def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
     header = Header.unpack(bytes(data[pos + _PRELUDE.size : end]))
     if header.flags & FLAG_PALETTE and major < PALETTE_VERSION[0]:
         raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 1, which format 3.0 defines")
+    if header.flags & FLAG_TRANSFORM and major < TRANSFORM_VERSION[0]:
+        raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 2, which format 4.0 defines")
     return header, end + 4, (major, minor)
 
 

@@ -38,6 +38,7 @@ import constriction
 import numpy as np
 import zstandard
 
+from . import symbols
 from .entropy import unzstd
 from .errors import CorruptStreamError, TruncatedStreamError
 
@@ -90,8 +91,6 @@ _FIT_SAMPLES, _PLAN_SAMPLES = 1 << 14, 1 << 12
 _FIT_SLICES = 16
 #: Fronts whose symbols are turned into tokens at once (bounds the encoder's transient memory).
 _TOKEN_BATCH = 64
-#: Token frequencies are sent with this much precision per table: enough for the coder, cheap to send.
-COUNT_TOTAL = 1 << 14
 _HEAD = struct.Struct("<BII")
 
 
@@ -139,13 +138,6 @@ class _Level:
 
     def words(self) -> np.ndarray:
         return np.concatenate([[self.fill], self.act_thr, self.weights.ravel(), self.ctx_w, [self.counts.shape[1]]])
-
-
-def _normalized(counts: np.ndarray) -> np.ndarray:
-    """Rows of token counts scaled to sum about COUNT_TOTAL (rows already below stay exact; nonzero stays nonzero)."""
-    total = counts.sum(axis=1, keepdims=True)
-    scaled = np.where(counts > 0, np.maximum(1, (counts * COUNT_TOTAL + total // 2) // np.maximum(total, 1)), 0)
-    return np.where(total <= COUNT_TOTAL, counts, scaled)
 
 
 def _n_features(has_z: bool) -> int:
@@ -401,45 +393,6 @@ def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Le
     return zl, [_fit_level(x, t, h, step, lo, hi)[0] for t, h in _levels(depth, zl)]
 
 
-class _Writer:
-    """Collects symbols in decoding order, in compact types; encodes them in reverse.
-
-    An item is ``(symbols, model, None)`` or, for raw bits, ``(values, _UNIFORM, bit counts)``.
-    """
-
-    def __init__(self) -> None:
-        self.items: list[tuple[np.ndarray, object, np.ndarray | None]] = []
-
-    def words(self) -> np.ndarray:
-        coder = constriction.stream.stack.AnsCoder()
-        for sym, model, bits in reversed(self.items):
-            if bits is None:
-                coder.encode_reverse(sym.astype(np.int32), model)
-            else:
-                coder.encode_reverse(sym.astype(np.int32), model, np.left_shift(1, bits, dtype=np.int32))
-        return coder.get_compressed()
-
-
-_UNIFORM = constriction.stream.model.Uniform()
-
-
-def _models(counts: np.ndarray) -> list:
-    return [
-        constriction.stream.model.Categorical(c.astype(np.float64), perfect=False) if c.sum() else None for c in counts
-    ]
-
-
-def _raw_parts(nraw: np.ndarray, raw: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Raw bits as uniform symbols of at most 16 bits: (values, bit counts), low part first."""
-    m = nraw > 0
-    lo_bits = np.minimum(nraw[m], 16)
-    parts = [((raw[m] & ((1 << lo_bits) - 1)).astype(np.uint16), lo_bits.astype(np.uint8))]
-    hi_n = nraw[m] - 16
-    mh = hi_n > 0
-    parts.append(((raw[m][mh] >> 16).astype(np.uint16), np.minimum(hi_n[mh], 16).astype(np.uint8)))
-    return parts
-
-
 def _tokenized(fronts: list[tuple[np.ndarray, np.ndarray]], counts: np.ndarray) -> list[tuple[np.ndarray, ...]]:
     """Fronts' (bucket, q) as (bucket, token, raw-bit count, raw bits) in the narrowest types; counts updated."""
     sizes = np.cumsum([0] + [q.size for _, q in fronts])
@@ -505,9 +458,9 @@ def _code_level_compiled(k, xt: np.ndarray, planes: _Planes, lv: _Level, lo: int
                 items.append((sym[bounds[r] : bounds[r + 1]], models[buckets[r]], None))
                 r += 1
             if lo_at[f + 1] > lo_at[f]:
-                items.append((lo_v[lo_at[f] : lo_at[f + 1]], _UNIFORM, lo_b[lo_at[f] : lo_at[f + 1]]))
+                items.append((lo_v[lo_at[f] : lo_at[f + 1]], symbols.UNIFORM, lo_b[lo_at[f] : lo_at[f + 1]]))
             if hi_at[f + 1] > hi_at[f]:
-                items.append((hi_v[hi_at[f] : hi_at[f + 1]], _UNIFORM, hi_b[hi_at[f] : hi_at[f + 1]]))
+                items.append((hi_v[hi_at[f] : hi_at[f + 1]], symbols.UNIFORM, hi_b[hi_at[f] : hi_at[f + 1]]))
 
     return counts.ravel(), emit
 
@@ -540,9 +493,9 @@ def _code_level_numpy(xt: np.ndarray, planes: _Planes, lv: _Level, lo: int, hi: 
             for k in np.flatnonzero(sizes):
                 items.append((tok[order[start : start + sizes[k]]], models[k], None))
                 start += sizes[k]
-            for vals, bits in _raw_parts(nraw.astype(np.int64), raw.astype(np.int64)):
+            for vals, bits in symbols.raw_parts(nraw.astype(np.int64), raw.astype(np.int64)):
                 if vals.size:
-                    items.append((vals, _UNIFORM, bits))
+                    items.append((vals, symbols.UNIFORM, bits))
 
     return counts, emit
 
@@ -553,7 +506,7 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
     step = 2 * d + 1
     z_levels, fitted = plan_tile(x, step, lo, hi)
     recon = np.empty_like(x)
-    writer = _Writer()
+    writer = symbols.Writer()
     params: list[np.ndarray] = []
     tables: list[np.ndarray] = []
     k = _kernels()
@@ -566,8 +519,8 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndar
             counts, emit = _code_level_numpy(x[t], planes, lv, lo, hi, d)
         counts = counts.reshape(N_BUCKETS, MAX_TOKENS)
         width = max(2, int(np.flatnonzero(counts.sum(axis=0)).max()) + 1)
-        lv.counts = _normalized(counts[:, :width])
-        emit(_models(lv.counts), writer.items)
+        lv.counts = symbols.normalized(counts[:, :width])
+        emit(symbols.models(lv.counts), writer.items)
         recon[t] = planes.interior()
         params.append(lv.words())
         tables.append(lv.counts.ravel())
@@ -602,7 +555,7 @@ def _read_level(r: _Words, rc: _Words, has_z: bool, lo: int, hi: int) -> _Level:
     counts = rc.take(N_BUCKETS * width).reshape(N_BUCKETS, width).copy()
     if (np.diff(act_thr) < 0).any() or (act_thr < 0).any() or (np.abs(weights) > W_LIMIT).any():
         raise CorruptStreamError("predictive weights or thresholds are out of range")
-    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts > COUNT_TOTAL).any() or not lo <= fill <= hi:
+    if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts > symbols.COUNT_TOTAL).any() or not lo <= fill <= hi:
         raise CorruptStreamError("predictive context weights, token frequencies or fill value are invalid")
     return _Level(fill, act_thr, weights, ctx_w, counts)
 
@@ -630,8 +583,8 @@ def _decode_level_compiled(k, coder, planes: _Planes, lv: _Level, models: list, 
             sym[start : start + size] = coder.decode(model, size)
             start += size
         n_lo, n_hi = k.front_raw_sizes(sym, order, n, tok, lo_sizes, hi_sizes)
-        lo_vals = coder.decode(_UNIFORM, lo_sizes[:n_lo]) if n_lo else empty
-        hi_vals = coder.decode(_UNIFORM, hi_sizes[:n_hi]) if n_hi else empty
+        lo_vals = coder.decode(symbols.UNIFORM, lo_sizes[:n_lo]) if n_lo else empty
+        hi_vals = coder.decode(symbols.UNIFORM, hi_sizes[:n_hi]) if n_hi else empty
         k.front_finish(f, tok, lo_vals, hi_vals, pred, recon, err, g)
 
 
@@ -658,12 +611,12 @@ def _decode_level_numpy(coder, planes: _Planes, lv: _Level, models: list, lo: in
         if m.any():
             nr = nraw[m]
             lo_bits = np.minimum(nr, 16)
-            vals = coder.decode(_UNIFORM, (1 << lo_bits).astype(np.int32)).astype(np.int64)
+            vals = coder.decode(symbols.UNIFORM, (1 << lo_bits).astype(np.int32)).astype(np.int64)
             hi_n = nr - 16
             mh = hi_n > 0
             if mh.any():
                 hb = np.minimum(hi_n[mh], 16)
-                vals[mh] |= coder.decode(_UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64) << 16
+                vals[mh] |= coder.decode(symbols.UNIFORM, (1 << hb).astype(np.int32)).astype(np.int64) << 16
             raw[m] = vals
         q = untokens(tok, raw).reshape(n_slices, -1)
         planes.recon[:, pos] = np.clip(pred + q * step, lo, hi)
@@ -695,7 +648,7 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
     k = _kernels()
     for t, h in levels:
         lv = _read_level(r, rc, h > 0, lo, hi)
-        models = _models(lv.counts)
+        models = symbols.models(lv.counts)
         zm, zp = _z_neighbours(recon, t, h)
         planes = _Planes((t.size, shape[1], shape[2]), lv.fill, zm, zp)
         if k is not None:

@@ -1,0 +1,400 @@
+"""The transform coder: lossy coding of integer tiles within a mean squared error.
+
+A tile, less the middle of the volume's range, goes through the reversible integer wavelet
+of :mod:`medcodec.lifting` (in-plane levels always, z levels where the slices are thin
+enough to correlate). Each band's coefficients are quantized with a deadzone (the step is the
+tile's base step divided by the band's synthesis norm, so every band's error weighs the same
+in the voxels) and coded by :mod:`medcodec.coefficients`; the low band is coded by the
+predictive coder, losslessly. The decoder dequantizes with integers only (each band's step
+and reconstruction offset are sent in fixed point) and inverts the lifting, so every machine
+decodes the same voxels.
+
+The encoder picks the largest base step whose reconstruction stays within the mean squared
+error it is given (the quality's PSNR floor), checking the exact reconstruction.
+docs/FORMAT.md, section 13, specifies the section.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import constriction
+import numpy as np
+import zstandard
+
+from . import coefficients as cf
+from . import lifting, symbols
+from .entropy import unzstd
+from .errors import CorruptStreamError, TruncatedStreamError
+from .predictive import decode_tile as decode_predictive
+from .predictive import encode_tile as encode_predictive
+
+__all__ = ["encode_tile", "decode_tile", "MAX_STEP"]
+
+#: Step sizes and reconstruction offsets are sent in this many fraction bits.
+STEP_BITS = 8
+MAX_STEP = 1 << 30
+#: The tile enters the wavelet scaled by 2**PRECISION_BITS: the lifting's rounding then stays
+#: far below the quantization error even at high qualities.
+PRECISION_BITS = 4
+#: Largest (|q| + 1) * step (fixed point) of a valid stream: its coefficients stay below 2**44,
+#: and the lifting's products within int64.
+PRODUCT_LIMIT = 1 << 52
+#: Deadzone of the quantizer: |q| = floor(|c| / step + 0.5 - THETA).
+THETA = 0.3
+#: Low-band values the section may declare, at most (in magnitude).
+LOW_LIMIT = 1 << 40
+#: Bands of at least this many coefficients get frequency tables of their own.
+OWN_TABLES = 1 << 15
+_HEAD = struct.Struct("<BIII")
+_WORDS_PER_BAND = 3 + cf.N_FEATURES
+
+
+def _dequantize(q: np.ndarray, step: int, offset: int) -> np.ndarray:
+    """A band's coefficients from its quantized values (integer arithmetic)."""
+    m = np.abs(q)
+    c = (((m << STEP_BITS) + offset) * step + (1 << (2 * STEP_BITS - 1))) >> (2 * STEP_BITS)
+    return np.where(m > 0, np.sign(q) * c, 0)
+
+
+def _dequantize_low(q: np.ndarray, step: int) -> np.ndarray:
+    return (q * step + (1 << (STEP_BITS - 1))) >> STEP_BITS
+
+
+def _parents(p: lifting.Plan) -> list[int | None]:
+    """Index of each band's parent (same orientation, one level coarser), or None."""
+    where = {(b.level, b.high): i for i, b in enumerate(p.bands)}
+    return [where.get((b.level + 1, b.high)) for b in p.bands]
+
+
+def _upsampled(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` spread to ``shape`` by repeating each entry over the positions it covers."""
+    idx = [np.minimum(np.arange(n) * m // n, m - 1) for n, m in zip(shape, a.shape)]
+    return a[np.ix_(*idx)]
+
+
+def _side(p: lifting.Plan, i: int, parents: list[int | None], q: list[np.ndarray | None]) -> tuple[np.ndarray, ...]:
+    """Band ``i``'s parent and sibling magnitudes (zeros where it has none)."""
+    b = p.bands[i]
+    j = parents[i]
+    parent = _upsampled(np.abs(q[j]), b.shape) if j is not None else np.zeros(b.shape, np.int64)
+    prev = p.bands[i - 1] if i else None
+    same = prev is not None and prev.level == b.level and prev.shape == b.shape
+    sibling = np.abs(q[i - 1]) if same else np.zeros(b.shape, np.int64)
+    return parent, sibling
+
+
+def _quantize(c: np.ndarray, p: lifting.Plan, steps: np.ndarray, low_step: int):
+    """Quantized bands, their reconstruction offsets (fixed point) and the quantized low band."""
+    qs, offsets = [], []
+    for b, s in zip(p.bands, steps):
+        v = c[b.block]
+        r = np.abs(v) * float(1 << STEP_BITS) / float(s)
+        m = np.maximum(np.floor(r + 0.5 - THETA), 0).astype(np.int64)
+        nz = m > 0
+        off = float(np.mean(r[nz] - m[nz])) if nz.any() else 0.0
+        offsets.append(int(np.clip(round(off * (1 << STEP_BITS)), 0, (1 << STEP_BITS) - 1)))
+        qs.append(np.sign(v) * m)
+    low = c[p.low]
+    q_low = np.floor(low * float(1 << STEP_BITS) / low_step + 0.5).astype(np.int64)
+    return qs, offsets, q_low
+
+
+def _in_range(qs, steps, q_low, low_step: int) -> bool:
+    """Whether every dequantized coefficient stays within :data:`PRODUCT_LIMIT`."""
+    bands = all((int(np.abs(q).max(initial=0)) + 1) * int(s) <= PRODUCT_LIMIT for q, s in zip(qs, steps))
+    return bands and (int(np.abs(q_low).max(initial=0)) + 1) * low_step <= PRODUCT_LIMIT
+
+
+def _reconstruct(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int, mid: int, lo: int, hi: int) -> np.ndarray:
+    c = np.zeros(p.shape, np.int64)
+    for b, q, s, o in zip(p.bands, qs, steps, offsets):
+        c[b.block] = _dequantize(q, int(s), int(o))
+    c[p.low] = _dequantize_low(q_low, low_step)
+    x = (lifting.inverse(c, p) + (1 << (PRECISION_BITS - 1))) >> PRECISION_BITS
+    return np.clip(x + mid, lo, hi)
+
+
+def _steps(base: float, norms: np.ndarray, low_norm: float) -> tuple[np.ndarray, int]:
+    scale = float(1 << STEP_BITS)
+    steps = np.clip(np.round(base / norms * scale), 1, MAX_STEP).astype(np.int64)
+    return steps, int(np.clip(round(base / low_norm * scale), 1, MAX_STEP))
+
+
+def _estimated_mse(c, p, qs, steps, offsets, q_low, low_step, norms, low_norm) -> float:
+    """The voxel MSE a quantization gives, from the coefficient errors (the wavelet is near orthogonal)."""
+    total = 0.0
+    for b, q, s, o, n in zip(p.bands, qs, steps, offsets, norms):
+        e = c[b.block] - _dequantize(q, int(s), int(o))
+        total += float((e.astype(np.float64) ** 2).sum()) * n * n
+    e = c[p.low] - _dequantize_low(q_low, low_step)
+    total += float((e.astype(np.float64) ** 2).sum()) * low_norm * low_norm
+    return total / c.size
+
+
+def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> tuple[bytes, np.ndarray] | None:
+    """Code an integer tile with a mean squared error at most ``mse``; returns the section and the
+    reconstruction (int64), or None where the transform cannot hold the bound (the caller codes
+    the tile otherwise)."""
+    x = x.astype(np.int64)
+    p = lifting.plan(x.shape, z_levels)
+    mid = (lo + hi) // 2
+    c = lifting.forward((x - mid) << PRECISION_BITS, p)
+    norms, low_norm = lifting.band_norms(p)
+    # The largest base step whose estimated error is within the bound, then checked exactly.
+    mse_c = mse * float(1 << (2 * PRECISION_BITS))  # in the scaled domain
+    base = max(np.sqrt(12.0 * mse_c), 1e-3)
+    best = None
+    for _ in range(8):
+        steps, low_step = _steps(base, norms, low_norm)
+        qs, offsets, q_low = _quantize(c, p, steps, low_step)
+        est = _estimated_mse(c, p, qs, steps, offsets, q_low, low_step, norms, low_norm)
+        if est <= mse_c:
+            best = base
+        ratio = np.sqrt(mse_c / est) if est > 0 else 2.0
+        if 0.98 <= ratio <= 1.0:
+            break
+        base *= float(np.clip(ratio, 0.5, 2.0)) * (0.995 if ratio > 1 else 1.0)
+    base = best if best is not None else base
+    for _ in range(12):
+        steps, low_step = _steps(base, norms, low_norm)
+        qs, offsets, q_low = _quantize(c, p, steps, low_step)
+        recon = _reconstruct(p, qs, steps, offsets, q_low, low_step, mid, lo, hi)
+        err = float(((recon - x).astype(np.float64) ** 2).mean())
+        if err <= mse:
+            break
+        if steps.max(initial=1) == 1 and low_step == 1:
+            return None
+        base *= 0.97 * min(1.0, np.sqrt(mse / err))
+    else:
+        return None
+    if any(int(np.abs(q).max(initial=0)) >> cf.MAX_MAGNITUDE_BITS for q in qs) or not _in_range(
+        qs, steps, q_low, low_step
+    ):
+        return None
+    return _write(p, qs, steps, offsets, q_low, low_step), recon
+
+
+def _groups(p: lifting.Plan) -> list[int]:
+    """Each band's table group: a large band has its own frequency tables, the small bands of a
+    level share theirs (tables would cost them more than they save)."""
+    out: list[int] = []
+    shared: dict[int, int] = {}
+    n = 0
+    for b in p.bands:
+        if int(np.prod(b.shape)) >= OWN_TABLES:
+            out.append(n)
+            n += 1
+        else:
+            if b.level not in shared:
+                shared[b.level] = n
+                n += 1
+            out.append(shared[b.level])
+    return out
+
+
+def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
+    parents = _parents(p)
+    low_lo, low_hi = int(q_low.min()), int(q_low.max())
+    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi)
+    params = [low_step, low_lo, low_hi]
+    coders: list[tuple[cf.BandCoder, np.ndarray, np.ndarray, int] | None] = []
+    group = _groups(p)
+    n_groups = max(group, default=-1) + 1
+    tok_counts = np.zeros((n_groups, cf.N_BUCKETS, cf.MAX_TOKENS), np.int64)
+    sign_counts = np.zeros((n_groups, cf.N_SIGN_CONTEXTS, 2), np.int64)
+    for i, q in enumerate(qs):
+        empty = not q.any()
+        parent, sibling = _side(p, i, parents, qs)
+        w = np.zeros(cf.N_FEATURES, np.int64) if empty else cf.fit_weights(q, parent, sibling)
+        params += [int(steps[i]), offsets[i], int(empty), *w.tolist()]
+        if empty:
+            coders.append(None)
+            continue
+        bc = cf.BandCoder(q.shape, parent, sibling, w)
+        mag, sign = np.abs(q).ravel(), np.sign(q).ravel()
+        bc.mag[bc.interior] = np.abs(q)
+        bc.sign[bc.interior] = np.sign(q)
+        bucket, sctx = bc.contexts(np.arange(q.size))
+        tok, _, _ = cf.magnitude_tokens(mag)
+        k = group[i]
+        tok_counts[k] += np.bincount(bucket * cf.MAX_TOKENS + tok, minlength=cf.N_BUCKETS * cf.MAX_TOKENS).reshape(
+            cf.N_BUCKETS, cf.MAX_TOKENS
+        )
+        nz = mag > 0
+        sign_counts[k] += np.bincount(sctx[nz] * 2 + (sign[nz] < 0), minlength=cf.N_SIGN_CONTEXTS * 2).reshape(-1, 2)
+        coders.append((bc, bucket, sctx, k))
+    tables, tok_models, sign_models = [], [], []
+    for k in range(n_groups):
+        used = np.flatnonzero(tok_counts[k].sum(axis=0))
+        width = max(2, int(used.max()) + 1) if used.size else 0
+        t = symbols.normalized(tok_counts[k][:, :width]) if width else np.zeros((cf.N_BUCKETS, 0), np.int64)
+        s = symbols.normalized(sign_counts[k]) if width else np.zeros((cf.N_SIGN_CONTEXTS, 2), np.int64)
+        tables += [[width], t.ravel(), s.ravel()]
+        tok_models.append(symbols.models(t) if width else None)
+        sign_models.append(symbols.models(s) if width else None)
+    writer = symbols.Writer()
+    for i, q in enumerate(qs):
+        if coders[i] is None:
+            continue
+        bc, bucket, sctx, k = coders[i]
+        _emit_band(bc, q.ravel(), bucket, sctx, tok_models[k], sign_models[k], writer.items)
+    zc = zstandard.ZstdCompressor(level=19)
+    head = zc.compress(np.array(params, np.int64).astype("<i8").tobytes())
+    table = zc.compress(np.concatenate(tables).astype("<u2").tobytes())
+    words = writer.words().astype("<u4").tobytes()
+    return _HEAD.pack(p.z_levels, len(head), len(table), len(low_section)) + head + table + low_section + words
+
+
+def _emit_band(bc: cf.BandCoder, q: np.ndarray, bucket, sctx, tok_models: list, sign_models: list, items: list) -> None:
+    """Append a band's symbols in the decoder's order: per front, tokens by bucket, raw bits, signs by context."""
+    mag = np.abs(q)
+    tok, nraw, raw = cf.magnitude_tokens(mag)
+    neg = (q < 0).astype(np.int64)
+    for f in range(bc.n_fronts):
+        idx = bc.front(f)
+        b = bucket[idx]
+        o = np.argsort(b, kind="stable")
+        sizes = np.bincount(b, minlength=cf.N_BUCKETS)
+        start = 0
+        for kk in np.flatnonzero(sizes).tolist():
+            n = int(sizes[kk])
+            items.append((tok[idx[o[start : start + n]]], tok_models[kk], None))
+            start += n
+        for vals, bits in symbols.raw_parts(nraw[idx], raw[idx]):
+            if vals.size:
+                items.append((vals, symbols.UNIFORM, bits))
+        nz = idx[mag[idx] > 0]
+        if nz.size:
+            sc = sctx[nz]
+            o = np.argsort(sc, kind="stable")
+            sizes = np.bincount(sc, minlength=cf.N_SIGN_CONTEXTS)
+            start = 0
+            for kk in np.flatnonzero(sizes).tolist():
+                n = int(sizes[kk])
+                items.append((neg[nz[o[start : start + n]]], sign_models[kk], None))
+                start += n
+
+
+class _Words:
+    def __init__(self, w: np.ndarray) -> None:
+        self.w, self.pos = w, 0
+
+    def take(self, n: int) -> np.ndarray:
+        if n < 0 or self.pos + n > self.w.size:
+            raise CorruptStreamError("transform parameters are short")
+        out = self.w[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+
+def _model(models: list | None, k: int):
+    m = models[k] if models is not None else None
+    if m is None:
+        raise CorruptStreamError("transform symbols fall in a context with no frequencies")
+    return m
+
+
+def _decode_band(bc: cf.BandCoder, coder, tok_models: list | None, sign_models: list | None) -> None:
+    for f in range(bc.n_fronts):
+        idx = bc.front(f)
+        bucket, sctx = bc.contexts(idx)
+        o = np.argsort(bucket, kind="stable")
+        sizes = np.bincount(bucket, minlength=cf.N_BUCKETS)
+        tok = np.empty(idx.size, np.int64)
+        start = 0
+        for k in np.flatnonzero(sizes).tolist():
+            n = int(sizes[k])
+            tok[o[start : start + n]] = coder.decode(_model(tok_models, k), n)
+            start += n
+        if tok.size and tok.max() >= cf.MAX_TOKENS:
+            raise CorruptStreamError("transform token out of range")
+        nraw = cf.token_raw_bits(tok)
+        raw = np.zeros_like(tok)
+        m = nraw > 0
+        if m.any():
+            nr = nraw[m]
+            vals = coder.decode(symbols.UNIFORM, (1 << np.minimum(nr, 16)).astype(np.int32)).astype(np.int64)
+            mh = nr > 16
+            if mh.any():
+                vals[mh] |= coder.decode(symbols.UNIFORM, (1 << (nr[mh] - 16)).astype(np.int32)).astype(np.int64) << 16
+            raw[m] = vals
+        mag = cf.magnitudes(tok, raw)
+        sign = (mag > 0).astype(np.int64)
+        nz = np.flatnonzero(mag)
+        if nz.size:
+            sc = sctx[nz]
+            o = np.argsort(sc, kind="stable")
+            sizes = np.bincount(sc, minlength=cf.N_SIGN_CONTEXTS)
+            start = 0
+            for k in np.flatnonzero(sizes).tolist():
+                n = int(sizes[k])
+                neg = np.asarray(coder.decode(_model(sign_models, k), n), np.int64)
+                sign[nz[o[start : start + n]]] = 1 - 2 * neg
+                start += n
+        bc.store(idx, mag, sign)
+
+
+def decode_tile(data: bytes, shape: tuple[int, int, int], lo: int, hi: int) -> np.ndarray:
+    """Invert :func:`encode_tile`; returns the reconstruction (int64)."""
+    if len(data) < _HEAD.size:
+        raise TruncatedStreamError("transform section ends inside its header")
+    z_levels, n_head, n_table, n_low = _HEAD.unpack_from(data)
+    if z_levels > lifting.MAX_LEVELS or _HEAD.size + n_head + n_table + n_low > len(data):
+        raise CorruptStreamError("transform section header is invalid")
+    p = lifting.plan(shape, z_levels)
+    if p.z_levels != z_levels:
+        raise CorruptStreamError("transform section declares more z levels than the tile allows")
+    group = _groups(p)
+    n_groups = max(group, default=-1) + 1
+    at = _HEAD.size
+    n_words = 3 + _WORDS_PER_BAND * len(p.bands)
+    r = _Words(np.frombuffer(unzstd(data[at : at + n_head], 8 * n_words), dtype="<i8").astype(np.int64))
+    at += n_head
+    max_table = n_groups * (1 + cf.N_BUCKETS * cf.MAX_TOKENS + 2 * cf.N_SIGN_CONTEXTS)
+    rt = _Words(np.frombuffer(unzstd(data[at : at + n_table], 2 * max_table), dtype="<u2").astype(np.int64))
+    at += n_table
+    low_step, low_lo, low_hi = (int(v) for v in r.take(3))
+    if not 1 <= low_step <= MAX_STEP or not -LOW_LIMIT <= low_lo <= low_hi <= LOW_LIMIT:
+        raise CorruptStreamError("transform low band parameters are out of range")
+    q_low = decode_predictive(data[at : at + n_low], tuple(s.stop for s in p.low), 0, low_lo, low_hi)
+    at += n_low
+    tok_models, sign_models = [], []
+    for _ in range(n_groups):
+        width = int(rt.take(1)[0])
+        if width and not 2 <= width <= cf.MAX_TOKENS:
+            raise CorruptStreamError("transform token table has an invalid width")
+        t = rt.take(cf.N_BUCKETS * width).reshape(cf.N_BUCKETS, width)
+        s = rt.take(2 * cf.N_SIGN_CONTEXTS).reshape(cf.N_SIGN_CONTEXTS, 2)
+        if (t > symbols.COUNT_TOTAL).any() or (s > symbols.COUNT_TOTAL).any():
+            raise CorruptStreamError("transform frequency tables are invalid")
+        tok_models.append(symbols.models(t) if width else None)
+        sign_models.append(symbols.models(s) if width else None)
+    body = data[at:]
+    if len(body) % 4:
+        raise CorruptStreamError("transform section's coded words are not whole")
+    coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+    parents = _parents(p)
+    qs: list[np.ndarray | None] = []
+    steps, offsets = [], []
+    for i, b in enumerate(p.bands):
+        step, offset, empty = (int(v) for v in r.take(3))
+        w = r.take(cf.N_FEATURES).copy()
+        if not 1 <= step <= MAX_STEP or not 0 <= offset < 1 << STEP_BITS or empty not in (0, 1):
+            raise CorruptStreamError("transform band parameters are out of range")
+        cf.check_weights(w)
+        steps.append(step)
+        offsets.append(offset)
+        if empty:
+            qs.append(np.zeros(b.shape, np.int64))
+            continue
+        parent, sibling = _side(p, i, parents, qs)
+        bc = cf.BandCoder(b.shape, parent, sibling, w)
+        _decode_band(bc, coder, tok_models[group[i]], sign_models[group[i]])
+        qs.append(bc.values())
+    if r.pos != r.w.size or rt.pos != rt.w.size or not coder.is_empty():
+        raise CorruptStreamError("transform section has unused parameters or coded data")
+    if not _in_range(qs, steps, q_low, low_step):
+        raise CorruptStreamError("transform coefficients exceed the format's range")
+    mid = (lo + hi) // 2
+    return _reconstruct(p, qs, np.array(steps), offsets, q_low, low_step, mid, lo, hi)
