@@ -4,7 +4,7 @@ Golden streams pin the format: every future version must decode them to the
 recorded checksums. Only add new ones; never regenerate existing ones unless the
 format's major version changes.
 
-    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 and 3.0 streams
+    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0, 3.0 and 4.0 streams
 """
 
 from __future__ import annotations
@@ -86,6 +86,24 @@ def add_format_3() -> None:
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def iso_volume() -> np.ndarray:
+    """An int16 volume of isotropic voxels, deep enough for the transform's z levels."""
+    rng = np.random.default_rng(20261204)
+    z, y, x = np.meshgrid(np.linspace(-1, 1, 20), np.linspace(-1, 1, 40), np.linspace(-1, 1, 36), indexing="ij")
+    v = 600 * np.exp(-(x**2 + y**2 + z**2) * 3) + 80 * np.cos(4 * x * y) + rng.normal(0, 6, x.shape) - 100
+    return v.astype(np.int16)
+
+
+def add_format_4() -> None:
+    """Add the format 4.0 (transform path) streams; existing entries stay."""
+    record = json.loads((HERE / "golden.json").read_text())
+    thick = medcodec.Volume(golden_volume(), spacing=(0.8, 0.8, 3.0), origin=(-10.0, 20.0, 5.5))
+    iso = medcodec.Volume(iso_volume(), spacing=(1.0, 1.0, 1.0))
+    _add_stream(record, "v4-lossy-q60", thick, {"quality": 60}, "4.0")
+    _add_stream(record, "v4-lossy-iso-q50", iso, {"quality": 50}, "4.0")
+    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
     torch.manual_seed(0)
@@ -116,3 +134,4 @@ if __name__ == "__main__":
         main()
     add_format_2()
     add_format_3()
+    add_format_4()

@@ -10,7 +10,7 @@ band before it in the level, at the same position). The magnitude is split into 
 (coded with the bucket's frequency table, shared by the bands of a level) and raw low bits
 (uniform); the sign of a nonzero coefficient is coded in one of 9 contexts of its W and N
 neighbours' signs. Everything the decoder computes is integer arithmetic.
-docs/FORMAT.md, section 13, specifies it.
+docs/FORMAT.md, section 12.11, specifies it.
 """
 
 from __future__ import annotations

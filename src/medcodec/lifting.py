@@ -9,7 +9,7 @@ band's step size (:func:`band_norms`).
 
 Coefficients live in place, in the Mallat layout: after a level the low-pass block of every
 axis it splits comes first (``ceil(n / 2)`` entries) and the high-pass block after it, and
-the next level splits the all-low block again. docs/FORMAT.md, section 13, specifies it.
+the next level splits the all-low block again. docs/FORMAT.md, section 12.11, specifies it.
 """
 
 from __future__ import annotations

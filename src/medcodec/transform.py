@@ -11,7 +11,7 @@ decodes the same voxels.
 
 The encoder picks the largest base step whose reconstruction stays within the mean squared
 error it is given (the quality's PSNR floor), checking the exact reconstruction.
-docs/FORMAT.md, section 13, specifies the section.
+docs/FORMAT.md, section 12.11, specifies the section.
 """
 
 from __future__ import annotations
