@@ -344,3 +344,14 @@ def test_sections_are_framed_as_documented() -> None:
     (crc,) = struct.unpack_from("<I", data, 28 + length)
     assert kind == b"INDX" and crc == zlib.crc32(data[16 : 28 + length])
     assert data.endswith(struct.pack("<4sQ", b"AEND", 0) + struct.pack("<I", zlib.crc32(b"AEND" + bytes(8))))
+
+
+def test_several_archives_decompress_in_one_command(tmp_path: Path) -> None:
+    studies = {name: {"0.dcm": image(0, synthetic((1, 16, 16), "int16", seed=k)[0]), "n.txt": name.encode()}
+               for k, name in enumerate(("a", "b"))}  # fmt: skip
+    for name, files in studies.items():
+        write_tree(tmp_path / name, files)
+        assert cli.main(["compress", str(tmp_path / name), "-q"]) == 0
+    assert cli.main(["decompress", str(tmp_path / "a.mcd"), str(tmp_path / "b.mcd"), "-q"]) == 0
+    for name, files in studies.items():  # a/ and b/ exist: each goes beside its study
+        assert {n: (tmp_path / f"{name}.decoded" / n).read_bytes() for n in files} == files

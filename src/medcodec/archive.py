@@ -158,13 +158,22 @@ def write_archive(
     """
     index = {
         "series": [asdict(s) for s in series],
-        "files": [{k: v for k, v in asdict(e).items() if v not in ("", None) or k == "sha256"} for e in entries],
+        "files": [_entry_fields(e) for e in entries],
     }
     text = json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     parts = [_section(b"INDX", _zstd(text)), _section(b"HEAD", _zstd(heads)), _section(b"FILE", _zstd(stored))]
     parts += [_section(b"VOLU", s) for s in streams]
     prelude = ARCHIVE_MAGIC + _PRELUDE.pack(*ARCHIVE_VERSION, 0)
     return b"".join([prelude, *parts, _section(b"AEND", b"")])
+
+
+def _entry_fields(e: Entry) -> dict:
+    """An entry as the index stores it: an image names its series, slice and pixel offset, a
+    stored file the reason it is stored whole."""
+    fields = {"path": e.path, "size": e.size, "sha256": e.sha256}
+    if e.series is not None:
+        return fields | {"series": e.series, "slice": e.slice, "offset": e.offset}
+    return fields | ({"reason": e.reason} if e.reason else {})
 
 
 @dataclass

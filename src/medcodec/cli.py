@@ -185,12 +185,16 @@ def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Name
     def default(source: Path) -> Path:
         if name == "compress":
             return default_compress_output(source)
+        if _is_archive_file(source):
+            return _archive_output(source, force=True)  # a folder; "taken" is decided below
         out = default_decompress_output(source)
         return out.with_name(out.name[: -len(".nii.gz")] + "." + args.format) if args.format else out
 
     jobs = plan_jobs(list(find_inputs(args.inputs, recursive=args.recursive, command=name)), args.output, default)
     if name == "decompress":
         jobs = [Job(j.source, _beside_if_taken(j.output, force=args.force)) for j in jobs]
+        jobs = [Job(j.source, _folder_if_taken(j.output, force=args.force)) if _is_archive_file(j.source) else j
+                for j in jobs]  # fmt: skip
     if not jobs:
         raise InvalidInputError(f"no inputs to {name} in {', '.join(args.inputs)}")
 
@@ -734,6 +738,18 @@ def _compress_study(args: argparse.Namespace, source: Path, start: float) -> int
     return 0
 
 
+def _archive_output(source: Path, *, force: bool) -> Path:
+    """The folder an archive restores to by default: its name without ``.mcd``."""
+    stem = _strip_suffix(source.name, (ARCHIVE_SUFFIX,)) or source.name + ".files"
+    return _folder_if_taken(source.with_name(stem), force=force)
+
+
+def _folder_if_taken(dest: Path, *, force: bool) -> Path:
+    """``NAME.decoded`` where the folder ``NAME`` exists (usually the study the archive was made
+    from), unless ``force`` asks to restore into it."""
+    return dest.with_name(dest.name + ".decoded") if dest.exists() and not force else dest
+
+
 def _decompress_study(args: argparse.Namespace, source: Path, start: float) -> int:
     """``decompress STUDY.mcd``: every file of the archive under a folder."""
     from .dicom import unpack
@@ -742,13 +758,7 @@ def _decompress_study(args: argparse.Namespace, source: Path, start: float) -> i
         raise InvalidInputError("--region, --format and --compress-output apply to volume streams, not DICOM archives")
     if args.output == "-":
         raise InvalidInputError("a DICOM archive restores to a folder: give it with -o")
-    if args.output is not None:
-        dest = Path(args.output)
-    else:
-        stem = _strip_suffix(source.name, (ARCHIVE_SUFFIX,)) or source.name + ".files"
-        dest = source.with_name(stem)
-        if dest.exists() and not args.force:  # usually the study the archive was made from
-            dest = source.with_name(stem + ".decoded")
+    dest = Path(args.output) if args.output is not None else _archive_output(source, force=args.force)
     if dest.exists() and not dest.is_dir():
         raise VolumeIOError(f"output {dest} is a file; a DICOM archive restores to a folder")
     if not dest.parent.is_dir():

@@ -322,7 +322,7 @@ def _values(value) -> list:
 
 
 def restore(data: bytes, *, model: str | None = None) -> list[tuple[str, bytes]]:
-    """Every file of an archive as (relative path, bytes), each checked, in the archive's order.
+    """Every file of an archive as (relative path, bytes), each checked, sorted by path.
 
     Raises:
         TruncatedStreamError, CorruptStreamError, UnsupportedVersionError: The archive is damaged.
@@ -332,7 +332,7 @@ def restore(data: bytes, *, model: str | None = None) -> list[tuple[str, bytes]]
     out = []
     for f in restore_files(data, model=model):
         out.append((f.path, f.data if f.series is None else _lossy_file(f.data, f.series, f.ratio)))
-    return out
+    return sorted(out)
 
 
 def unpack(data: bytes, out_dir: str | os.PathLike, *, force: bool = False, model: str | None = None) -> list[Path]:
