@@ -296,6 +296,9 @@ def test_a_damaged_archive_is_reported_never_restored_wrong(tmp_path: Path, caps
         dicom.restore(_archive_with(data, heads=heads[:200] + bytes([heads[200] ^ 1]) + heads[201:]))
     with pytest.raises(ChecksumError, match="notes.txt"):
         dicom.restore(_archive_with(data, stored=b"kept as it iz"))
+    relabelled = [archive.Series(**{**vars(s), "mode": "lossy"}) for s in p.series]
+    with pytest.raises(CorruptStreamError, match="mode"):  # would skip the files' checksums
+        dicom.restore(_archive_with(data, series=relabelled))
     escape = [archive.Entry(**{**vars(e), "path": "../" + e.path}) if e.series is None else e for e in p.entries]
     with pytest.raises(CorruptStreamError, match="outside its folder"):
         dicom.unpack(_archive_with(data, entries=escape), tmp_path / "out")

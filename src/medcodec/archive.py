@@ -20,6 +20,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import zstandard
 
+from .container import read_header
 from .entropy import unzstd
 from .errors import ChecksumError, CorruptStreamError, InvalidInputError, TruncatedStreamError, UnsupportedVersionError
 
@@ -359,7 +360,10 @@ def restore_files(data: bytes, *, model: str | None = None) -> Iterator[Restored
         head_at[e.path] = (at, n)
         at += n
     for i, s in enumerate(p.series):
-        vol = decompress(bytes(p.sections[b"VOLU"][i]), model=model)
+        stream = bytes(p.sections[b"VOLU"][i])
+        if read_header(stream)[0].mode != s.mode:  # the mode decides whether files are checked whole
+            raise CorruptStreamError(f"series {i}: its stream's mode differs from the index's {s.mode!r}")
+        vol = decompress(stream, model=model)
         if vol.shape != (s.slices, s.rows, s.columns) or str(vol.dtype) != s.dtype:
             raise CorruptStreamError(f"series {i}: its stream holds {vol.shape} {vol.dtype}, its index says otherwise")
         pixels = vol.array
