@@ -195,6 +195,27 @@ def test_images_the_codec_does_not_take_are_stored_whole() -> None:
     assert dicom.restore(data) == sorted(files)
 
 
+#: Files pydicom ships in its wheel, written by many tools: images in every layout the archive
+#: codes, and what it stores whole (RLE, JPEG 2000, big endian, deflated, RGB, 1-bit, no file
+#: meta, truncated, bad VR, SR, RT plan and structure sets).
+PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm",
+                 "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_truncated.dcm", "rtplan.dcm",
+                 "rtplan_truncated.dcm", "rtstruct.dcm", "reportsi.dcm", "nested_priv_SQ.dcm", "no_meta.dcm",
+                 "JPEG2000.dcm", "badVR.dcm", "SC_rgb_small_odd.dcm", "liver_1frame.dcm", "image_dfl.dcm"]  # fmt: skip
+
+
+def test_real_files_of_many_writers_come_back_byte_for_byte() -> None:
+    root = Path(pydicom.__file__).parent / "data" / "test_files"
+    files = [(n, (root / n).read_bytes()) for n in PYDICOM_FILES if (root / n).is_file()]
+    if len(files) < len(PYDICOM_FILES) // 2:
+        pytest.skip("pydicom's bundled test files are not installed")
+    data = dicom.pack_files(files)
+    assert dicom.restore(data) == sorted(files)
+    coded = {e.path for e in archive.read_archive(data).entries if e.series is not None}
+    images = {"CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm"}
+    assert coded == images & {n for n, _ in files}
+
+
 def test_the_command_line_archives_restores_lists_and_verifies_a_study(tmp_path: Path, capsys) -> None:
     files = study_files()
     write_tree(tmp_path / "study", files)

@@ -122,8 +122,9 @@ def _image_of(ds, path: str, data: bytes) -> _Image | str:
     if (bits, signed) not in SAMPLE_TYPES or not 1 <= bits_stored <= bits or rows < 1 or columns < 1:
         return f"{bits} bits allocated, pixel representation {signed}"
     frame = rows * columns * bits // 8
-    if offset is None or length is None or length not in (frame, frame + (frame & 1)):
-        return "pixel data length does not match rows x columns"
+    if offset is None or length is None or length == 0xFFFFFFFF or length < frame:
+        return "pixel data shorter than rows x columns"
+    # Bytes past the frame (a pad byte, trailing padding inside the value) stay with the header.
     if offset + length > len(data):
         return "damaged DICOM (truncated)"
     dtype = SAMPLE_TYPES[(bits, signed)]
