@@ -38,8 +38,7 @@ from medcodec.errors import (  # noqa: E402
     OutputExistsError,
     TruncatedStreamError,
 )
-
-from .conftest import synthetic  # noqa: E402
+from tests.conftest import synthetic  # noqa: E402
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 CT_SERIES, MR_SERIES = STUDY + ".1", STUDY + ".2"
@@ -219,13 +218,23 @@ def test_real_files_of_many_writers_come_back_byte_for_byte() -> None:
 def test_the_command_line_archives_restores_lists_and_verifies_a_study(tmp_path: Path, capsys) -> None:
     files = study_files()
     write_tree(tmp_path / "study", files)
-    assert cli.main(["compress", str(tmp_path / "study"), "-q"]) == 0
+    assert cli.main(["compress", str(tmp_path / "study"), "--anonymize"]) == 2  # an archive keeps files as they are
+    assert "--as-volume" in capsys.readouterr().err
+    assert cli.main(["compress", str(tmp_path / "study"), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
     arc = tmp_path / "study.mcd"
+    assert (summary["output"], summary["mode"], summary["images"], summary["stored"]) == (str(arc), "lossless", 7, 0)
+    assert summary["archive_bytes"] == arc.stat().st_size
     assert cli.main(["info", str(arc), "--json"]) == 0
     about = json.loads(capsys.readouterr().out)
     assert (about["kind"], about["files"], len(about["series"])) == ("dicom-archive", 7, 2)
+    assert cli.main(["info", str(arc)]) == 0
+    text = capsys.readouterr().out
+    assert "7: 7 images in 2 series, 0 stored whole" in text and "CT 'CT test', 4 files" in text
     assert cli.main(["test", str(arc)]) == 0
     assert "OK (7 files, 2 series" in capsys.readouterr().out
+    assert cli.main(["test", str(arc), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["ok"] is True
     assert cli.main(["decompress", str(arc), "-q"]) == 0  # study/ exists: study.decoded/ beside it
     out = tmp_path / "study.decoded"
     assert {n: sha((out / n).read_bytes()) for n in files} == {n: sha(c) for n, c in files.items()}
