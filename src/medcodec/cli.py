@@ -807,9 +807,10 @@ def _info_study(args: argparse.Namespace, source: Path, data: bytes) -> int:
         print(f"{key + ':':<{width}} {value}")
     for i, s in enumerate(a.series):
         label = " ".join(x for x in (s.modality, repr(s.description) if s.description else "") if x)
-        print(f"series {i}: {label + ', ' if label else ''}{s.files} files, {s.rows} x {s.columns} {s.dtype}, "
-              f"{s.mode}, {_human_size(s.file_bytes)} -> {_human_size(s.stream_bytes)} pixels coded "
-              f"({s.uid or 'no Series Instance UID'})")  # fmt: skip
+        pixels = s.files * s.rows * s.columns * (1 if s.dtype.endswith("int8") else 2)
+        print(f"series {i}: {label + ', ' if label else ''}{s.files} files ({_human_size(s.file_bytes)}), "
+              f"{s.rows} x {s.columns} {s.dtype}, {s.mode}, pixels {_human_size(pixels)} -> "
+              f"{_human_size(s.stream_bytes)} ({s.uid or 'no Series Instance UID'})")  # fmt: skip
     for f in a.stored_files:
         print(f"stored: {f['path']} ({_human_size(f['size'])}): {f['reason']}")
     return 0
