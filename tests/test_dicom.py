@@ -388,3 +388,41 @@ def test_several_archives_decompress_in_one_command(tmp_path: Path) -> None:
     assert cli.main(["decompress", str(tmp_path / "a.mcd"), str(tmp_path / "b.mcd"), "-q"]) == 0
     for name, files in studies.items():  # a/ and b/ exist: each goes beside its study
         assert {n: (tmp_path / f"{name}.decoded" / n).read_bytes() for n in files} == files
+
+
+def test_mutated_archives_restore_the_packed_files_or_are_refused() -> None:
+    """Flipped bytes, cuts, and index fields set to hostile values (CRCs recomputed): each
+    archive either restores files that were packed or raises a MedcodecError, nothing else."""
+    import random
+
+    files = study_files() | {"sr.dcm": text_report(), "x.txt": b"kept"}
+    data = dicom.pack_files(list(files.items()))
+    contents = set(files.values())
+    p = archive.read_archive(data)
+    index = json.loads(unzstd(bytes(p.sections[b"INDX"][0]), 1 << 20))
+    values = ["lossy", "uint8", "../x", "/x", "a//b", "", None, [], {}, True, -1, 0, 1, 7, 2**40, 1.5, "0" * 64]
+    rng = random.Random(5)
+
+    def rebuilt(changed: dict) -> bytes:
+        text = json.dumps(changed).encode()
+        return data[:16] + archive._section(b"INDX", archive._zstd(text)) + data[28 + len(p.sections[b"INDX"][0]) + 4 :]
+
+    blobs = []
+    for _ in range(150):
+        changed = json.loads(json.dumps(index))
+        item = rng.choice(changed[rng.choice(["series", "files"])])
+        item[rng.choice([*item, "extra"])] = rng.choice(values)
+        blobs.append(rebuilt(changed))
+    for _ in range(150):
+        b = bytearray(data)
+        b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+        blobs.append(bytes(b[: rng.randrange(len(b))] if rng.random() < 0.3 else b))
+    refused = 0
+    for blob in blobs:
+        try:
+            out = dicom.restore(blob)
+        except medcodec.MedcodecError:
+            refused += 1
+            continue
+        assert {content for _, content in out} <= contents
+    assert 0 < refused < len(blobs)
