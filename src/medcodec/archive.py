@@ -26,7 +26,7 @@ from .errors import ChecksumError, CorruptStreamError, InvalidInputError, Trunca
 
 __all__ = [
     "ARCHIVE_MAGIC", "ARCHIVE_VERSION", "ARCHIVE_SUFFIX", "ArchiveInfo", "SeriesInfo", "RestoredFile", "Series",
-    "Entry", "is_archive", "write_archive", "read_archive", "archive_info", "restore_files",
+    "Entry", "is_archive", "write_archive", "read_archive", "archive_info", "restore_files", "check_path",
 ]  # fmt: skip
 
 ARCHIVE_MAGIC = b"\x89MCD\r\n\x1a\n"
@@ -223,7 +223,7 @@ def _sections(data: memoryview) -> tuple[tuple[int, int], dict[bytes, list[memor
     return (major, minor), found
 
 
-def _safe_path(path: object) -> str:
+def check_path(path: object) -> str:
     """A relative path that stays inside the output folder (an archive may be hostile)."""
     if not isinstance(path, str) or not path or "\x00" in path or "\\" in path:
         raise CorruptStreamError(f"archive names an invalid file path {path!r}")
@@ -258,7 +258,7 @@ def _parse_index(payload: memoryview) -> tuple[list[Series], list[Entry]]:
     seen_slices: set[tuple[int, int]] = set()
     total = 0
     for e in entries:
-        _safe_path(e.path)
+        check_path(e.path)
         if e.path in seen_paths:
             raise CorruptStreamError(f"archive names {e.path!r} twice")
         seen_paths.add(e.path)

@@ -43,8 +43,8 @@ from .archive import (
     ArchiveInfo,
     Entry,
     Series,
-    _safe_path,
     archive_info,
+    check_path,
     is_archive,
     restore_files,
     write_archive,
@@ -211,7 +211,7 @@ def pack_files(
         raise InvalidInputError("no files to pack")
     for i, (name, data) in enumerate(items):
         try:
-            _safe_path(name)
+            check_path(name)
         except CorruptStreamError:
             raise InvalidInputError(f"file name {name!r} is not a relative path inside the study") from None
         if i and items[i - 1][0] == name:
