@@ -74,6 +74,12 @@ def test_each_heavy_library_lives_in_its_own_module(library):
     assert users <= ONLY_IN[library], sorted(users - ONLY_IN[library])
 
 
+def test_pydicom_is_imported_only_inside_the_functions_of_the_dicom_module():
+    anywhere = {_name(p) for p in MODULES if "pydicom" in _top(_imports(p, module_level=False))}
+    at_import = {_name(p) for p in MODULES if "pydicom" in _top(_imports(p, module_level=True))}
+    assert anywhere == {"medcodec.dicom"} and at_import == set()
+
+
 def test_the_package_import_graph_has_no_cycle():
     names = {_name(p): p for p in MODULES}
 

@@ -408,7 +408,7 @@ def write_dicom_series(volume: medcodec.Volume, folder: Path) -> None:
 def test_dicom_folder_input(tmp_path: Path) -> None:
     series = tmp_path / "series"
     write_dicom_series(make_volume(5), series)
-    proc = run_cli("compress", str(series) + os.sep, "--lossless", "-q")
+    proc = run_cli("compress", str(series) + os.sep, "--as-volume", "--lossless", "-q")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "series.mcz").is_file()  # beside the folder, not inside it
     proc = run_cli("decompress", tmp_path / "series.mcz", "-q")

@@ -9,6 +9,7 @@ Quick start::
     data = medcodec.compress(vol, max_error=0)     # lossless, bit-exact
     out = medcodec.decompress(data)                # a Volume, geometry included
     medcodec.info(data)                            # header only, no decoding
+    archive = medcodec.dicom.pack("study/")        # a DICOM study, restored byte for byte
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "DEFAULT_QUALITY": "codec", "compress": "codec", "decode": "codec", "decompress": "codec",
     "encode": "codec", "info": "codec", "StreamInfo": "container", "DEFAULT_MODEL": "models",
-    "list_models": "models", "load_model": "models", "models": None, "codec": None,
+    "list_models": "models", "load_model": "models", "models": None, "codec": None, "dicom": None,
 }  # fmt: skip
 
 

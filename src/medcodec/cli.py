@@ -4,10 +4,13 @@ Usage::
 
     medcodec compress scan.nii.gz                 # -> scan.mcz, lossy, default quality
     medcodec compress scan.nii.gz --max-error 2   # every voxel within +-2
-    medcodec compress dicom_series/ --lossless    # -> dicom_series.mcz, bit-exact
+    medcodec compress study/                      # -> study.mcd, a DICOM archive, byte-exact files
+    medcodec compress study/ --max-error 2        # a lossy DICOM archive (new DICOM files on decompress)
+    medcodec compress dicom_series/ --as-volume   # -> dicom_series.mcz, the series as one volume
     medcodec decompress scan.mcz -o scan.nrrd     # any format medcodec.write supports
-    medcodec info scan.mcz [--json]               # header only, no decoding
-    medcodec test a.mcz b.mcz                     # decode and verify, write nothing
+    medcodec decompress study.mcd -o restored/    # every file of the study, at its relative path
+    medcodec info scan.mcz [--json]               # header only, no decoding (an archive: its series)
+    medcodec test a.mcz b.mcz study.mcd           # decode and verify, write nothing
 
 Outputs are written atomically (a temporary file in the destination folder,
 then a rename) and an existing file is never replaced without ``--force``.
@@ -55,8 +58,9 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "build_parser", "default_compress_output", "default_decompress_output"]
 
-#: Extension of compressed streams.
+#: Extension of compressed streams (a DICOM archive is ``.mcd``, medcodec.archive.ARCHIVE_SUFFIX).
 STREAM_SUFFIX = ".mcz"
+ARCHIVE_SUFFIX = ".mcd"
 
 #: Volume file endings replaced by ``.mcz`` when naming a default output (longest first).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -115,6 +119,15 @@ def default_compress_output(source: str | os.PathLike) -> Path:
     return path.with_name(stem + STREAM_SUFFIX)
 
 
+def default_archive_output(source: str | os.PathLike) -> Path:
+    """Name the archive that ``medcodec compress STUDY_DIR`` writes by default: ``STUDY_DIR.mcd``
+    beside the folder."""
+    path = Path(source)
+    if path.name in ("", ".", ".."):
+        path = path.resolve()
+    return path.with_name(path.name + ARCHIVE_SUFFIX)
+
+
 def default_decompress_output(source: str | os.PathLike) -> Path:
     """Name the volume file that ``medcodec decompress SOURCE`` writes by default.
 
@@ -166,16 +179,22 @@ def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Name
         raise InvalidInputError(f"with several inputs, -o names a folder; {args.output} is a file")
     if args.jobs < 1:
         raise InvalidInputError(f"--jobs must be at least 1, got {args.jobs}")
+    if name == "compress":
+        args.as_volume = True  # a batch codes volumes: each DICOM series folder is read as one
 
     def default(source: Path) -> Path:
         if name == "compress":
             return default_compress_output(source)
+        if _is_archive_file(source):
+            return _archive_output(source, force=True)  # a folder; "taken" is decided below
         out = default_decompress_output(source)
         return out.with_name(out.name[: -len(".nii.gz")] + "." + args.format) if args.format else out
 
     jobs = plan_jobs(list(find_inputs(args.inputs, recursive=args.recursive, command=name)), args.output, default)
     if name == "decompress":
         jobs = [Job(j.source, _beside_if_taken(j.output, force=args.force)) for j in jobs]
+        jobs = [Job(j.source, _folder_if_taken(j.output, force=args.force)) if _is_archive_file(j.source) else j
+                for j in jobs]  # fmt: skip
     if not jobs:
         raise InvalidInputError(f"no inputs to {name} in {', '.join(args.inputs)}")
 
@@ -238,8 +257,26 @@ def _refuse_stream_input(source: Path) -> None:
 
     if source.is_file():
         with open(source, "rb") as f:
-            if f.read(len(MAGIC)) == MAGIC:
-                raise InvalidInputError(f"{source} is already a medcodec stream; did you mean 'medcodec decompress'?")
+            head = f.read(len(MAGIC))
+        if head == MAGIC or _is_archive_head(head):
+            raise InvalidInputError(f"{source} is already a medcodec stream; did you mean 'medcodec decompress'?")
+
+
+def _is_archive_head(head: bytes) -> bool:
+    from .archive import is_archive
+
+    return is_archive(head)
+
+
+def _is_archive_file(source: Path) -> bool:
+    """Whether ``source`` is a DICOM archive (``.mcd``), by its magic number."""
+    if str(source) == "-" or not source.is_file():
+        return False
+    try:
+        with open(source, "rb") as f:
+            return _is_archive_head(f.read(16))
+    except OSError:
+        return False
 
 
 def _check_output(dest: Path, source: Path, *, force: bool) -> None:
@@ -358,6 +395,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     source = Path(args.input)
     _check_input(source)
+    if source.is_dir() and not args.as_volume:
+        return _compress_study(args, source, start)
     to_stdout = args.output == "-"
     dest = Path("-") if to_stdout else _resolve_output(args.output, default_compress_output(source))
     if not to_stdout:
@@ -463,6 +502,8 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     source = Path(args.input)
+    if _is_archive_file(source):
+        return _decompress_study(args, source, start)
     if args.output == "-":
         raise InvalidInputError("a volume is written to a file: its name's ending picks the format (-o NAME.nii.gz)")
     if args.input == "-":
@@ -543,17 +584,27 @@ def _cmd_test(args: argparse.Namespace) -> int:
     for name in args.inputs:
         start = time.perf_counter()
         try:
-            vol = decompress(_read_bytes(Path(name)), model=args.model)
+            data = _read_bytes(Path(name))
+            if _is_archive_head(data[:16]):
+                archive = _test_study(data, args.model)
+            else:
+                vol = decompress(data, model=args.model)
         except MedcodecError as exc:
             record = {"file": name, "ok": False, "error": type(exc).__name__, "message": " ".join(str(exc).split()),
                       "exit_code": exc.exit_code}  # fmt: skip
             worst = worst or exc.exit_code
         else:
-            record = {"file": name, "ok": True, "shape": list(vol.shape), "dtype": str(vol.dtype),
-                      "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+            if _is_archive_head(data[:16]):
+                record = {"file": name, "ok": True, "kind": "dicom-archive", "files": archive.files,
+                          "series": len(archive.series), "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+            else:
+                record = {"file": name, "ok": True, "shape": list(vol.shape), "dtype": str(vol.dtype),
+                          "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
         records.append(record)
         if not args.json and (not record["ok"] or not args.quiet):
-            if record["ok"]:
+            if record["ok"] and "files" in record:
+                print(f"{name}: OK ({record['files']} files, {record['series']} series, checksums match)")
+            elif record["ok"]:
                 print(f"{name}: OK ({' x '.join(map(str, record['shape']))} {record['dtype']}, checksums match)")
             else:
                 print(f"{name}: FAILED: {record['message']}", file=sys.stderr)
@@ -596,6 +647,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     source = Path(args.input)
     data = _read_bytes(source)
+    if _is_archive_head(data[:16]):
+        return _info_study(args, source, data)
     header = info(data)
     raw, compressed = header.raw_bytes, header.compressed_bytes
     if args.json:
@@ -640,6 +693,129 @@ def _none_or(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+# --------------------------------------------------------------------------- DICOM archives
+
+
+def _compress_study(args: argparse.Namespace, source: Path, start: float) -> int:
+    """``compress STUDY_DIR``: every file below the folder into one archive (medcodec.dicom)."""
+    from .dicom import info, pack
+    from .io import WRITE_SUFFIXES
+
+    if args.strip_metadata or args.anonymize:
+        raise InvalidInputError(
+            "--strip-metadata and --anonymize apply to volumes: a DICOM archive keeps its files as they are "
+            "(give --as-volume to code the series as one volume)"
+        )
+    to_stdout = args.output == "-"
+    dest = Path("-") if to_stdout else _resolve_output(args.output, default_archive_output(source))
+    if not to_stdout:
+        if dest.name.lower().endswith(WRITE_SUFFIXES):
+            raise InvalidInputError(
+                f"{dest.name!r} names a volume file; a DICOM archive is written as {ARCHIVE_SUFFIX}"
+            )
+        _check_output(dest, source, force=args.force)
+    max_error = 0.0 if args.lossless else args.max_error
+    data = pack(source, quality=args.quality, max_error=max_error, model=args.model)
+    if to_stdout:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_atomic(dest, _write_bytes(data), force=args.force)
+    a = info(data)
+    if args.json:
+        _print_json({"file": args.input, "output": "-" if to_stdout else str(dest), "kind": "dicom-archive",
+                     "mode": a.mode, "files": a.files, "images": a.images, "series": len(a.series),
+                     "stored": a.stored, "input_file_bytes": a.file_bytes, "archive_bytes": a.archive_bytes,
+                     "seconds": round(time.perf_counter() - start, 3)}, to_stderr=to_stdout)  # fmt: skip
+    elif not args.quiet:
+        print(
+            f"{args.input} -> {'stdout' if to_stdout else dest}: {a.files} files ({a.images} images in "
+            f"{len(a.series)} series, {a.stored} stored whole), {_human_size(a.file_bytes)} -> "
+            f"{_human_size(a.archive_bytes)} ({_ratio(a.file_bytes, a.archive_bytes)}), {a.mode}, "
+            f"{time.perf_counter() - start:.1f} s",
+            file=sys.stderr if to_stdout else sys.stdout,
+        )
+    return 0
+
+
+def _archive_output(source: Path, *, force: bool) -> Path:
+    """The folder an archive restores to by default: its name without ``.mcd``."""
+    stem = _strip_suffix(source.name, (ARCHIVE_SUFFIX,)) or source.name + ".files"
+    return _folder_if_taken(source.with_name(stem), force=force)
+
+
+def _folder_if_taken(dest: Path, *, force: bool) -> Path:
+    """``NAME.decoded`` where the folder ``NAME`` exists (usually the study the archive was made
+    from), unless ``force`` asks to restore into it."""
+    return dest.with_name(dest.name + ".decoded") if dest.exists() and not force else dest
+
+
+def _decompress_study(args: argparse.Namespace, source: Path, start: float) -> int:
+    """``decompress STUDY.mcd``: every file of the archive under a folder."""
+    from .dicom import unpack
+
+    if args.region is not None or args.format or getattr(args, "compress_output", None) is not None:
+        raise InvalidInputError("--region, --format and --compress-output apply to volume streams, not DICOM archives")
+    if args.output == "-":
+        raise InvalidInputError("a DICOM archive restores to a folder: give it with -o")
+    dest = Path(args.output) if args.output is not None else _archive_output(source, force=args.force)
+    if dest.exists() and not dest.is_dir():
+        raise VolumeIOError(f"output {dest} is a file; a DICOM archive restores to a folder")
+    if not dest.parent.is_dir():
+        raise VolumeIOError(f"cannot write {dest}: folder {dest.parent} does not exist")
+    data = _read_bytes(source)
+    written = unpack(data, dest, force=args.force, model=args.model)
+    total = sum(p.stat().st_size for p in written)
+    if args.json:
+        _print_json({"file": args.input, "output": str(dest), "kind": "dicom-archive", "files": len(written),
+                     "archive_bytes": len(data), "output_bytes": total,
+                     "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+    elif not args.quiet:
+        print(f"{args.input} -> {dest}{os.sep}: {len(written)} files, {_human_size(len(data))} -> "
+              f"{_human_size(total)}, {time.perf_counter() - start:.1f} s")  # fmt: skip
+    return 0
+
+
+def _test_study(data: bytes, model: str | None):
+    """Decode every series and check every file's SHA-256 (lossy series: their streams' checksums)."""
+    from .archive import archive_info, restore_files
+
+    for _ in restore_files(data, model=model):
+        pass
+    return archive_info(data)
+
+
+def _info_study(args: argparse.Namespace, source: Path, data: bytes) -> int:
+    from .archive import archive_info
+
+    a = archive_info(data)
+    if args.json:
+        _print_json({"file": str(source), "kind": "dicom-archive", **a.as_dict()})
+        return 0
+    rows = [
+        ("file", str(source)),
+        ("format", f"medcodec DICOM archive version {a.format_version}"),
+        ("mode", a.mode),
+        ("files", f"{a.files}: {a.images} images in {len(a.series)} series, {a.stored} stored whole"),
+        ("file bytes", f"{_human_size(a.file_bytes)} ({a.file_bytes} bytes)"),
+        ("archive", f"{_human_size(a.archive_bytes)} ({a.archive_bytes} bytes), {_ratio(a.file_bytes, a.archive_bytes)}"),
+        ("headers", f"{_human_size(a.header_bytes)} compressed"),
+        ("stored", f"{_human_size(a.stored_bytes)} compressed"),
+    ]  # fmt: skip
+    width = max(len(key) for key, _ in rows) + 1
+    for key, value in rows:
+        print(f"{key + ':':<{width}} {value}")
+    for i, s in enumerate(a.series):
+        label = " ".join(x for x in (s.modality, repr(s.description) if s.description else "") if x)
+        pixels = s.files * s.rows * s.columns * (1 if s.dtype.endswith("int8") else 2)
+        print(f"series {i}: {label + ', ' if label else ''}{s.files} files ({_human_size(s.file_bytes)}), "
+              f"{s.rows} x {s.columns} {s.dtype}, {s.mode}, pixels {_human_size(pixels)} -> "
+              f"{_human_size(s.stream_bytes)} ({s.uid or 'no Series Instance UID'})")  # fmt: skip
+    for f in a.stored_files:
+        print(f"stored: {f['path']} ({_human_size(f['size'])}): {f['reason']}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -674,12 +850,17 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
 
-    p = add("compress", "Compress a volume file or DICOM series folder into a .mcz file.")
+    p = add("compress", "Compress a volume file into a .mcz file, or a DICOM study folder into a .mcd archive.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="volume files (.nii, .nii.gz, .nrrd, .mha, .mhd) or DICOM series folders")  # fmt: skip
+                   help="volume files (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM study folder (any number of "
+                        "series, nested folders): one .mcd archive that restores every file byte for byte, "
+                        "lossless unless --quality or --max-error is given")  # fmt: skip
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file or folder (default: INPUT with its extension replaced by .mcz; - for stdout); "
-                        "with several inputs, a folder that mirrors them")  # fmt: skip
+                   help="output file or folder (default: INPUT with its extension replaced by .mcz, a folder "
+                        "INPUT.mcd; - for stdout); with several inputs, a folder that mirrors them")  # fmt: skip
+    p.add_argument("--as-volume", action="store_true",
+                   help="read a DICOM series folder as one volume into a .mcz (the default in a batch: several "
+                        "inputs, -r, -j, --scheduler) instead of archiving its files")  # fmt: skip
     _add_batch(p, "volume files and DICOM series folders")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -698,13 +879,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, model_help="model name or weights file (default: the built-in model)")
     p.set_defaults(func=_batch_or_one(_cmd_compress))
 
-    p = add("decompress", "Decompress a .mcz file into a volume file.")
-    p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin)")
+    p = add("decompress", "Decompress a .mcz file into a volume file, or a .mcd archive into its DICOM files.")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin) or .mcd archives")
     _add_batch(p, ".mcz files")
     p.add_argument(
         "-o", "--output", metavar="OUT",
         help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
-        "(default: FILE with .mcz replaced by .nii.gz)",
+        "(default: FILE with .mcz replaced by .nii.gz); for a .mcd archive, the folder that receives its files "
+        "(default: FILE without .mcd, or FILE.decoded where that exists)",
     )  # fmt: skip
     p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), default=None,
                    help="format of the default output name (default nii.gz); -o NAME picks it from NAME's ending")  # fmt: skip
@@ -720,8 +902,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, model_help="model name or weights file (default: the one the stream names)")
     p.set_defaults(func=_batch_or_one(_cmd_decompress))
 
-    p = add("test", "Verify .mcz files: decode each and check every checksum, writing nothing.")
-    p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin)")
+    p = add("test", "Verify .mcz files and .mcd archives: decode each and check every checksum, writing nothing.")
+    p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files or .mcd archives (- reads stdin)")
     p.add_argument(
         "--model", metavar="NAME_OR_PATH", help="model name or weights file (default: the one each stream names)"
     )
@@ -729,8 +911,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="print only the failures")
     p.set_defaults(func=_cmd_test)
 
-    p = add("info", "Show the header of a .mcz file without decoding it.")
-    p.add_argument("input", metavar="FILE", help="compressed .mcz file")
+    p = add("info", "Show the header of a .mcz file, or the series and files of a .mcd archive, without decoding.")
+    p.add_argument("input", metavar="FILE", help="compressed .mcz file or .mcd archive")
     p.add_argument("--json", action="store_true", help="print a JSON object instead of text")
     p.set_defaults(func=_cmd_info)
     return parser

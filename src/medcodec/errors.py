@@ -22,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "VolumeIOError",
     "OutputExistsError",
+    "MissingExtraError",
 ]
 
 
@@ -105,3 +106,9 @@ class OutputExistsError(VolumeIOError, FileExistsError):
     """The output file exists and overwriting was not asked for."""
 
     exit_code = 9
+
+
+class MissingExtraError(MedcodecError, ImportError):
+    """A feature needs an optional dependency that is not installed (the message names the extra)."""
+
+    exit_code = 2
