@@ -81,9 +81,10 @@ def test_contexts_see_only_decoded_neighbours():
     q = rng.integers(-5, 6, (4, 9, 7)) * (rng.random((4, 9, 7)) < 0.5)
     parent = np.abs(rng.integers(-3, 4, q.shape))
     sibling = np.abs(rng.integers(-3, 4, q.shape))
-    w = coefficients.fit_weights(q, parent, sibling)
-    full = coefficients.BandCoder(q.shape, parent, sibling, w)
-    full.mag[full.interior], full.sign[full.interior] = np.abs(q), np.sign(q)
+    full = coefficients.BandCoder(q.shape, parent, sibling)
+    full.load(q)
+    w = full.weights = coefficients.fit_weights(full)
+    assert w.any()
     all_buckets, all_signs = full.contexts(np.arange(q.size))
     partial = coefficients.BandCoder(q.shape, parent, sibling, w)
     for f in range(partial.n_fronts):
@@ -199,3 +200,18 @@ def test_a_transform_flag_needs_format_4_and_a_lossy_integer_stream():
     struct.pack_into("<I", damaged, end, zlib.crc32(bytes(damaged[len(MAGIC) : end])))
     with pytest.raises(CorruptStreamError):
         medcodec.decompress(bytes(damaged))
+
+
+@pytest.mark.skipif(transform._kernels() is None, reason="numba is not installed (or MEDCODEC_NO_JIT is set)")
+@pytest.mark.parametrize("z_levels", [0, 2])
+def test_compiled_kernels_and_the_numpy_reference_write_and_read_the_same_streams(monkeypatch, z_levels):
+    x = smooth_volume((10, 40, 44), noise=9.0, seed=4)
+    lo, hi = int(x.min()), int(x.max())
+    mse = (hi - lo) ** 2 * 10 ** (-4.6)
+    compiled, recon = transform.encode_tile(x, mse, lo, hi, z_levels)
+    monkeypatch.setattr(transform, "_KERNELS", False)
+    reference, recon_ref = transform.encode_tile(x, mse, lo, hi, z_levels)
+    assert compiled == reference and np.array_equal(recon, recon_ref)
+    assert np.array_equal(transform.decode_tile(compiled, x.shape, lo, hi), recon)
+    monkeypatch.setattr(transform, "_KERNELS", None)
+    assert np.array_equal(transform.decode_tile(compiled, x.shape, lo, hi), recon)

@@ -36,7 +36,9 @@ DIRECT_BITS, MANTISSA_BITS = 4, 2
 MAX_MAGNITUDE_BITS = 31
 MAX_TOKENS = (1 << DIRECT_BITS) + (1 << MANTISSA_BITS) * (MAX_MAGNITUDE_BITS - DIRECT_BITS)
 N_SIGN_CONTEXTS = 9
-_PAD = (1, 2, 2, 1)  # z before; y above; x left and right
+_PAD = (1, 2, 2, 1)
+#: Coefficients a band's context weights are fitted on, at most.
+_FIT_SAMPLES = 1 << 13  # z before; y above; x left and right
 
 
 def magnitude_tokens(u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -65,20 +67,15 @@ def magnitudes(tok: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return np.where(big, (top << token_raw_bits(tok)) | raw, tok)
 
 
-def fit_weights(q: np.ndarray, parent: np.ndarray, sibling: np.ndarray) -> np.ndarray:
-    """Context weights for a band (encoder only): a non-negative least-squares fit of 4|q| on the
-    features, in fixed point."""
-    a = np.abs(q)
+def fit_weights(coder: BandCoder) -> np.ndarray:
+    """Context weights for a band whose coefficients ``coder`` holds (encoder only): a
+    non-negative least-squares fit of 4|q| on the features, in fixed point."""
+    a = coder.mag[coder.interior].ravel()
     if not a.any():
         return np.zeros(N_FEATURES, np.int64)
-    coder = BandCoder(q.shape, parent, sibling, np.zeros(N_FEATURES, np.int64))
-    coder.mag[coder.interior] = a
-    n = a.size
-    pick = np.arange(0, n, max(1, n // 20000))
-    f = coder.features(coder.flat[pick]).astype(np.float64)
-    ext = np.stack([parent.ravel()[pick], sibling.ravel()[pick]], axis=1).astype(np.float64)
-    f = np.concatenate([f, ext], axis=1)
-    target = 4.0 * a.ravel()[pick]
+    pick = np.arange(0, a.size, max(1, a.size // _FIT_SAMPLES))
+    f = np.concatenate([coder.features(coder.flat[pick]), coder.external[:, pick].T], axis=1).astype(np.float64)
+    target = 4.0 * a[pick]
     w = np.zeros(N_FEATURES)
     active = np.ones(N_FEATURES, bool)
     for _ in range(N_FEATURES):  # drop negative weights and refit: a small non-negative least squares
@@ -100,7 +97,9 @@ class BandCoder:
     visit the symbols in one order.
     """
 
-    def __init__(self, shape: tuple[int, ...], parent: np.ndarray, sibling: np.ndarray, weights: np.ndarray) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], parent: np.ndarray, sibling: np.ndarray, weights: np.ndarray | None = None
+    ) -> None:
         b, h, w = shape
         pz, py, pxl, pxr = _PAD
         self.shape = (b, h, w)
@@ -108,11 +107,13 @@ class BandCoder:
         self.mag = np.zeros(self.padded, np.int64)
         self.sign = np.zeros(self.padded, np.int64)
         self.interior = (slice(pz, None), slice(py, None), slice(pxl, pxl + w))
-        zz, yy, xx = np.meshgrid(np.arange(b), np.arange(h), np.arange(w), indexing="ij")
-        t = (zz + 2 * yy + xx).ravel()
-        self.order = np.argsort(t, kind="stable")  # interior indices, front by front, (z, y, x) within
+        zi, yi, xi = np.arange(b)[:, None, None], np.arange(h)[None, :, None], np.arange(w)[None, None, :]
+        t = (zi + 2 * yi + xi).ravel()
+        # A stable sort of small integers is a radix sort: the fronts' order costs little.
+        self.order = np.argsort(t.astype(np.uint16 if t.size and t.max() < 1 << 16 else np.int64), kind="stable")
         self.bounds = np.concatenate([[0], np.cumsum(np.bincount(t, minlength=int(t.max()) + 1 if t.size else 0))])
-        self.flat = np.ravel_multi_index((zz.ravel() + pz, yy.ravel() + py, xx.ravel() + pxl), self.padded)
+        rows, cols = self.padded[1], self.padded[2]
+        self.flat = (((zi + pz) * rows + yi + py) * cols + xi + pxl).ravel()
         self.off = np.array(
             [np.ravel_multi_index((pz + dz, py + dy, pxl + dx), self.padded) for dz, dy, dx in NEIGHBOURS]
         )
@@ -120,7 +121,13 @@ class BandCoder:
         self.external = np.stack(
             [np.minimum(parent.ravel(), FEATURE_LIMIT), np.minimum(sibling.ravel(), FEATURE_LIMIT)]
         )
-        self.weights = weights
+        self.weights = np.zeros(N_FEATURES, np.int64) if weights is None else weights
+        self.tokens: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the encoder's, once computed
+
+    def load(self, q: np.ndarray) -> None:
+        """Hold known coefficients (the encoder's side)."""
+        self.mag[self.interior] = np.abs(q)
+        self.sign[self.interior] = np.sign(q)
 
     @property
     def n_fronts(self) -> int:

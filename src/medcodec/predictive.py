@@ -500,11 +500,16 @@ def _code_level_numpy(xt: np.ndarray, planes: _Planes, lv: _Level, lo: int, hi: 
     return counts, emit
 
 
-def encode_tile(x: np.ndarray, d: int, lo: int, hi: int) -> tuple[bytes, np.ndarray]:
-    """Code an integer tile within ``d`` (0: lossless); returns the section and the reconstruction (int64)."""
+def encode_tile(x: np.ndarray, d: int, lo: int, hi: int, z_levels: int | None = None) -> tuple[bytes, np.ndarray]:
+    """Code an integer tile within ``d`` (0: lossless); returns the section and the reconstruction (int64).
+
+    ``z_levels`` fixes the z depth instead of comparing them (faster; for small side data)."""
     x = x.astype(np.int64)
     step = 2 * d + 1
-    z_levels, fitted = plan_tile(x, step, lo, hi)
+    if z_levels is None:
+        z_levels, fitted = plan_tile(x, step, lo, hi)
+    else:
+        fitted = [_fit_level(x, t, h, step, lo, hi)[0] for t, h in _levels(x.shape[0], z_levels)]
     recon = np.empty_like(x)
     writer = symbols.Writer()
     params: list[np.ndarray] = []

@@ -16,6 +16,7 @@ docs/FORMAT.md, section 12.11, specifies the section.
 
 from __future__ import annotations
 
+import os
 import struct
 
 import constriction
@@ -47,6 +48,9 @@ LOW_LIMIT = 1 << 40
 #: Bands of at least this many coefficients get frequency tables of their own.
 OWN_TABLES = 1 << 15
 _HEAD = struct.Struct("<BIII")
+#: The step search estimates each band's error on this many of its coefficients at most, and
+#: aims this far below the bound (the estimate leaves the lifting's rounding out).
+_SEARCH_SAMPLES, _MARGIN = 1 << 16, 0.97
 _WORDS_PER_BAND = 3 + cf.N_FEATURES
 
 
@@ -88,13 +92,9 @@ def _quantize(c: np.ndarray, p: lifting.Plan, steps: np.ndarray, low_step: int):
     """Quantized bands, their reconstruction offsets (fixed point) and the quantized low band."""
     qs, offsets = [], []
     for b, s in zip(p.bands, steps):
-        v = c[b.block]
-        r = np.abs(v) * float(1 << STEP_BITS) / float(s)
-        m = np.maximum(np.floor(r + 0.5 - THETA), 0).astype(np.int64)
-        nz = m > 0
-        off = float(np.mean(r[nz] - m[nz])) if nz.any() else 0.0
-        offsets.append(int(np.clip(round(off * (1 << STEP_BITS)), 0, (1 << STEP_BITS) - 1)))
-        qs.append(np.sign(v) * m)
+        q, off = _band_quantized(c[b.block], int(s))
+        qs.append(q)
+        offsets.append(off)
     low = c[p.low]
     q_low = np.floor(low * float(1 << STEP_BITS) / low_step + 0.5).astype(np.int64)
     return qs, offsets, q_low
@@ -121,15 +121,25 @@ def _steps(base: float, norms: np.ndarray, low_norm: float) -> tuple[np.ndarray,
     return steps, int(np.clip(round(base / low_norm * scale), 1, MAX_STEP))
 
 
-def _estimated_mse(c, p, qs, steps, offsets, q_low, low_step, norms, low_norm) -> float:
-    """The voxel MSE a quantization gives, from the coefficient errors (the wavelet is near orthogonal)."""
+def _band_quantized(v: np.ndarray, step: int) -> tuple[np.ndarray, int]:
+    """Deadzone quantization of a band's coefficients, and its reconstruction offset (fixed point):
+    the mean position of the nonzero coefficients within their cells."""
+    r = np.abs(v) * float(1 << STEP_BITS) / float(step)
+    m = np.maximum(np.floor(r + 0.5 - THETA), 0).astype(np.int64)
+    nz = m > 0
+    off = float(np.mean(r[nz] - m[nz])) if nz.any() else 0.0
+    return np.sign(v) * m, int(np.clip(round(off * (1 << STEP_BITS)), 0, (1 << STEP_BITS) - 1))
+
+
+def _sampled_mse(sample, weight, steps, low, low_step: int, low_norm: float) -> float:
+    """The voxel squared error a quantization gives, summed, estimated from each band's sample
+    (the wavelet is near orthogonal: a coefficient's error reaches the voxels times its norm)."""
     total = 0.0
-    for b, q, s, o, n in zip(p.bands, qs, steps, offsets, norms):
-        e = c[b.block] - _dequantize(q, int(s), int(o))
-        total += float((e.astype(np.float64) ** 2).sum()) * n * n
-    e = c[p.low] - _dequantize_low(q_low, low_step)
-    total += float((e.astype(np.float64) ** 2).sum()) * low_norm * low_norm
-    return total / c.size
+    for v, w, s in zip(sample, weight, steps):
+        q, off = _band_quantized(v, int(s))
+        total += float(((v - _dequantize(q, int(s), off)).astype(np.float64) ** 2).sum()) * w
+    e = low - _dequantize_low(np.floor(low * float(1 << STEP_BITS) / low_step + 0.5).astype(np.int64), low_step)
+    return total + float((e.astype(np.float64) ** 2).sum()) * low_norm * low_norm
 
 
 def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> tuple[bytes, np.ndarray] | None:
@@ -141,21 +151,24 @@ def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> t
     mid = (lo + hi) // 2
     c = lifting.forward((x - mid) << PRECISION_BITS, p)
     norms, low_norm = lifting.band_norms(p)
-    # The largest base step whose estimated error is within the bound, then checked exactly.
+    # The largest base step whose estimated error (on a sample of each band) is within the
+    # bound, less a margin for the rounding the estimate leaves out; then checked exactly.
     mse_c = mse * float(1 << (2 * PRECISION_BITS))  # in the scaled domain
+    sample = [c[b.block].ravel()[:: max(1, int(np.prod(b.shape)) // _SEARCH_SAMPLES)] for b in p.bands]
+    weight = [float(np.prod(b.shape)) / max(1, v.size) * n * n for b, v, n in zip(p.bands, sample, norms)]
+    low = c[p.low]
     base = max(np.sqrt(12.0 * mse_c), 1e-3)
     best = None
-    for _ in range(8):
+    for _ in range(10):
         steps, low_step = _steps(base, norms, low_norm)
-        qs, offsets, q_low = _quantize(c, p, steps, low_step)
-        est = _estimated_mse(c, p, qs, steps, offsets, q_low, low_step, norms, low_norm)
-        if est <= mse_c:
-            best = base
-        ratio = np.sqrt(mse_c / est) if est > 0 else 2.0
-        if 0.98 <= ratio <= 1.0:
+        est = _sampled_mse(sample, weight, steps, low, low_step, low_norm) / c.size
+        if est <= _MARGIN * mse_c:
+            best = base if best is None else max(best, base)
+        ratio = np.sqrt(_MARGIN * mse_c / est) if est > 0 else 2.0
+        if 0.985 <= ratio <= 1.0:
             break
-        base *= float(np.clip(ratio, 0.5, 2.0)) * (0.995 if ratio > 1 else 1.0)
-    base = best if best is not None else base
+        base *= float(np.clip(ratio, 0.5, 2.0))
+    base = best if best is not None else base * 0.9
     for _ in range(12):
         steps, low_step = _steps(base, norms, low_norm)
         qs, offsets, q_low = _quantize(c, p, steps, low_step)
@@ -196,7 +209,8 @@ def _groups(p: lifting.Plan) -> list[int]:
 def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
     parents = _parents(p)
     low_lo, low_hi = int(q_low.min()), int(q_low.max())
-    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi)
+    # The low band is a few thousand values: one z depth spares the comparison of depths.
+    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi, z_levels=0)
     params = [low_step, low_lo, low_hi]
     coders: list[tuple[cf.BandCoder, np.ndarray, np.ndarray, int] | None] = []
     group = _groups(p)
@@ -204,19 +218,18 @@ def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
     tok_counts = np.zeros((n_groups, cf.N_BUCKETS, cf.MAX_TOKENS), np.int64)
     sign_counts = np.zeros((n_groups, cf.N_SIGN_CONTEXTS, 2), np.int64)
     for i, q in enumerate(qs):
-        empty = not q.any()
-        parent, sibling = _side(p, i, parents, qs)
-        w = np.zeros(cf.N_FEATURES, np.int64) if empty else cf.fit_weights(q, parent, sibling)
-        params += [int(steps[i]), offsets[i], int(empty), *w.tolist()]
-        if empty:
+        if not q.any():
+            params += [int(steps[i]), offsets[i], 1, *[0] * cf.N_FEATURES]
             coders.append(None)
             continue
-        bc = cf.BandCoder(q.shape, parent, sibling, w)
+        bc = cf.BandCoder(q.shape, *_side(p, i, parents, qs))
+        bc.load(q)
+        bc.weights = cf.fit_weights(bc)
+        params += [int(steps[i]), offsets[i], 0, *bc.weights.tolist()]
         mag, sign = np.abs(q).ravel(), np.sign(q).ravel()
-        bc.mag[bc.interior] = np.abs(q)
-        bc.sign[bc.interior] = np.sign(q)
-        bucket, sctx = bc.contexts(np.arange(q.size))
-        tok, _, _ = cf.magnitude_tokens(mag)
+        bucket, sctx = _all_contexts(bc)
+        bc.tokens = cf.magnitude_tokens(mag)
+        tok = bc.tokens[0]
         k = group[i]
         tok_counts[k] += np.bincount(bucket * cf.MAX_TOKENS + tok, minlength=cf.N_BUCKETS * cf.MAX_TOKENS).reshape(
             cf.N_BUCKETS, cf.MAX_TOKENS
@@ -238,7 +251,11 @@ def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
         if coders[i] is None:
             continue
         bc, bucket, sctx, k = coders[i]
-        _emit_band(bc, q.ravel(), bucket, sctx, tok_models[k], sign_models[k], writer.items)
+        kernels = _kernels()
+        if kernels is not None:
+            _emit_band_compiled(kernels, bc, q.ravel(), bucket, sctx, tok_models[k], sign_models[k], writer.items)
+        else:
+            _emit_band(bc, q.ravel(), bucket, sctx, tok_models[k], sign_models[k], writer.items)
     zc = zstandard.ZstdCompressor(level=19)
     head = zc.compress(np.array(params, np.int64).astype("<i8").tobytes())
     table = zc.compress(np.concatenate(tables).astype("<u2").tobytes())
@@ -246,10 +263,50 @@ def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
     return _HEAD.pack(p.z_levels, len(head), len(table), len(low_section)) + head + table + low_section + words
 
 
+def _all_contexts(bc: cf.BandCoder) -> tuple[np.ndarray, np.ndarray]:
+    """Every coefficient's bucket and sign context, the band's coefficients all known (encoder)."""
+    k = _kernels()
+    if k is None:
+        return bc.contexts(np.arange(bc.flat.size))
+    n = bc.flat.size
+    bucket, sctx, order = (np.empty(n, np.int64) for _ in range(3))
+    k.front_contexts(np.arange(n), bc.flat, bc.mag, bc.sign, bc.off, bc.external, bc.weights, cf.THRESHOLDS,
+                     cf.C_SCALE, cf.FEATURE_LIMIT, bucket, sctx, order, np.zeros(cf.N_BUCKETS, np.int64))  # fmt: skip
+    return bucket, sctx
+
+
+def _emit_band_compiled(k, bc: cf.BandCoder, q: np.ndarray, bucket, sctx, tok_models, sign_models, items) -> None:
+    """As :func:`_emit_band`, the symbols ordered by a compiled kernel."""
+    tok, nraw, raw = bc.tokens
+    neg = (q < 0).astype(np.int64)
+    tok_sym, rk, rl, fr, lo_v, lo_b, flo, hi_v, hi_b, fhi, sgn, sk, sl, fsr = k.band_runs(
+        bc.order, bc.bounds, bucket, sctx, tok, nraw, raw, neg, cf.N_BUCKETS, cf.N_SIGN_CONTEXTS
+    )
+    ends, sends = np.cumsum(rl).tolist(), np.cumsum(sl).tolist()
+    rk, sk, fr, fsr, flo, fhi = rk.tolist(), sk.tolist(), fr.tolist(), fsr.tolist(), flo.tolist(), fhi.tolist()
+    r = sr = lo_at = hi_at = 0
+    at = s_at = 0
+    for f in range(bc.n_fronts):
+        for _ in range(fr[f]):
+            items.append((tok_sym[at : ends[r]], tok_models[rk[r]], None))
+            at = ends[r]
+            r += 1
+        if flo[f] > lo_at:
+            items.append((lo_v[lo_at : flo[f]], symbols.UNIFORM, lo_b[lo_at : flo[f]]))
+            lo_at = flo[f]
+        if fhi[f] > hi_at:
+            items.append((hi_v[hi_at : fhi[f]], symbols.UNIFORM, hi_b[hi_at : fhi[f]]))
+            hi_at = fhi[f]
+        for _ in range(fsr[f]):
+            items.append((sgn[s_at : sends[sr]], sign_models[sk[sr]], None))
+            s_at = sends[sr]
+            sr += 1
+
+
 def _emit_band(bc: cf.BandCoder, q: np.ndarray, bucket, sctx, tok_models: list, sign_models: list, items: list) -> None:
     """Append a band's symbols in the decoder's order: per front, tokens by bucket, raw bits, signs by context."""
     mag = np.abs(q)
-    tok, nraw, raw = cf.magnitude_tokens(mag)
+    tok, nraw, raw = bc.tokens
     neg = (q < 0).astype(np.int64)
     for f in range(bc.n_fronts):
         idx = bc.front(f)
@@ -295,7 +352,57 @@ def _model(models: list | None, k: int):
     return m
 
 
+def _kernels():
+    """The compiled front kernels, or None where numba is missing or MEDCODEC_NO_JIT is set."""
+    global _KERNELS
+    if _KERNELS is None:
+        from . import bandfront
+
+        _KERNELS = bandfront if bandfront.AVAILABLE and not os.environ.get("MEDCODEC_NO_JIT") else False
+    return _KERNELS or None
+
+
+_KERNELS = None
+
+
+def _decode_band_compiled(k, bc: cf.BandCoder, coder, tok_models: list | None, sign_models: list | None) -> None:
+    """Decode a band into ``bc`` with the compiled kernels, a front at a time (as :func:`_decode_band`)."""
+    n_max = int(np.diff(bc.bounds).max(initial=0))
+    bucket, sctx, order, tok, mags, sign_order = (np.empty(n_max, np.int64) for _ in range(6))
+    sym = np.empty(n_max, np.int32)
+    lo_sizes, hi_sizes = np.empty(n_max, np.int32), np.empty(n_max, np.int32)
+    sizes = np.zeros(cf.N_BUCKETS, np.int64)
+    sign_sizes = np.zeros(cf.N_SIGN_CONTEXTS, np.int64)
+    empty = np.zeros(0, np.int32)
+    ext, w, thr = bc.external, bc.weights, cf.THRESHOLDS
+    for f in range(bc.n_fronts):
+        idx = bc.front(f)
+        n = idx.size
+        k.front_contexts(idx, bc.flat, bc.mag, bc.sign, bc.off, ext, w, thr, cf.C_SCALE, cf.FEATURE_LIMIT,
+                         bucket, sctx, order, sizes)  # fmt: skip
+        start = 0
+        for b in np.flatnonzero(sizes).tolist():
+            size = int(sizes[b])
+            sym[start : start + size] = coder.decode(_model(tok_models, b), size)
+            start += size
+        if n and int(sym[:n].max()) >= cf.MAX_TOKENS:
+            raise CorruptStreamError("transform token out of range")
+        n_lo, n_hi = k.front_raw_sizes(sym, order, n, tok, lo_sizes, hi_sizes, cf.DIRECT_BITS, cf.MANTISSA_BITS)
+        lo_vals = coder.decode(symbols.UNIFORM, lo_sizes[:n_lo]) if n_lo else empty
+        hi_vals = coder.decode(symbols.UNIFORM, hi_sizes[:n_hi]) if n_hi else empty
+        nz = k.front_magnitudes(n, tok, lo_vals, hi_vals, sctx, cf.DIRECT_BITS, cf.MANTISSA_BITS, mags,
+                                sign_order, sign_sizes)  # fmt: skip
+        neg = np.empty(nz, np.int32)
+        start = 0
+        for c in np.flatnonzero(sign_sizes).tolist():
+            size = int(sign_sizes[c])
+            neg[start : start + size] = coder.decode(_model(sign_models, c), size)
+            start += size
+        k.front_store(idx, bc.flat, n, mags, neg, sign_order, nz, bc.mag, bc.sign)
+
+
 def _decode_band(bc: cf.BandCoder, coder, tok_models: list | None, sign_models: list | None) -> None:
+    """Decode a band into ``bc`` with the numpy reference, a front at a time."""
     for f in range(bc.n_fronts):
         idx = bc.front(f)
         bucket, sctx = bc.contexts(idx)
@@ -375,6 +482,7 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], lo: int, hi: int) -> n
         raise CorruptStreamError("transform section's coded words are not whole")
     coder = constriction.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
     parents = _parents(p)
+    k = _kernels()
     qs: list[np.ndarray | None] = []
     steps, offsets = [], []
     for i, b in enumerate(p.bands):
@@ -390,7 +498,10 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], lo: int, hi: int) -> n
             continue
         parent, sibling = _side(p, i, parents, qs)
         bc = cf.BandCoder(b.shape, parent, sibling, w)
-        _decode_band(bc, coder, tok_models[group[i]], sign_models[group[i]])
+        if k is not None:
+            _decode_band_compiled(k, bc, coder, tok_models[group[i]], sign_models[group[i]])
+        else:
+            _decode_band(bc, coder, tok_models[group[i]], sign_models[group[i]])
         qs.append(bc.values())
     if r.pos != r.w.size or rt.pos != rt.w.size or not coder.is_empty():
         raise CorruptStreamError("transform section has unused parameters or coded data")
