@@ -3,9 +3,11 @@
 A volume is cut into tiles (:mod:`medcodec.tiling`); each tile is coded on its
 own path:
 
-* predictive (integer volumes, and float volumes holding only integers, in every
-  mode): the tile is coded by :mod:`medcodec.predictive` within the mode's bound
-  (``max_error``, or the bound a lossy quality guarantees); no network runs;
+* transform (integer volumes, and float volumes holding only integers, in lossy mode):
+  the tile is coded by :mod:`medcodec.transform` within the mean squared error of the
+  quality's PSNR; at high qualities the predictive coder is tried too and the smaller kept;
+* predictive (the same volumes in near-lossless and lossless modes): the tile is coded by
+  :mod:`medcodec.predictive` within the mode's bound; no network runs on either;
 * learned (float arithmetic; format 1 streams also used it for integers): analysis transform ->
   integer latents -> entropy coding; the integer-exact synthesis transform gives
   the lossy reconstruction, the predictor of the residual layer
@@ -18,6 +20,7 @@ own path:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -60,8 +63,10 @@ from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 from .residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .tiling import DEFAULT_TILE, pad_edge, tile_grid
+from .transform import analyse as analyse_transform
+from .transform import choose_base
+from .transform import code_tile as code_transform
 from .transform import decode_tile as decode_transform
-from .transform import encode_tile as encode_transform
 from .volume import Volume, as_volume
 
 if TYPE_CHECKING:
@@ -125,6 +130,7 @@ class _Plan:
     palette: bool = False  # raw, and few distinct values: a palette and indices instead of byte planes
     mse: float = 0.0  # lossy integers: the largest mean squared error a tile may have (0: no transform)
     z_levels: int = 0  # the transform's z levels
+    base: float = 0.0  # the transform's base step, one for the volume
 
 
 #: Largest metadata chunk content (JSON bytes) a stream may hold, and most entries.
@@ -244,7 +250,8 @@ def compress(
         volume: A :class:`Volume` or a numpy array (z, y, x); 2D arrays are one slice.
         quality: Lossy quality, 1 (smallest) to 100 (best); default :data:`DEFAULT_QUALITY`.
             Quality ``q`` guarantees a PSNR of at least ``20 + q / 2`` dB over the volume's
-            max - min, by bounding every voxel's error (see :func:`quality_bound`).
+            max - min: integer volumes by every tile's mean squared error, fractional floats
+            by bounding every voxel's error (see :func:`quality_bound`).
         max_error: Guaranteed bound on every voxel's absolute error, in the volume's units;
             0 means lossless (bit-exact). For integer volumes its floor is used.
         model: Model name or path to a ``.mcw`` file; default: the shipped model.
@@ -311,7 +318,12 @@ class _Coding:
     def tiles(self, voxels: Callable[[tuple[slice, ...]], np.ndarray], progress: Progress | None) -> Iterator[bytes]:
         """Each tile's payload in order; ``voxels(tile)`` gives a tile's voxels."""
         grid, plan, cm = self.grid, self.plan, self.cm
-        encoded = _tile_map(lambda i: _encode_tile(i, voxels(grid[i]), plan, cm), range(len(grid)), parallel=cm is None)
+        budgets: list[float | None] = [None] * len(grid)
+        if plan.mse:
+            plan, budgets = _transform_budgets(plan, grid, voxels)
+        encoded = _tile_map(
+            lambda i: _encode_tile(i, voxels(grid[i]), plan, cm, budgets[i]), range(len(grid)), parallel=cm is None
+        )
         for i, (payload, digest) in enumerate(encoded):
             self.digests.append(digest)
             if progress:
@@ -333,11 +345,34 @@ class _Coding:
         )  # fmt: skip
 
 
+def _transform_budgets(plan: _Plan, grid: list, voxels) -> tuple[_Plan, list[float | None]]:
+    """One base step for every tile of a lossy integer volume (the largest whose estimated error
+    keeps the quality's PSNR over the whole volume), and each tile's share of the squared-error
+    budget: its own estimate, scaled so that the shares sum to the budget. A tile that cannot
+    keep its share at that step codes with a smaller one, so the volume keeps its PSNR."""
+    lo, hi = int(plan.lo), int(plan.hi)
+    analyses = list(
+        _tile_map(lambda i: analyse_transform(voxels(grid[i]), lo, hi, plan.z_levels), range(len(grid)), True)
+    )
+    voxels_total = sum(a.voxels for a in analyses)
+    budget = plan.mse * voxels_total
+    base = choose_base(analyses, budget)
+    estimates = [a.sse(base) for a in analyses]
+    total = sum(estimates)
+    if total > 0:
+        shares = [e * budget / total for e in estimates]
+    else:
+        shares = [budget * a.voxels / voxels_total for a in analyses]
+    return dataclasses.replace(plan, base=base), shares
+
+
 def _section(data: bytes) -> bytes:
     return struct.pack("<I", len(data)) + data
 
 
-def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) -> tuple[bytes, bytes]:
+def _encode_tile(
+    index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None, budget: float | None = None
+) -> tuple[bytes, bytes]:
     if plan.palette:
         # The tile's distinct values in the order of their values, then each voxel's index into
         # them: neighbouring values get neighbouring indices, so the predictive coder finds them.
@@ -355,12 +390,16 @@ def _encode_tile(index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None) 
         return _TILE_HEAD.pack(index, _RAW, 0, 0, 0) + _section(body) + digest, digest
     if plan.integer:
         path, section, recon = _PREDICTIVE, None, None
-        if plan.mse:
-            coded = encode_transform(x, plan.mse, int(plan.lo), int(plan.hi), plan.z_levels)
+        d = int(plan.d)
+        if budget is not None:
+            lo, hi = int(plan.lo), int(plan.hi)
+            coded = code_transform(x, lo, hi, plan.z_levels, plan.base, budget)
             if coded is not None:
                 path, (section, recon) = _TRANSFORM, coded
-        if section is None or plan.d <= BOTH_CODERS_BOUND:
-            other, other_recon = encode_predictive(x, int(plan.d), int(plan.lo), int(plan.hi))
+            # The predictive coder keeps the tile's share with every voxel within d: d * d * voxels <= share.
+            d = min(d, math.isqrt(int(budget // x.size)))
+        if section is None or d <= BOTH_CODERS_BOUND:
+            other, other_recon = encode_predictive(x, d, int(plan.lo), int(plan.hi))
             if section is None or len(other) < len(section):
                 path, section, recon = _PREDICTIVE, other, other_recon
         digest = _digest(recon.astype(plan.dtype))

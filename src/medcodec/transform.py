@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 import constriction
 import numpy as np
@@ -30,7 +31,7 @@ from .errors import CorruptStreamError, TruncatedStreamError
 from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 
-__all__ = ["encode_tile", "decode_tile", "MAX_STEP"]
+__all__ = ["Analysis", "analyse", "choose_base", "code_tile", "encode_tile", "decode_tile", "MAX_STEP"]
 
 #: Step sizes and reconstruction offsets are sent in this many fraction bits.
 STEP_BITS = 8
@@ -50,7 +51,7 @@ OWN_TABLES = 1 << 15
 _HEAD = struct.Struct("<BIII")
 #: The step search estimates each band's error on this many of its coefficients at most, and
 #: aims this far below the bound (the estimate leaves the lifting's rounding out).
-_SEARCH_SAMPLES, _MARGIN = 1 << 16, 0.97
+_SEARCH_SAMPLES, _MARGIN = 1 << 16, 1.0
 _WORDS_PER_BAND = 3 + cf.N_FEATURES
 
 
@@ -142,43 +143,79 @@ def _sampled_mse(sample, weight, steps, low, low_step: int, low_norm: float) -> 
     return total + float((e.astype(np.float64) ** 2).sum()) * low_norm * low_norm
 
 
-def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> tuple[bytes, np.ndarray] | None:
-    """Code an integer tile with a mean squared error at most ``mse``; returns the section and the
-    reconstruction (int64), or None where the transform cannot hold the bound (the caller codes
-    the tile otherwise)."""
-    x = x.astype(np.int64)
+@dataclass
+class Analysis:
+    """What the step search needs of a tile: a sample of each band's coefficients and the weights
+    by which their squared errors reach the voxels (encoder only)."""
+
+    samples: list[np.ndarray]
+    weights: list[float]
+    low: np.ndarray
+    norms: np.ndarray
+    low_norm: float
+    voxels: int
+
+    def sse(self, base: float) -> float:
+        """The tile's estimated sum of squared voxel errors at base step ``base`` (voxel units)."""
+        steps, low_step = _steps(base, self.norms, self.low_norm)
+        return _sampled_mse(self.samples, self.weights, steps, self.low, low_step, self.low_norm) / _SCALE2
+
+
+#: Squared scale of the wavelet's input (its coefficients are 2**PRECISION_BITS times the voxels').
+_SCALE2 = float(1 << (2 * PRECISION_BITS))
+
+
+def _coefficients(x: np.ndarray, lo: int, hi: int, z_levels: int) -> tuple[lifting.Plan, np.ndarray]:
     p = lifting.plan(x.shape, z_levels)
-    mid = (lo + hi) // 2
-    c = lifting.forward((x - mid) << PRECISION_BITS, p)
+    return p, lifting.forward((x.astype(np.int64) - (lo + hi) // 2) << PRECISION_BITS, p)
+
+
+def analyse(x: np.ndarray, lo: int, hi: int, z_levels: int) -> Analysis:
+    """A tile's :class:`Analysis`."""
+    p, c = _coefficients(x, lo, hi, z_levels)
     norms, low_norm = lifting.band_norms(p)
-    # The largest base step whose estimated error (on a sample of each band) is within the
-    # bound, less a margin for the rounding the estimate leaves out; then checked exactly.
-    mse_c = mse * float(1 << (2 * PRECISION_BITS))  # in the scaled domain
-    sample = [c[b.block].ravel()[:: max(1, int(np.prod(b.shape)) // _SEARCH_SAMPLES)] for b in p.bands]
-    weight = [float(np.prod(b.shape)) / max(1, v.size) * n * n for b, v, n in zip(p.bands, sample, norms)]
-    low = c[p.low]
-    base = max(np.sqrt(12.0 * mse_c), 1e-3)
+    samples = [c[b.block].ravel()[:: max(1, int(np.prod(b.shape)) // _SEARCH_SAMPLES)] for b in p.bands]
+    weights = [float(np.prod(b.shape)) / max(1, v.size) * n * n for b, v, n in zip(p.bands, samples, norms)]
+    return Analysis(samples, weights, c[p.low].copy(), norms, low_norm, x.size)
+
+
+def choose_base(analyses: list[Analysis], sse: float) -> float:
+    """The largest base step (found to about 1.5 %) whose estimated squared error, summed over the
+    tiles, stays within ``sse`` less a margin for the rounding the estimate leaves out. One step
+    for every tile of a volume spends the bits where they buy the most error."""
+    voxels = sum(a.voxels for a in analyses)
+    target = _MARGIN * sse
+    base = max(np.sqrt(12.0 * sse / max(voxels, 1) * _SCALE2), 1e-3)
     best = None
-    for _ in range(10):
-        steps, low_step = _steps(base, norms, low_norm)
-        est = _sampled_mse(sample, weight, steps, low, low_step, low_norm) / c.size
-        if est <= _MARGIN * mse_c:
+    for _ in range(16):
+        est = sum(a.sse(base) for a in analyses)
+        ratio = np.sqrt(target / est) if est > 0 else 2.0
+        if est <= target:
             best = base if best is None else max(best, base)
-        ratio = np.sqrt(_MARGIN * mse_c / est) if est > 0 else 2.0
-        if 0.985 <= ratio <= 1.0:
-            break
-        base *= float(np.clip(ratio, 0.5, 2.0))
-    base = best if best is not None else base * 0.9
+            if ratio <= 1.01:
+                break
+        # Aim just below the target: the estimate grows about as the step squared.
+        base *= float(np.clip(ratio * 0.998, 0.5, 2.0))
+    return best if best is not None else base * 0.9
+
+
+def code_tile(x: np.ndarray, lo: int, hi: int, z_levels: int, base: float, sse: float):
+    """Code an integer tile at base step ``base`` (smaller where needed) so that its sum of squared
+    errors is at most ``sse``; returns the section and the reconstruction (int64), or None where
+    the transform cannot hold the bound (the caller codes the tile otherwise)."""
+    x = x.astype(np.int64)
+    p, c = _coefficients(x, lo, hi, z_levels)
+    norms, low_norm = lifting.band_norms(p)
     for _ in range(12):
         steps, low_step = _steps(base, norms, low_norm)
         qs, offsets, q_low = _quantize(c, p, steps, low_step)
-        recon = _reconstruct(p, qs, steps, offsets, q_low, low_step, mid, lo, hi)
-        err = float(((recon - x).astype(np.float64) ** 2).mean())
-        if err <= mse:
+        recon = _reconstruct(p, qs, steps, offsets, q_low, low_step, (lo + hi) // 2, lo, hi)
+        err = float(((recon - x).astype(np.float64) ** 2).sum())
+        if err <= sse:
             break
         if steps.max(initial=1) == 1 and low_step == 1:
             return None
-        base *= 0.97 * min(1.0, np.sqrt(mse / err))
+        base *= 0.97 * min(1.0, np.sqrt(sse / err))
     else:
         return None
     if any(int(np.abs(q).max(initial=0)) >> cf.MAX_MAGNITUDE_BITS for q in qs) or not _in_range(
@@ -186,6 +223,13 @@ def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> t
     ):
         return None
     return _write(p, qs, steps, offsets, q_low, low_step), recon
+
+
+def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> tuple[bytes, np.ndarray] | None:
+    """Code one integer tile on its own with a mean squared error at most ``mse`` (as
+    :func:`code_tile`, the step chosen for this tile alone)."""
+    base = choose_base([analyse(x, lo, hi, z_levels)], mse * x.size)
+    return code_tile(x, lo, hi, z_levels, base, mse * x.size)
 
 
 def _groups(p: lifting.Plan) -> list[int]:
