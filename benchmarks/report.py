@@ -406,7 +406,7 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
 
 
 #: Hand-written reports kept beside RESULTS.md and appended to it, each demoted one heading level.
-APPENDICES = ("ATTEMPTS.md", "FEDERATED_RESULTS.md")
+APPENDICES = ("ATTEMPTS.md", "FEDERATED_RESULTS.md", "DICOM_RESULTS.md")
 
 
 def appendices(folder: str | Path) -> str:
