@@ -43,7 +43,7 @@ PRECISION_BITS = 4
 #: and the lifting's products within int64.
 PRODUCT_LIMIT = 1 << 52
 #: Deadzone of the quantizer: |q| = floor(|c| / step + 0.5 - THETA).
-THETA = 0.3
+THETA = 0.15
 #: Low-band values the section may declare, at most (in magnitude).
 LOW_LIMIT = 1 << 40
 #: Bands of at least this many coefficients get frequency tables of their own.
