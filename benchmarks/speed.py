@@ -1,6 +1,6 @@
 """Encode and decode speed of medcodec on a 512×512×N int16 CT, with the machine's load.
 
-    PYTHONPATH=src:. python -m benchmarks.speed [--slices 100] [--repeats 3] [--max-errors 0,2]
+    PYTHONPATH=src:. python -m benchmarks.speed [--slices 100] [--repeats 3] [--max-errors 0,2] [--qualities 40]
     PYTHONPATH=src:. python -m benchmarks.speed --region-slices 300   # a 64^3 region against a full decode
 
 The volume is the first N slices of the test split's abdomen CT (134×512×512, int16, 3 mm).
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--slices", type=int, default=100)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-errors", default="0,2", help="comma-separated bounds (0: lossless)")
+    p.add_argument("--qualities", default="40", help="comma-separated lossy qualities (40: the default)")
     p.add_argument("--region-slices", type=int, default=0, metavar="N",
                    help="instead: time a 64^3 region against a full decode of the CT repeated to N slices")  # fmt: skip
     args = p.parse_args(argv)
@@ -51,23 +52,37 @@ def main(argv: list[str] | None = None) -> None:
         return
     print("| setting | bpv | encode MB/s (median, range) | decode MB/s (median, range) | load before / after |")
     print("|---|---|---|---|---|")
-    for bound in (int(b) for b in args.max_errors.split(",")):
-        medcodec.decompress(medcodec.compress(a[:8, :64, :64], max_error=bound))  # first-call costs, untimed
+    settings = [{"max_error": int(b)} for b in args.max_errors.split(",") if b.strip()]
+    settings += [{"quality": int(q)} for q in args.qualities.split(",") if q.strip()]
+    for kwargs in settings:
+        medcodec.decompress(medcodec.compress(a[:8, :64, :64], **kwargs))  # first-call costs, untimed
         before = _load()
         enc, dec = [], []
         for _ in range(args.repeats):
-            dt, data = _timed(medcodec.compress, a, max_error=bound)
+            dt, data = _timed(medcodec.compress, a, **kwargs)
             enc.append(mb / dt)
             dt, vol = _timed(medcodec.decompress, data)
             dec.append(mb / dt)
-            err = np.abs(vol.array.astype(np.int64) - a).max()
-            if err > bound:
-                raise SystemExit(f"max_error={bound}: decoded error {err}")
-        name = "lossless" if bound == 0 else f"max_error={bound}"
+            _check(a, vol.array, kwargs)
+        bound = kwargs.get("max_error")
+        name = f"quality={kwargs['quality']}" if bound is None else "lossless" if bound == 0 else f"max_error={bound}"
         print(
             f"| {name} | {8 * len(data) / a.size:.3f} | {statistics.median(enc):.1f} ({min(enc):.1f}–{max(enc):.1f}) "
             f"| {statistics.median(dec):.1f} ({min(dec):.1f}–{max(dec):.1f}) | {before:.2f} / {_load():.2f} |"
         )
+
+
+def _check(a: np.ndarray, out: np.ndarray, kwargs: dict) -> None:
+    """Stop if a decoded volume misses its guarantee (the bound, or the quality's PSNR floor)."""
+    if "max_error" in kwargs:
+        err = np.abs(out.astype(np.int64) - a).max()
+        if err > kwargs["max_error"]:
+            raise SystemExit(f"max_error={kwargs['max_error']}: decoded error {err}")
+        return
+    span = float(a.max()) - float(a.min())
+    psnr = 10 * np.log10(span**2 / np.mean((out.astype(np.float64) - a) ** 2))
+    if psnr < 20 + kwargs["quality"] / 2:
+        raise SystemExit(f"quality={kwargs['quality']}: PSNR {psnr:.2f} dB below its floor")
 
 
 def _region_speed(src, slices: int, repeats: int) -> None:

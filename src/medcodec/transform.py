@@ -16,6 +16,7 @@ docs/FORMAT.md, section 12.11, specifies the section.
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ OWN_TABLES = 1 << 15
 _HEAD = struct.Struct("<BIII")
 #: The step search estimates each band's error on this many of its coefficients at most, and
 #: aims this far below the bound (the estimate leaves the lifting's rounding out).
-_SEARCH_SAMPLES, _MARGIN = 1 << 16, 1.0
+_SEARCH_SAMPLES, _MARGIN = 1 << 13, 1.0
 _WORDS_PER_BAND = 3 + cf.N_FEATURES
 
 
@@ -170,11 +171,20 @@ def _coefficients(x: np.ndarray, lo: int, hi: int, z_levels: int) -> tuple[lifti
     return p, lifting.forward((x.astype(np.int64) - (lo + hi) // 2) << PRECISION_BITS, p)
 
 
+def _stride(shape: tuple[int, ...]) -> int:
+    """A sampling stride giving about :data:`_SEARCH_SAMPLES` coefficients of a band, coprime with
+    its row and slice lengths so that the sample visits every column and row."""
+    k = max(1, int(np.prod(shape)) // _SEARCH_SAMPLES)
+    while k > 1 and (math.gcd(k, shape[2]) != 1 or math.gcd(k, shape[1] * shape[2]) != 1):
+        k += 1
+    return k
+
+
 def analyse(x: np.ndarray, lo: int, hi: int, z_levels: int) -> Analysis:
     """A tile's :class:`Analysis`."""
     p, c = _coefficients(x, lo, hi, z_levels)
     norms, low_norm = lifting.band_norms(p)
-    samples = [c[b.block].ravel()[:: max(1, int(np.prod(b.shape)) // _SEARCH_SAMPLES)] for b in p.bands]
+    samples = [c[b.block].ravel()[:: _stride(b.shape)] for b in p.bands]
     weights = [float(np.prod(b.shape)) / max(1, v.size) * n * n for b, v, n in zip(p.bands, samples, norms)]
     return Analysis(samples, weights, c[p.low].copy(), norms, low_norm, x.size)
 
