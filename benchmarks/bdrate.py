@@ -59,6 +59,19 @@ def rate_at_psnr(rates: Sequence[float], psnrs: Sequence[float], target: float) 
     return float(np.exp(f(target)))
 
 
+def psnr_band(
+    rates: Sequence[float], psnrs: Sequence[float], rate_band: tuple[float, float]
+) -> tuple[float, float] | None:
+    """The PSNR interval over which a curve spends between ``rate_band`` bpv (interpolated on its
+    Pareto front, clipped to the PSNRs it reaches), or None when it has under 2 points."""
+    r, p = rd_front(rates, psnrs)
+    if len(r) < 2:
+        return None
+    lr = np.log(r)
+    lo, hi = (float(np.interp(np.log(b), lr, p)) for b in rate_band)
+    return (lo, hi) if hi > lo else None
+
+
 def psnr_overlap(
     ref_rates: Sequence[float],
     ref_psnrs: Sequence[float],

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .bdrate import PSNR_RANGE, bd_rate, psnr_overlap, rate_at_psnr
+from .bdrate import PSNR_RANGE, bd_rate, psnr_band, psnr_overlap, rate_at_psnr
 from .codecs import (
     CODEC_ORDER,
     JPEG2000,
@@ -237,6 +237,36 @@ def _bd_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) ->
     return text + _table(["volume", *(f"{t} vs {r}" for t, r in pairs)], rows)
 
 
+#: The rates (bpv) of the reference codec over which the second BD-rate table integrates.
+RATE_BAND = (0.5, 3.0)
+
+
+def _band_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) -> str:
+    """BD-rate of medcodec against JPEG 2000 over the PSNRs where JPEG 2000 spends RATE_BAND bpv."""
+    if not all(any(r.codec == c and r.mode == "lossy" for r in records) for c in (MEDCODEC, JPEG2000)):
+        return ""
+    rows, by_volume = [], {}
+    for v in volumes:
+        j_r, j_p = _curve(records, v["name"], JPEG2000)
+        m_r, m_p = _curve(records, v["name"], MEDCODEC)
+        band = psnr_band(j_r, j_p, RATE_BAND)
+        value = bd_rate(j_r, j_p, m_r, m_p, band) if band else None
+        span = psnr_overlap(j_r, j_p, m_r, m_p, band) if band else None
+        by_volume[v["name"]] = value
+        rows.append(
+            [v["name"], _DASH if value is None or span is None else f"{value:+.1f}% ({span[0]:.1f}–{span[1]:.1f} dB)"]
+        )
+    for modality, names in _modality_groups(volumes):
+        vals = [by_volume[n] for n in names if by_volume[n] is not None]
+        rows.append([f"**{modality} mean**", _DASH if not vals else f"{statistics.fmean(vals):+.1f}% (n={len(vals)})"])
+    text = f"### Over the band where JPEG 2000 spends {RATE_BAND[0]:g}–{RATE_BAND[1]:g} bpv\n\n"
+    text += (
+        "The same BD-rate, integrated over the PSNRs at which JPEG 2000's curve spends "
+        f"{RATE_BAND[0]:g} to {RATE_BAND[1]:g} bits per voxel (interpolated on its sweep; shown).\n\n"
+    )
+    return text + _table(["volume", f"{MEDCODEC} vs {JPEG2000}"], rows)
+
+
 def _speed_columns(records: Sequence[Record]) -> list[tuple[str, Callable[[Record], bool]]]:
     cols: list[tuple[str, Callable[[Record], bool]]] = []
     for c in _codecs_present(records, "lossless"):
@@ -393,6 +423,7 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
         _near_lossless_section(records, volumes),
         _lossy_section(records, volumes),
         _bd_section(records, volumes),
+        _band_section(records, volumes),
         _speed_section(records, volumes, meta),
         _problems_section(records),
     ):

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not installed
 
-from benchmarks.bdrate import bd_rate, psnr_overlap, rate_at_psnr, rd_front  # noqa: E402
+from benchmarks.bdrate import bd_rate, psnr_band, psnr_overlap, rate_at_psnr, rd_front  # noqa: E402
 
 PSNR = [30.0, 36.0, 42.0, 48.0, 54.0, 60.0, 66.0, 72.0]
 # log10(rate) linear in PSNR: rate x10 every 20 dB
@@ -65,3 +65,11 @@ def test_rate_at_psnr_interpolates_log_rate():
     assert rate_at_psnr(RATE, PSNR, 48.0) == pytest.approx(RATE[3])
     assert rate_at_psnr(RATE, PSNR, 80.0) is None  # never extrapolated
     assert rate_at_psnr(RATE, PSNR, 20.0) is None
+
+
+def test_psnr_band_interpolates_the_psnrs_of_a_rate_band():
+    # log-rate linear in PSNR: 1 bpv at 30 dB, 4 bpv at 50 dB.
+    band = psnr_band([1, 2, 4], [30, 40, 50], (2, 4))
+    assert band == pytest.approx((40.0, 50.0))
+    assert psnr_band([1, 2, 4], [30, 40, 50], (0.1, 8)) == pytest.approx((30.0, 50.0))  # clipped to the curve
+    assert psnr_band([1], [30], (1, 2)) is None
