@@ -98,7 +98,7 @@ def central_crop(array: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
 
 _TILE_HEAD = struct.Struct("<IBBBB")
-_RAW, _PREDICTIVE = 1, 3
+_RAW, _PREDICTIVE, _TRANSFORM = 1, 3, 5
 
 
 def stream_sections(data: bytes) -> dict[str, int]:
@@ -106,7 +106,8 @@ def stream_sections(data: bytes) -> dict[str, int]:
 
     Parses the container (``medcodec.container.read_stream``) and each tile's sections
     (docs/FORMAT.md): tile head, then length-prefixed latents / residual / exceptions. A
-    predictive tile (integer volumes, no network) has one section, counted as residual.
+    predictive tile (integer volumes, no network) has one section, counted as residual; a
+    transform tile (lossy integer volumes) has one, its quantized coefficients, counted as latents.
     """
     from medcodec.container import read_stream
 
@@ -119,8 +120,8 @@ def stream_sections(data: bytes) -> dict[str, int]:
         if p[4] == _RAW:
             continue
         pos = _TILE_HEAD.size
-        if p[4] == _PREDICTIVE:
-            out["residual"] += struct.unpack_from("<I", p, pos)[0]
+        if p[4] in (_PREDICTIVE, _TRANSFORM):
+            out["residual" if p[4] == _PREDICTIVE else "latents"] += struct.unpack_from("<I", p, pos)[0]
             continue
         for name in ("latents", "residual", "exceptions"):
             (n,) = struct.unpack_from("<I", p, pos)
