@@ -250,7 +250,10 @@ def test_tls_authenticated_secagg_deployment_matches_the_in_process_engine(feder
 
 def test_a_site_that_disconnects_mid_run_does_not_stop_the_federation(federation, tmp_path):
     out = tmp_path / "flower-run"
-    options = flower.FlowerOptions(out=str(out), secagg=True, min_fit_clients=2, min_available_clients=2)
+    # SecAgg+ stages wait 20 s for a reply, not until the link declares the dead node gone.
+    options = flower.FlowerOptions(
+        out=str(out), secagg=True, min_fit_clients=2, min_available_clients=2, secagg_timeout=20.0
+    )
     app = tmp_path / "app"
     flower.write_app(app, CFG, options)
     federation.start()  # all three online before the run starts: round 1 samples every site
