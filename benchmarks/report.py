@@ -267,6 +267,27 @@ def _band_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) 
     return text + _table(["volume", f"{MEDCODEC} vs {JPEG2000}"], rows)
 
 
+def _sz3_section(records: Sequence[Record], volumes: Sequence[dict[str, Any]]) -> str:
+    """medcodec's lossy curve at the PSNR of each SZ3 setting (SZ3 has absolute bounds, no lossy sweep)."""
+    rows = []
+    for v in volumes:
+        m_r, m_p = _curve(records, v["name"], MEDCODEC)
+        for r in _ok(records):
+            if r.volume != v["name"] or r.codec != SZ3 or r.psnr is None:
+                continue
+            mine = rate_at_psnr(m_r, m_p, r.psnr) if m_r else None
+            cells = [_fmt(mine), _DASH if mine is None else f"{mine / r.bpv:.3f}"]
+            rows.append([v["name"], r.param, f"{r.psnr:.1f}", _fmt(r.bpv), *cells])
+    if not rows:
+        return ""
+    text = "### Against SZ3 at equal PSNR\n\n"
+    text += (
+        "SZ3 runs with absolute error bounds, not a PSNR sweep: each row is one SZ3 setting, its PSNR, and "
+        "the bits medcodec's lossy curve needs for that PSNR (interpolated; — beyond the sweep).\n\n"
+    )
+    return text + _table(["volume", "SZ3 setting", "PSNR (dB)", "SZ3 bpv", "medcodec bpv", "medcodec / SZ3"], rows)
+
+
 def _speed_columns(records: Sequence[Record]) -> list[tuple[str, Callable[[Record], bool]]]:
     cols: list[tuple[str, Callable[[Record], bool]]] = []
     for c in _codecs_present(records, "lossless"):
@@ -424,6 +445,7 @@ def render_results(records: Sequence[Record], meta: dict[str, Any]) -> str:
         _lossy_section(records, volumes),
         _bd_section(records, volumes),
         _band_section(records, volumes),
+        _sz3_section(records, volumes),
         _speed_section(records, volumes, meta),
         _problems_section(records),
     ):
