@@ -193,7 +193,7 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
     reused by later invocations.
     """
     from medcodec.export import export_model
-    from medcodec_fed.baselines import _train
+    from medcodec_fed.baselines import train_baseline
     from medcodec_fed.export import combine_calibrations, model_meta
     from medcodec_fed.local import build_model, calibrate_site
     from medcodec_fed.messages import GlobalModel
@@ -234,7 +234,7 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
         pooled = SiteData("pooled", [v for s in sites for v in data[s.name].train], [])
         say(f"centralized: {total} steps on the pooled training volumes of {len(sites)} sites")
         t0, c0 = time.perf_counter(), time.process_time()
-        params = _train(config, pooled, total, derive_seed(config.seed, 0, 0, Purpose.CENTRALIZED), 0)
+        params = train_baseline(config, pooled, total, derive_seed(config.seed, 0, 0, Purpose.CENTRALIZED), 0)
         # exported like the federated model: element-wise maximum of every site's activation ranges
         act = combine_calibrations([calibrate(params, i, s.name) for i, s in enumerate(sites)], config.arch)
         meta = {"trained_on": "centralized: " + ", ".join(s.name for s in sites), "baseline": "centralized"}
@@ -245,7 +245,9 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
             continue
         say(f"{name}: {per_site[s.name]} steps on its own training volumes")
         t0, c0 = time.perf_counter(), time.process_time()
-        params = _train(config, data[s.name], per_site[s.name], derive_seed(config.seed, 0, i, Purpose.LOCAL_ONLY), i)
+        params = train_baseline(
+            config, data[s.name], per_site[s.name], derive_seed(config.seed, 0, i, Purpose.LOCAL_ONLY), i
+        )
         act = list(calibrate(params, i, s.name).activation_max)  # its own data only
         meta = model_meta(config, [s.name]) | {"trained_on": f"local-only: {s.name}", "baseline": "local-only"}
         finish(name, params, act, per_site[s.name], time.perf_counter() - t0, time.process_time() - c0, meta)
@@ -300,7 +302,7 @@ def predictor_psnr(model_path: str, volume, quality: int) -> float | None:
     import torch
 
     from benchmarks.metrics import psnr
-    from medcodec.codec import _integer_valued, quality_gain
+    from medcodec.codec import integer_valued, quality_gain
     from medcodec.intensity import normalize, to_voxels
     from medcodec.intnet import GAIN_ONE
     from medcodec.models import load_model
@@ -310,7 +312,7 @@ def predictor_psnr(model_path: str, volume, quality: int) -> float | None:
     if len(tile_grid(arr.shape, DEFAULT_TILE)) != 1:
         return None
     cm = load_model(model_path)
-    integer = arr.dtype.kind != "f" or _integer_valued(arr)
+    integer = arr.dtype.kind != "f" or integer_valued(arr)
     lo, hi, gain = float(arr.min()), float(arr.max()), quality_gain(quality)
     xp = pad_edge(normalize(arr, lo, hi), 8)
     with torch.no_grad():

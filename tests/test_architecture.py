@@ -107,3 +107,19 @@ def test_the_package_import_graph_has_no_cycle():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def _private_imports(path: Path, packages: tuple[str, ...]) -> list[str]:
+    """``from P.m import _x`` (anywhere in the module) with P one of ``packages``."""
+    out = []
+    for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(n, ast.ImportFrom) and not n.level and (n.module or "").split(".")[0] in packages:
+            out += [f"{n.module}.{a.name}" for a in n.names if a.name.startswith("_") and not a.name.endswith("__")]
+    return out
+
+
+def test_benchmarks_and_the_federation_use_no_private_name_of_the_packages():
+    bench = sorted((SRC.parent / "benchmarks").glob("*.py"))
+    offenders = {p.name: _private_imports(p, ("medcodec", "medcodec_fed")) for p in bench}
+    offenders |= {_name(p): _private_imports(p, ("medcodec",)) for p in MODULES if _name(p).startswith("medcodec_fed")}
+    assert {k: v for k, v in offenders.items() if v} == {}

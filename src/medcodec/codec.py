@@ -72,7 +72,7 @@ from .volume import Volume, as_volume
 if TYPE_CHECKING:
     from .models import CodecModel
 
-__all__ = ["compress", "decompress", "encode", "decode", "info", "DEFAULT_QUALITY", "quality_gain"]
+__all__ = ["compress", "decompress", "encode", "decode", "info", "integer_valued", "DEFAULT_QUALITY", "quality_gain"]
 
 #: Quality used when neither ``quality`` nor ``max_error`` is given: PSNR >= 40 dB.
 DEFAULT_QUALITY = 40
@@ -155,7 +155,7 @@ def _check_options(quality, max_error) -> None:
         raise InvalidInputError(f"max_error must be a finite number >= 0, got {max_error!r}")
 
 
-def _integer_valued(a: np.ndarray) -> bool:
+def integer_valued(a: np.ndarray) -> bool:
     """Whether a float volume holds only integers that its dtype represents exactly (and no -0.0)."""
     # float32 holds integers exactly up to 2**24; the integer path keeps spans below 2**32.
     limit = 2.0**24 if a.dtype == np.float32 else 2.0**31
@@ -185,7 +185,7 @@ class _Scan:
         if a.dtype.kind == "f":
             finite = bool(np.isfinite(a).all())
             self.finite &= finite
-            self.integer_valued &= finite and _integer_valued(a)
+            self.integer_valued &= finite and integer_valued(a)
             if not finite:
                 return  # a span with NaN or inf is never planned on (lossless raw, or an error)
         if a.size:

@@ -24,10 +24,12 @@ from .randomness import Purpose, derive_seed
 from .server import initial_parameters, local_config
 from .sites import Site, SiteData
 
-__all__ = ["run_baselines"]
+__all__ = ["run_baselines", "train_baseline"]
 
 
-def _train(config: RunConfig, data: SiteData, steps: int, seed: int, index: int) -> dict:
+def train_baseline(config: RunConfig, data: SiteData, steps: int, seed: int, index: int) -> dict:
+    """Parameters after ``steps`` local steps on ``data`` from the run's initial model: a baseline's training
+    (the federated run's local-training function, seeded by the caller)."""
     init = initial_parameters(config)
     lc = replace(local_config(config), steps=steps, epochs=None)
     update, _ = train_site(GlobalModel(config.arch, 0, init), "baseline", data, lc, seed=seed, site_index=index)
@@ -55,14 +57,14 @@ def run_baselines(
     total = sum(per_site.values())
     say(f"baseline: centralized, {total} steps on the pooled training volumes")
     seed = derive_seed(config.seed, 0, 0, Purpose.CENTRALIZED)
-    central = build_model(config.arch, _train(config, pooled, total, seed, 0))
+    central = build_model(config.arch, train_baseline(config, pooled, total, seed, 0))
     out: dict[str, Any] = {"rounds": config.rounds, "steps": {"centralized": total, "local_only": per_site},
                            "centralized": {}, "local_only": {}}  # fmt: skip
     for i, s in enumerate(sites):
         out["centralized"][s.name] = evaluate_float(central, data[s.name].eval_crops, gain)
         say(f"baseline: local-only {s.name}, {per_site[s.name]} steps")
         seed = derive_seed(config.seed, 0, i, Purpose.LOCAL_ONLY)
-        alone = build_model(config.arch, _train(config, data[s.name], per_site[s.name], seed, i))
+        alone = build_model(config.arch, train_baseline(config, data[s.name], per_site[s.name], seed, i))
         out["local_only"][s.name] = evaluate_float(alone, data[s.name].eval_crops, gain)
     last = state["history"][-1]["eval"] if state["history"] else {}
     out["federated"] = {n: last[n] for n in last}
