@@ -40,17 +40,19 @@ def seed_streams() -> list[tuple[bytes, np.ndarray]]:
     rng = np.random.default_rng(0)
     z, y, x = np.mgrid[0:6, 0:20, 0:18]
     smooth = (200 * np.sin(x / 4.0) * np.cos(y / 5.0) + 10 * z).round()
+    noisy = (smooth + rng.integers(0, 3, smooth.shape)).astype(np.int16)
     vols = [
-        (medcodec.Volume(smooth.astype(np.int16), spacing=(0.7, 0.7, 2.5), metadata={"Modality": "CT"}), 0),
-        ((smooth + rng.integers(0, 3, smooth.shape)).astype(np.int16), 2),
-        ((smooth + 1000).astype(np.float32), 0),  # integer-valued float: the predictive path
-        (np.round(rng.normal(size=(3, 9, 11)), 2).astype(np.float32), 0),  # few fractional values: a palette
-        (rng.normal(size=(2, 190, 180)).astype(np.float32), 0),  # more than 65,536 values: raw byte planes
-        ((smooth * 70_000).astype(np.int32), 0),  # wide spans: raw bits past 16
+        (medcodec.Volume(smooth.astype(np.int16), spacing=(0.7, 0.7, 2.5), metadata={"Modality": "CT"}), {}),
+        (noisy, {"max_error": 2}),
+        ((smooth + 1000).astype(np.float32), {}),  # integer-valued float: the predictive path
+        (np.round(rng.normal(size=(3, 9, 11)), 2).astype(np.float32), {}),  # few fractional values: a palette
+        (rng.normal(size=(2, 190, 180)).astype(np.float32), {}),  # more than 65,536 values: raw byte planes
+        ((smooth * 70_000).astype(np.int32), {}),  # wide spans: raw bits past 16
+        (medcodec.Volume(noisy, spacing=(1.0, 1.0, 1.0)), {"quality": 60}),  # lossy integers: the transform path
     ]
     out = []
-    for vol, bound in vols:
-        data = medcodec.compress(vol, max_error=bound)
+    for vol, options in vols:
+        data = medcodec.compress(vol, **(options or {"max_error": 0}))
         out.append((data, medcodec.decompress(data).array))
     return out
 

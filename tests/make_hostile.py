@@ -54,10 +54,57 @@ def _geometry(**changes) -> bytes:
     return write_stream(header, chunks)
 
 
+def _relabelled_path(stream: bytes) -> bytes:
+    """A lossless stream whose tiles claim the transform path (5), which only lossy streams may use."""
+    header, chunks = read_stream(stream)
+    return write_stream(
+        header, [Chunk(c.kind, c.payload[:4] + b"\x05" + c.payload[5:]) if c.kind == b"TILE" else c for c in chunks]
+    )
+
+
 def _bomb(size: int) -> bytes:
     """A zstd frame that omits its content size and expands to ``size`` bytes."""
     obj = zstandard.ZstdCompressor(write_content_size=False).compressobj()
     return obj.compress(b" " * size) + obj.flush()
+
+
+def _lossy_volume() -> medcodec.Volume:
+    z, y, x = np.mgrid[0:8, 0:32, 0:30]
+    a = (300 * np.sin(x / 3.0) + 20 * y - 100 * z + 7 * np.cos(x * y)).astype(np.int16)
+    return medcodec.Volume(a, spacing=(1.0, 1.0, 1.0))
+
+
+def _retiled(edit) -> bytes:
+    """A lossy stream whose one tile's payload went through ``edit`` (chunk CRCs recomputed)."""
+    header, chunks = read_stream(medcodec.compress(_lossy_volume(), quality=60))
+    return write_stream(header, [Chunk(c.kind, edit(c.payload)) if c.kind == b"TILE" else c for c in chunks])
+
+
+def _transform_params(change) -> bytes:
+    """A transform tile whose parameter words went through ``change`` (the section re-sealed)."""
+    import struct
+
+    from medcodec.transform import _HEAD
+
+    def edit(payload: bytes) -> bytes:
+        assert payload[4] == 5, "the tile is not a transform tile"
+        (size,) = struct.unpack_from("<I", payload, 8)
+        section = payload[12 : 12 + size]
+        z, n_head, n_table, n_low = _HEAD.unpack_from(section)
+        words = np.frombuffer(zstandard.decompress(section[_HEAD.size : _HEAD.size + n_head]), "<i8").copy()
+        change(words)
+        head = zstandard.ZstdCompressor().compress(words.tobytes())
+        new = _HEAD.pack(z, len(head), n_table, n_low) + head + section[_HEAD.size + n_head :]
+        return payload[:8] + struct.pack("<I", len(new)) + new + payload[12 + size :]
+
+    return _retiled(edit)
+
+
+def _set(index: int, value: int):
+    def change(words: np.ndarray) -> None:
+        words[index] = value
+
+    return change
 
 
 def corpus() -> dict[str, tuple[bytes, str, str]]:
@@ -82,6 +129,11 @@ def corpus() -> dict[str, tuple[bytes, str, str]]:
         "truncated": (good[: len(good) // 2], "TruncatedStreamError", ""),
         "header-crc": (good[:12] + bytes([good[12] ^ 1]) + good[13:], "CorruptStreamError", "header checksum mismatch"),
         "trailing-bytes": (good + b"\0" * 5, "CorruptStreamError", ""),
+        # The transform path (format 4.0): words 3.. are the first band's step, offset, empty flag, weights.
+        "transform-path-on-lossless": (_relabelled_path(good), "CorruptStreamError", "bad index, path"),
+        "transform-weight-over-limit": (_transform_params(_set(6, 1 << 21)), "CorruptStreamError", "context weights are out of range"),
+        "transform-step-zero": (_transform_params(_set(3, 0)), "CorruptStreamError", "band parameters are out of range"),
+        "transform-step-tampered": (_transform_params(_set(3, 1 << 30)), "ChecksumError", "do not match"),
     }  # fmt: skip
 
 
