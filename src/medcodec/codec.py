@@ -64,7 +64,7 @@ from .predictive import encode_tile as encode_predictive
 from .residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .tiling import DEFAULT_TILE, pad_edge, tile_grid
 from .transform import analyse as analyse_transform
-from .transform import choose_base
+from .transform import choose_base, choose_z_levels
 from .transform import code_tile as code_transform
 from .transform import decode_tile as decode_transform
 from .volume import Volume, as_volume
@@ -87,8 +87,8 @@ PALETTE_LIMIT = 1 << 16
 #: In lossy mode a tile whose bound is at most this is also coded by the predictive coder, and
 #: the smaller section kept: at such bounds an error-bounded coder can cost less than the transform.
 BOTH_CODERS_BOUND = 3
-#: Slices at most this much thicker than the pixels are wide take z levels in the transform.
-THIN_SLICES = 1.5
+#: The transform's z levels where a tile's slices correlate (chosen per tile against none).
+Z_LEVELS = 2
 _TILE_HEAD = struct.Struct("<IBBBB")
 Progress = Callable[[int, int], None]
 #: Threads that encode numpy-only tiles at once.
@@ -129,7 +129,6 @@ class _Plan:
     gain_num: int
     palette: bool = False  # raw, and few distinct values: a palette and indices instead of byte planes
     mse: float = 0.0  # lossy integers: the largest mean squared error a tile may have (0: no transform)
-    z_levels: int = 0  # the transform's z levels
     base: float = 0.0  # the transform's base step, one for the volume
 
 
@@ -192,7 +191,7 @@ class _Scan:
             self.lo, self.hi = min(self.lo, float(a.min())), max(self.hi, float(a.max()))
 
 
-def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | None, spacing=(1.0, 1.0, 1.0)) -> _Plan:
+def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | None) -> _Plan:
     is_float = dtype.kind == "f"
     mode = "lossy" if max_error is None else "lossless" if max_error == 0 else "near-lossless"
     integer = not is_float or scan.integer_valued
@@ -218,9 +217,8 @@ def _plan(dtype: np.dtype, scan: _Scan, quality: int | None, max_error: float | 
         raise InvalidInputError(f"max_error={max_error} is too small for this float volume's range; use max_error=0")
     palette = raw and scan.patterns is not None
     mse = (hi - lo) ** 2 * 10.0 ** (-quality_psnr(q) / 10.0) if mode == "lossy" and integer else 0.0
-    z_levels = 2 if spacing[2] <= THIN_SLICES * min(spacing[0], spacing[1]) else 0
     gain = quality_gain(min(q, PREDICTOR_QUALITY))
-    return _Plan(dtype, mode, d, integer, raw, lo, hi, gain, palette, mse, z_levels)
+    return _Plan(dtype, mode, d, integer, raw, lo, hi, gain, palette, mse)
 
 
 def _bits(a: np.ndarray) -> np.ndarray:
@@ -292,7 +290,7 @@ class _Coding:
 
     @classmethod
     def start(cls, vol: Volume, shape, dtype, scan: _Scan, quality, max_error, model) -> _Coding:
-        plan = _plan(np.dtype(dtype), scan, quality, max_error, vol.spacing)
+        plan = _plan(np.dtype(dtype), scan, quality, max_error)
         # Only float arithmetic runs the network; a model the caller names is checked all the same.
         cm = None
         network = not (plan.raw or plan.integer)
@@ -318,7 +316,7 @@ class _Coding:
     def tiles(self, voxels: Callable[[tuple[slice, ...]], np.ndarray], progress: Progress | None) -> Iterator[bytes]:
         """Each tile's payload in order; ``voxels(tile)`` gives a tile's voxels."""
         grid, plan, cm = self.grid, self.plan, self.cm
-        budgets: list[float | None] = [None] * len(grid)
+        budgets: list[tuple[float, int] | None] = [None] * len(grid)
         if plan.mse:
             plan, budgets = _transform_budgets(plan, grid, voxels)
         encoded = _tile_map(
@@ -345,25 +343,31 @@ class _Coding:
         )  # fmt: skip
 
 
-def _transform_budgets(plan: _Plan, grid: list, voxels) -> tuple[_Plan, list[float | None]]:
+def _transform_budgets(plan: _Plan, grid: list, voxels) -> tuple[_Plan, list[tuple[float, int] | None]]:
     """One base step for every tile of a lossy integer volume (the largest whose estimated error
-    keeps the quality's PSNR over the whole volume), and each tile's share of the squared-error
-    budget: its own estimate, scaled so that the shares sum to the budget. A tile that cannot
-    keep its share at that step codes with a smaller one, so the volume keeps its PSNR."""
+    keeps the quality's PSNR over the whole volume), each tile's z levels (0 or 2, by a rate proxy
+    at that step), and each tile's share of the squared-error budget: its own estimate, scaled so
+    that the shares sum to the budget. A tile that cannot keep its share at that step codes with
+    a smaller one, so the volume keeps its PSNR."""
     lo, hi = int(plan.lo), int(plan.hi)
-    analyses = list(
-        _tile_map(lambda i: analyse_transform(voxels(grid[i]), lo, hi, plan.z_levels), range(len(grid)), True)
-    )
-    voxels_total = sum(a.voxels for a in analyses)
-    budget = plan.mse * voxels_total
+
+    def candidates(i: int) -> list:
+        x = voxels(grid[i])
+        flat = analyse_transform(x, lo, hi, 0)
+        deep = analyse_transform(x, lo, hi, Z_LEVELS) if x.shape[0] >= 2 * 8 else None
+        return [flat] if deep is None or deep.z_levels == 0 else [flat, deep]
+
+    budget = plan.mse * sum(int(np.prod([s.stop - s.start for s in t])) for t in grid)
+    analyses = choose_z_levels(list(_tile_map(candidates, range(len(grid)), True)), budget)
     base = choose_base(analyses, budget)
     estimates = [a.sse(base) for a in analyses]
     total = sum(estimates)
+    voxels_total = sum(a.voxels for a in analyses)
     if total > 0:
         shares = [e * budget / total for e in estimates]
     else:
         shares = [budget * a.voxels / voxels_total for a in analyses]
-    return dataclasses.replace(plan, base=base), shares
+    return dataclasses.replace(plan, base=base), [(s, a.z_levels) for s, a in zip(shares, analyses)]
 
 
 def _section(data: bytes) -> bytes:
@@ -371,7 +375,7 @@ def _section(data: bytes) -> bytes:
 
 
 def _encode_tile(
-    index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None, budget: float | None = None
+    index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None, budget: tuple[float, int] | None = None
 ) -> tuple[bytes, bytes]:
     if plan.palette:
         # The tile's distinct values in the order of their values, then each voxel's index into
@@ -392,8 +396,9 @@ def _encode_tile(
         path, section, recon = _PREDICTIVE, None, None
         d = int(plan.d)
         if budget is not None:
+            budget, z_levels = budget
             lo, hi = int(plan.lo), int(plan.hi)
-            coded = code_transform(x, lo, hi, plan.z_levels, plan.base, budget)
+            coded = code_transform(x, lo, hi, z_levels, plan.base, budget)
             if coded is not None:
                 path, (section, recon) = _TRANSFORM, coded
             # The predictive coder keeps the tile's share with every voxel within d: d * d * voxels <= share.

@@ -32,7 +32,16 @@ from .errors import CorruptStreamError, TruncatedStreamError
 from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 
-__all__ = ["Analysis", "analyse", "choose_base", "code_tile", "encode_tile", "decode_tile", "MAX_STEP"]
+__all__ = [
+    "Analysis",
+    "analyse",
+    "choose_base",
+    "choose_z_levels",
+    "code_tile",
+    "encode_tile",
+    "decode_tile",
+    "MAX_STEP",
+]
 
 #: Step sizes and reconstruction offsets are sent in this many fraction bits.
 STEP_BITS = 8
@@ -155,6 +164,18 @@ class Analysis:
     norms: np.ndarray
     low_norm: float
     voxels: int
+    z_levels: int
+    counts: list[float]  # coefficients each sampled one stands for
+
+    def bits(self, base: float) -> float:
+        """A rate proxy at base step ``base``: the sum of log2(1 + |c| / step) over the coefficients
+        (estimated from the samples). It ranks decompositions of one tile at one step."""
+        steps, _ = _steps(base, self.norms, self.low_norm)
+        scale = float(1 << STEP_BITS)
+        return sum(
+            float(np.log2(1.0 + np.abs(v) * scale / float(s)).sum()) * k
+            for v, s, k in zip(self.samples, steps, self.counts)
+        )
 
     def sse(self, base: float) -> float:
         """The tile's estimated sum of squared voxel errors at base step ``base`` (voxel units)."""
@@ -185,8 +206,9 @@ def analyse(x: np.ndarray, lo: int, hi: int, z_levels: int) -> Analysis:
     p, c = _coefficients(x, lo, hi, z_levels)
     norms, low_norm = lifting.band_norms(p)
     samples = [c[b.block].ravel()[:: _stride(b.shape)] for b in p.bands]
-    weights = [float(np.prod(b.shape)) / max(1, v.size) * n * n for b, v, n in zip(p.bands, samples, norms)]
-    return Analysis(samples, weights, c[p.low].copy(), norms, low_norm, x.size)
+    counts = [float(np.prod(b.shape)) / max(1, v.size) for b, v in zip(p.bands, samples)]
+    weights = [k * n * n for k, n in zip(counts, norms)]
+    return Analysis(samples, weights, c[p.low].copy(), norms, low_norm, x.size, p.z_levels, counts)
 
 
 def choose_base(analyses: list[Analysis], sse: float) -> float:
@@ -233,6 +255,14 @@ def code_tile(x: np.ndarray, lo: int, hi: int, z_levels: int, base: float, sse: 
     ):
         return None
     return _write(p, qs, steps, offsets, q_low, low_step), recon
+
+
+def choose_z_levels(candidates: list[list[Analysis]], sse: float) -> list[Analysis]:
+    """Each tile's decomposition among its ``candidates`` (the same tile with different z levels):
+    the one with the smallest rate proxy at the base step the first candidates would take. Where
+    slices correlate (thin or overlapping ones) the z levels win; where they are thick, not."""
+    base = choose_base([c[0] for c in candidates], sse)
+    return [min(c, key=lambda a: (a.bits(base), a.z_levels)) for c in candidates]
 
 
 def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> tuple[bytes, np.ndarray] | None:
