@@ -387,6 +387,18 @@ def _emit_band_compiled(k, bc: cf.BandCoder, q: np.ndarray, bucket, sctx, tok_mo
             sr += 1
 
 
+def _by_key(keys: np.ndarray, n_keys: int):
+    """(key, positions) for each key present, in increasing key order, positions in their order:
+    how a front's symbols are grouped for their models (tokens by bucket, signs by context)."""
+    order = np.argsort(keys, kind="stable")
+    sizes = np.bincount(keys, minlength=n_keys)
+    start = 0
+    for k in np.flatnonzero(sizes).tolist():
+        n = int(sizes[k])
+        yield k, order[start : start + n]
+        start += n
+
+
 def _emit_band(bc: cf.BandCoder, q: np.ndarray, bucket, sctx, tok_models: list, sign_models: list, items: list) -> None:
     """Append a band's symbols in the decoder's order: per front, tokens by bucket, raw bits, signs by context."""
     mag = np.abs(q)
@@ -394,27 +406,14 @@ def _emit_band(bc: cf.BandCoder, q: np.ndarray, bucket, sctx, tok_models: list, 
     neg = (q < 0).astype(np.int64)
     for f in range(bc.n_fronts):
         idx = bc.front(f)
-        b = bucket[idx]
-        o = np.argsort(b, kind="stable")
-        sizes = np.bincount(b, minlength=cf.N_BUCKETS)
-        start = 0
-        for kk in np.flatnonzero(sizes).tolist():
-            n = int(sizes[kk])
-            items.append((tok[idx[o[start : start + n]]], tok_models[kk], None))
-            start += n
+        for k, at in _by_key(bucket[idx], cf.N_BUCKETS):
+            items.append((tok[idx[at]], tok_models[k], None))
         for vals, bits in symbols.raw_parts(nraw[idx], raw[idx]):
             if vals.size:
                 items.append((vals, symbols.UNIFORM, bits))
         nz = idx[mag[idx] > 0]
-        if nz.size:
-            sc = sctx[nz]
-            o = np.argsort(sc, kind="stable")
-            sizes = np.bincount(sc, minlength=cf.N_SIGN_CONTEXTS)
-            start = 0
-            for kk in np.flatnonzero(sizes).tolist():
-                n = int(sizes[kk])
-                items.append((neg[nz[o[start : start + n]]], sign_models[kk], None))
-                start += n
+        for k, at in _by_key(sctx[nz], cf.N_SIGN_CONTEXTS):
+            items.append((neg[nz[at]], sign_models[k], None))
 
 
 class _Words:
@@ -490,14 +489,9 @@ def _decode_band(bc: cf.BandCoder, coder, tok_models: list | None, sign_models: 
     for f in range(bc.n_fronts):
         idx = bc.front(f)
         bucket, sctx = bc.contexts(idx)
-        o = np.argsort(bucket, kind="stable")
-        sizes = np.bincount(bucket, minlength=cf.N_BUCKETS)
         tok = np.empty(idx.size, np.int64)
-        start = 0
-        for k in np.flatnonzero(sizes).tolist():
-            n = int(sizes[k])
-            tok[o[start : start + n]] = coder.decode(_model(tok_models, k), n)
-            start += n
+        for k, at in _by_key(bucket, cf.N_BUCKETS):
+            tok[at] = coder.decode(_model(tok_models, k), at.size)
         if tok.size and tok.max() >= cf.MAX_TOKENS:
             raise CorruptStreamError("transform token out of range")
         nraw = cf.token_raw_bits(tok)
@@ -513,16 +507,8 @@ def _decode_band(bc: cf.BandCoder, coder, tok_models: list | None, sign_models: 
         mag = cf.magnitudes(tok, raw)
         sign = (mag > 0).astype(np.int64)
         nz = np.flatnonzero(mag)
-        if nz.size:
-            sc = sctx[nz]
-            o = np.argsort(sc, kind="stable")
-            sizes = np.bincount(sc, minlength=cf.N_SIGN_CONTEXTS)
-            start = 0
-            for k in np.flatnonzero(sizes).tolist():
-                n = int(sizes[k])
-                neg = np.asarray(coder.decode(_model(sign_models, k), n), np.int64)
-                sign[nz[o[start : start + n]]] = 1 - 2 * neg
-                start += n
+        for k, at in _by_key(sctx[nz], cf.N_SIGN_CONTEXTS):
+            sign[nz[at]] = 1 - 2 * np.asarray(coder.decode(_model(sign_models, k), at.size), np.int64)
         bc.store(idx, mag, sign)
 
 
