@@ -1,6 +1,6 @@
 """Prototype bench: the predictive coder on fixed crops of train-split volumes, against peers.
 
-The design of :mod:`medcodec.predictive` was chosen on these crops, never on the test split.
+The design of :mod:`medcodec.coding.predictive` was chosen on these crops, never on the test split.
 Peer rates (JPEG XL e7 and JPEG-LS slice by slice, tomoz and SZ3 on the whole crop) are
 measured once and cached; each run then prints, per crop and bound, the coder's bits per
 voxel and its ratio to JPEG XL (lossless) or JPEG-LS NEAR, and to tomoz or SZ3 ABS::
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from medcodec import predictive
-from medcodec.datasets import find_data_dir
-from medcodec.io import read
+from medcodec.coding import predictive
+from medcodec.files.images import read
+from medcodec.training.datasets import find_data_dir
 
 #: (file stem, z, y, x) crops: 5 mm and 2-3 mm CT, 1-1.5 mm and 6.5 mm MR, small volumes, air.
 CROPS: dict[str, tuple[slice, slice, slice]] = {

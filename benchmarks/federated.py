@@ -104,12 +104,12 @@ _RAW, _PREDICTIVE, _TRANSFORM = 1, 3, 5
 def stream_sections(data: bytes) -> dict[str, int]:
     """Bytes of a medcodec stream by part: latents, residual layer, float exceptions, rest.
 
-    Parses the container (``medcodec.container.read_stream``) and each tile's sections
+    Parses the container (``medcodec.format.container.read_stream``) and each tile's sections
     (docs/FORMAT.md): tile head, then length-prefixed latents / residual / exceptions. A
     predictive tile (integer volumes, no network) has one section, counted as residual; a
     transform tile (lossy integer volumes) has one, its quantized coefficients, counted as latents.
     """
-    from medcodec.container import read_stream
+    from medcodec.format.container import read_stream
 
     _, chunks = read_stream(data)
     out = {"latents": 0, "residual": 0, "exceptions": 0}
@@ -192,7 +192,7 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
     through the real codec. Each finished model is recorded in ``out/models.json`` and
     reused by later invocations.
     """
-    from medcodec.export import export_model
+    from medcodec.training.export import export_model
     from medcodec_fed.baselines import train_baseline
     from medcodec_fed.export import combine_calibrations, model_meta
     from medcodec_fed.local import build_model, calibrate_site
@@ -259,7 +259,7 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
 
 def load_test_volumes(entries, crop: Sequence[int]) -> dict[str, dict[str, Any]]:
     """name -> {"site", "volume" (cropped medcodec.Volume), "shape", "cropped_shape"}."""
-    from medcodec.io import read
+    from medcodec.files.images import read
     from medcodec.volume import Volume
 
     out = {}
@@ -303,10 +303,10 @@ def predictor_psnr(model_path: str, volume, quality: int) -> float | None:
 
     from benchmarks.metrics import psnr
     from medcodec.codec import integer_valued, quality_gain
-    from medcodec.intensity import normalize, to_voxels
-    from medcodec.intnet import GAIN_ONE
-    from medcodec.models import load_model
-    from medcodec.tiling import DEFAULT_TILE, pad_edge, tile_grid
+    from medcodec.coding.intensity import normalize, to_voxels
+    from medcodec.format.tiling import DEFAULT_TILE, pad_edge, tile_grid
+    from medcodec.model.files import load_model
+    from medcodec.model.intnet import GAIN_ONE
 
     arr = volume.array
     if len(tile_grid(arr.shape, DEFAULT_TILE)) != 1:
@@ -762,7 +762,7 @@ def interpret(ex: dict[str, Any], shares: dict[str, dict[str, dict[str, float]]]
             )
             + ". The codec's rate barely reflects this because its residual layer predicts every voxel "
             "finer than the base grid from the decoded reconstruction errors of its neighbours "
-            "(`medcodec.residual`), so at these qualities (PSNR floors 30–60 dB, predictions near 20 dB) "
+            "(`medcodec.coding.residual`), so at these qualities (PSNR floors 30–60 dB, predictions near 20 dB) "
             "the neighbours, not the autoencoder, carry most of the prediction. The BD-rate comparisons "
             f"therefore come out within {_max_abs_bd(ex):.2f} % per volume, and they say little about the "
             "learned model; the prediction PSNR is the more sensitive measure of what federation changes."
@@ -879,7 +879,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from medcodec.datasets import find_data_dir, load_manifest
+    from medcodec.training.datasets import find_data_dir, load_manifest
     from medcodec_fed import sites_from_manifest
 
     t_start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Peak memory of coding a volume larger than memory, from and to disk (medcodec.large).
+"""Peak memory of coding a volume larger than memory, from and to disk (medcodec.files.large).
 
     PYTHONPATH=src:. python -m benchmarks.large [--slices 2000] [--max-error 0]
 
@@ -20,7 +20,7 @@ import numpy as np
 
 _CHILD = r"""
 import sys, time
-from medcodec.large import compress_file, decompress_file
+from medcodec.files.large import compress_file, decompress_file
 step, src, stream, out, bound = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 t = time.perf_counter()
 if step == "compress":
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-error", type=int, default=0)
     args = p.parse_args(argv)
     import medcodec
-    from medcodec.datasets import load_manifest
+    from medcodec.training.datasets import load_manifest
 
     src_entry = next(e for e in load_manifest(split="test") if e.name.startswith("ct_abdomen_philips"))
     base = medcodec.read(src_entry.path).array

@@ -21,7 +21,7 @@ _CHILD = r"""
 import gc, resource, sys, time
 import numpy as np
 import medcodec
-from medcodec.datasets import load_manifest
+from medcodec.training.datasets import load_manifest
 step, slices, quality, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 
 

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 import medcodec
-from medcodec.datasets import load_manifest
+from medcodec.training.datasets import load_manifest
 
 
 def _load() -> float:

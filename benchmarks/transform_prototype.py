@@ -6,7 +6,7 @@ context-conditioned entropy estimate, against slice-wise JPEG 2000 on train-spli
 
 Not a codec: the rate is an estimate (the empirical entropy of each band's magnitude tokens
 in each of its contexts, 12 bits per table entry, raw bits and signs as in
-``medcodec.predictive``'s tokens, signs in 9 contexts of their W and N neighbours' signs);
+``medcodec.coding.predictive``'s tokens, signs in 9 contexts of their W and N neighbours' signs);
 the distortion is exact (inverse transform of the dequantized coefficients, rounded and
 clipped). Bands: 5 in-plane levels, the first ``z`` of them also split along z. Contexts:
 ``plain`` buckets 2W + 2N + NW + NE (+ 2·parent) on a log scale; ``fit`` buckets a
@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks.bdrate import bd_rate
 from benchmarks.crops import CROPS
-from medcodec.datasets import find_data_dir
-from medcodec.io import read
+from medcodec.files.images import read
+from medcodec.training.datasets import find_data_dir
 
 A, B, C, D, K = -1.586134342059924, -0.052980118572961, 0.882911075530934, 0.443506852043971, 1.230174104914001
 
@@ -232,7 +232,7 @@ def code(x, delta, levels_xy, levels_z, norms, theta=0.2, rec=0.0):
     # parent: same name band at level+1 (if it exists with same axes), else none
     index = {(lev, k): i for i, (lev, _axes, k, _v) in enumerate(bands)}
     if MODE["ctx"] == "coder":
-        from medcodec.predictive import encode_tile
+        from medcodec.coding.predictive import encode_tile
 
         for q in [*qbands, qll]:
             q = q.astype(np.int64)

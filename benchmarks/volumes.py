@@ -1,6 +1,6 @@
 """The volumes a benchmark runs on: loading, modality and cropping.
 
-Volumes are read with ``medcodec.io.read`` when medcodec imports, else directly with
+Volumes are read with ``medcodec.files.images.read`` when medcodec imports, else directly with
 SimpleITK (same (z, y, x) array and geometry), so the baselines can be measured while
 medcodec itself does not import.
 """
@@ -85,7 +85,7 @@ def modality_from_name(name: str) -> str:
 
 def _find_data_dir() -> Path | None:
     try:
-        from medcodec.datasets import find_data_dir
+        from medcodec.training.datasets import find_data_dir
     except Exception:  # medcodec may not import while it is being written
         candidates = [Path(os.environ["MEDCODEC_DATA"])] if os.environ.get("MEDCODEC_DATA") else []
         candidates += [Path.cwd() / ".." / "shared" / "data", _REPO_ROOT / ".." / "shared" / "data"]
@@ -121,7 +121,7 @@ def load_volume(path: str | os.PathLike, modality: str | None = None) -> BenchVo
     """Read one volume file (or DICOM folder) into a :class:`BenchVolume`.
 
     Args:
-        path: Any file ``medcodec.io.read`` (or SimpleITK) reads.
+        path: Any file ``medcodec.files.images.read`` (or SimpleITK) reads.
         modality: Overrides the modality; by default the manifest's, else the file-name prefix.
     """
     path = Path(path)
@@ -129,7 +129,7 @@ def load_volume(path: str | os.PathLike, modality: str | None = None) -> BenchVo
     if modality is None:
         modality = manifest_modalities().get(name) or modality_from_name(name)
     try:
-        from medcodec.io import read
+        from medcodec.files.images import read
     except Exception:
         read = None
     if read is not None:

@@ -26,7 +26,7 @@ import json
 import sys
 from pathlib import Path
 
-from medcodec.datasets import find_data_dir
+from medcodec.training.datasets import find_data_dir
 from medcodec_fed import RunConfig, run, sites_from_manifest
 
 

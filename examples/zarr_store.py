@@ -20,8 +20,8 @@ import numpy as np
 import zarr
 
 import medcodec
-from medcodec.datasets import find_data_dir
-from medcodec.zarr_codec import MedcodecZarr
+from medcodec.files.zarr_codec import MedcodecZarr
+from medcodec.training.datasets import find_data_dir
 
 
 def default_volume() -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medcodec.datasets import find_data_dir, load_manifest
+from medcodec.training.datasets import find_data_dir, load_manifest
 
 
 def synthetic(shape=(6, 40, 36), dtype="int16", seed=0) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 
 import medcodec
 from medcodec import MedcodecError
-from medcodec.container import Chunk, read_stream, write_stream
+from medcodec.format.container import Chunk, read_stream, write_stream
 
 __all__ = ["Report", "fuzz", "seed_streams"]
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 import medcodec
-from medcodec.export import export_model
-from medcodec.network import ARCHITECTURES, Autoencoder
+from medcodec.model.network import ARCHITECTURES, Autoencoder
+from medcodec.training.export import export_model
 
 HERE = Path(__file__).resolve().parent / "data"
 

@@ -15,7 +15,7 @@ import numpy as np
 import zstandard
 
 import medcodec
-from medcodec.container import Chunk, Header, read_stream, write_stream
+from medcodec.format.container import Chunk, Header, read_stream, write_stream
 
 HERE = Path(__file__).parent / "data" / "hostile"
 
@@ -84,7 +84,7 @@ def _transform_params(change) -> bytes:
     """A transform tile whose parameter words went through ``change`` (the section re-sealed)."""
     import struct
 
-    from medcodec.transform import _HEAD
+    from medcodec.coding.transform import _HEAD
 
     def edit(payload: bytes) -> bytes:
         assert payload[4] == 5, "the tile is not a transform tile"

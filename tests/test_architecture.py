@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-MODULES = sorted(p for pkg in ("medcodec", "medcodec_fed") for p in (SRC / pkg).glob("*.py"))
+MODULES = sorted(p for pkg in ("medcodec", "medcodec_fed") for p in (SRC / pkg).rglob("*.py"))
 
 
 def _name(path: Path) -> str:
@@ -32,7 +32,8 @@ def _imports(path: Path, *, module_level: bool) -> set[str]:
         elif isinstance(n, ast.ImportFrom):
             base = n.module or ""
             if n.level:
-                base = ".".join([package, *([base] if base else [])]) if n.level == 1 else base
+                parts = package.split(".")
+                base = ".".join([*parts[: len(parts) - n.level + 1], *([base] if base else [])])
             names |= {f"{base}.{a.name}" if n.level and not n.module else base for a in n.names}
     if module_level:
         # `if TYPE_CHECKING:` imports never run.
@@ -57,10 +58,71 @@ def test_the_codec_never_imports_the_federation():
     assert offenders == []
 
 
-TORCH_AT_IMPORT = {"medcodec.models", "medcodec.intnet", "medcodec.network", "medcodec.train", "medcodec.export",
-                   "medcodec_fed.local", "medcodec_fed.server", "medcodec_fed.evaluate"}  # fmt: skip
-ONLY_IN = {"numba": {"medcodec.wavefront"}, "flwr": {"medcodec_fed.flower"}, "SimpleITK": {"medcodec.io"},
-           "zarr": {"medcodec.zarr_codec"}, "numcodecs": {"medcodec.zarr_codec"}}  # fmt: skip
+TORCH_AT_IMPORT = {
+    "medcodec.model.files",
+    "medcodec.model.intnet",
+    "medcodec.model.network",
+    "medcodec.training.train",
+    "medcodec.training.export",
+    "medcodec_fed.local",
+    "medcodec_fed.server",
+    "medcodec_fed.evaluate",
+}
+ONLY_IN = {
+    "numba": {"medcodec.coding.wavefront"},
+    "flwr": {"medcodec_fed.flower"},
+    "SimpleITK": {"medcodec.files.images"},
+    "zarr": {"medcodec.files.zarr_codec"},
+    "numcodecs": {"medcodec.files.zarr_codec"},
+}
+#: What each part of medcodec (a folder, or a module at the top) may import of the others
+#: (docs/ARCHITECTURE.md); the command line and the package's own __init__ may import anything.
+SHARED = {"errors", "volume"}
+MAY_IMPORT = {
+    "errors": set(),
+    "volume": {"errors"},
+    "format": SHARED,
+    "coding": SHARED | {"format"},
+    "model": SHARED | {"format", "coding"},
+    "codec": SHARED | {"format", "coding", "model"},
+    "files": SHARED | {"format", "coding", "model", "codec"},
+    "dicom": SHARED | {"format", "coding", "files", "codec"},
+    "training": SHARED | {"format", "coding", "model", "files", "codec"},
+}
+
+
+def _part(module: str) -> str:
+    """The folder (or top-level module) of a dotted name inside medcodec."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _parts_imported(path: Path) -> set[str]:
+    found = set()
+    for n in _imports(path, module_level=False):
+        if n.split(".")[0] != "medcodec" or n == "medcodec":
+            continue
+        part = _part(n)
+        # `from medcodec import compress` names an attribute of the package: the codec's.
+        found.add(part if part in MAY_IMPORT or (SRC / "medcodec" / part).is_dir() else "codec")
+    return found
+
+
+def test_each_part_of_the_codec_imports_only_the_parts_beneath_it():
+    offenders = {}
+    for p in MODULES:
+        name = _name(p)
+        if not name.startswith("medcodec.") or _part(name) not in MAY_IMPORT:
+            continue
+        extra = _parts_imported(p) - MAY_IMPORT[_part(name)] - {_part(name)}
+        if extra:
+            offenders[name] = sorted(extra)
+    assert offenders == {}
+
+
+def test_every_part_of_the_codec_has_a_rule():
+    parts = {_part(_name(p)) for p in MODULES if _name(p).startswith("medcodec.")}
+    assert parts - set(MAY_IMPORT) == {"__init__", "__main__", "cli", "batch"}
 
 
 def test_torch_is_imported_at_module_level_only_where_it_is_the_point():
@@ -77,7 +139,7 @@ def test_each_heavy_library_lives_in_its_own_module(library):
 def test_pydicom_is_imported_only_inside_the_functions_of_the_dicom_module():
     anywhere = {_name(p) for p in MODULES if "pydicom" in _top(_imports(p, module_level=False))}
     at_import = {_name(p) for p in MODULES if "pydicom" in _top(_imports(p, module_level=True))}
-    assert anywhere == {"medcodec.dicom"} and at_import == set()
+    assert anywhere == {"medcodec.dicom.study"} and at_import == set()
 
 
 def test_the_package_import_graph_has_no_cycle():

@@ -59,7 +59,7 @@ def test_experiments_signs_and_targets():
 
 def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
     pytest.importorskip("SimpleITK")
-    from medcodec.io import write
+    from medcodec.files.images import write
 
     data = tmp_path / "data"
     data.mkdir()

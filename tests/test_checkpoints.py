@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from medcodec.errors import CheckpointError, MedcodecError
-from medcodec.network import ARCHITECTURES, Autoencoder
+from medcodec.model.network import ARCHITECTURES, Autoencoder
 
 
 class _Payload:
@@ -41,7 +41,7 @@ def _refused(excinfo, path: Path, marker: Path) -> None:
 
 
 def test_load_checkpoint_refuses_a_file_whose_unpickling_runs_code(tmp_path):
-    from medcodec.train import load_checkpoint
+    from medcodec.training.train import load_checkpoint
 
     path, marker = _hostile(tmp_path)
     with pytest.raises(CheckpointError) as excinfo:
@@ -50,7 +50,7 @@ def test_load_checkpoint_refuses_a_file_whose_unpickling_runs_code(tmp_path):
 
 
 def test_the_training_script_does_not_resume_from_a_hostile_checkpoint(tmp_path):
-    from medcodec.train import train
+    from medcodec.training.train import train
 
     path, marker = _hostile(tmp_path, "checkpoint.pt")
     args = argparse.Namespace(out=str(tmp_path), arch="mc3d-xs", seed=0, lr=1e-4, threads=1, data=None)
@@ -60,7 +60,7 @@ def test_the_training_script_does_not_resume_from_a_hostile_checkpoint(tmp_path)
 
 
 def test_the_export_refuses_a_hostile_checkpoint(tmp_path):
-    from medcodec.export import export_checkpoint
+    from medcodec.training.export import export_checkpoint
 
     path, marker = _hostile(tmp_path)
     with pytest.raises(CheckpointError) as excinfo:
@@ -79,7 +79,7 @@ def test_a_federated_init_checkpoint_that_runs_code_is_refused(tmp_path):
 
 
 def test_the_checkpoints_training_writes_still_load_and_seed_a_federated_run(tmp_path):
-    from medcodec.train import _save, load_checkpoint, make_optimizer
+    from medcodec.training.train import _save, load_checkpoint, make_optimizer
     from medcodec_fed.config import RunConfig
     from medcodec_fed.server import initial_parameters
 

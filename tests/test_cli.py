@@ -494,7 +494,7 @@ def test_compress_and_decompress_summaries_as_json(tmp_path: Path, capsys) -> No
 
 
 def test_metadata_can_be_stripped_or_anonymized(tmp_path: Path) -> None:
-    from medcodec.privacy import identifying
+    from medcodec.files.privacy import identifying
 
     meta = {"0010|0010": "Doe^Jane", "0010|0020": "12345", "0009|1001": "vendor private", "0008|0060": "CT",
             "0028|0030": "0.7\\0.8", "descrip": "scan of Jane at St Elsewhere"}  # fmt: skip

@@ -209,7 +209,7 @@ def test_a_region_decodes_only_the_tiles_it_touches_and_keeps_its_place_in_space
 
 
 def test_a_region_is_refused_when_the_stored_tile_checksums_do_not_match_the_header():
-    from medcodec.container import read_stream, write_stream
+    from medcodec.format.container import read_stream, write_stream
 
     a = synthetic(shape=(70, 40, 30)).astype(np.int16)  # two tiles along z
     header, chunks = read_stream(medcodec.compress(a, max_error=0))
@@ -245,7 +245,7 @@ def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
     import zstandard
 
     from medcodec import codec as codec_module
-    from medcodec.container import Chunk, read_stream, write_stream
+    from medcodec.format.container import Chunk, read_stream, write_stream
 
     header, chunks = read_stream(medcodec.compress(_few_values(np.float32), max_error=0))
     tile = chunks[-1].payload

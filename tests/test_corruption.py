@@ -17,7 +17,7 @@ from medcodec import (
     TruncatedStreamError,
     UnsupportedVersionError,
 )
-from medcodec.container import MAGIC, READ_MAJORS
+from medcodec.format.container import MAGIC, READ_MAJORS
 from tests.conftest import synthetic
 
 
@@ -94,7 +94,7 @@ def test_unknown_model_in_stream(stream, tmp_path):
 def test_different_model_is_refused(stream, tmp_path):
     if medcodec.info(stream).model_name == "":
         pytest.skip("raw float and integer streams need no model")
-    from medcodec.models import _parse, resolve_model, save_model_file
+    from medcodec.model.files import _parse, resolve_model, save_model_file
 
     # The same weights with other metadata: a valid model with another hash.
     arch, tensors, meta = _parse(resolve_model(None).read_bytes(), "default")
@@ -114,7 +114,7 @@ def _reseal_header(buf: bytearray) -> None:
 def test_deeply_nested_metadata_is_corrupt_not_a_recursion_error():
     import zstandard
 
-    from medcodec.container import Chunk, read_stream, write_stream
+    from medcodec.format.container import Chunk, read_stream, write_stream
 
     a = synthetic(shape=(6, 30, 28))
     header, chunks = read_stream(medcodec.compress(medcodec.Volume(a, metadata={"k": "v"}), max_error=0))
@@ -127,7 +127,7 @@ def test_deeply_nested_metadata_is_corrupt_not_a_recursion_error():
 
 
 def test_a_header_announcing_billions_of_tiles_is_refused_before_building_them():
-    from medcodec.container import Header, write_stream
+    from medcodec.format.container import Header, write_stream
 
     header = Header(
         dtype="int16", mode="lossless", quality=0, shape=(1, 65535, 65535), spacing=(1.0, 1.0, 1.0),
@@ -144,7 +144,7 @@ def test_a_header_announcing_billions_of_tiles_is_refused_before_building_them()
 def test_a_zstd_frame_without_its_size_cannot_expand_past_the_limit():
     import zstandard
 
-    from medcodec.entropy import unzstd
+    from medcodec.coding.entropy import unzstd
 
     cobj = zstandard.ZstdCompressor(level=1, write_content_size=False).compressobj()
     blob = cobj.compress(bytes(64 << 20)) + cobj.flush()  # 64 MiB of zeros in a few kB
@@ -156,7 +156,7 @@ def test_a_zstd_frame_without_its_size_cannot_expand_past_the_limit():
 
 
 def test_a_stream_relabelled_to_another_integer_dtype_is_refused():
-    from medcodec.container import read_stream, write_stream
+    from medcodec.format.container import read_stream, write_stream
 
     a = (synthetic(shape=(4, 20, 18)).astype(np.int64) - 40).astype(np.int16)
     assert a.min() < 0
@@ -171,7 +171,7 @@ def test_a_stream_relabelled_to_another_integer_dtype_is_refused():
     ("origin", (float("inf"), 0.0, 0.0)), ("direction", (1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)),
 ])  # fmt: skip
 def test_impossible_geometry_is_refused_in_a_stream_and_in_a_volume(field, value):
-    from medcodec.container import read_stream, write_stream
+    from medcodec.format.container import read_stream, write_stream
 
     header, chunks = read_stream(medcodec.compress(synthetic(shape=(3, 10, 9)), max_error=0))
     setattr(header, field, value)
@@ -191,7 +191,7 @@ def test_over_limit_metadata_is_named_as_such_and_never_written():
     import zstandard
 
     from medcodec.codec import METADATA_LIMIT
-    from medcodec.container import Chunk, read_stream, write_stream
+    from medcodec.format.container import Chunk, read_stream, write_stream
 
     vol = medcodec.Volume(synthetic(shape=(2, 8, 8)), metadata={"k": "x" * METADATA_LIMIT})
     with pytest.raises(InvalidInputError, match="metadata"):
@@ -221,7 +221,7 @@ def test_metadata_that_is_not_a_flat_object_is_refused_before_it_is_parsed():
     import zstandard
 
     from medcodec.codec import METADATA_ENTRIES
-    from medcodec.container import Chunk, read_stream, write_stream
+    from medcodec.format.container import Chunk, read_stream, write_stream
 
     header, chunks = read_stream(
         medcodec.compress(medcodec.Volume(synthetic(shape=(2, 8, 8)), metadata={"k": "v"}), max_error=0)

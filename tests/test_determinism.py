@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 import medcodec
-from medcodec.intnet import ACT_MAX
-from medcodec.models import load_model
+from medcodec.model.files import load_model
+from medcodec.model.intnet import ACT_MAX
 from tests.conftest import synthetic
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -1,4 +1,4 @@
-"""DICOM archives (medcodec.dicom, medcodec.archive): byte-exact restore, lossy DICOM output, bad input.
+"""DICOM archives (medcodec.dicom): byte-exact restore, lossy DICOM output, bad input.
 
 Every study is a few synthetic files of 16 x 16 or 15 x 15 pixels, written with pydicom.
 """
@@ -28,8 +28,9 @@ from pydicom.uid import (  # noqa: E402
 )
 
 import medcodec  # noqa: E402
-from medcodec import archive, cli, dicom  # noqa: E402
-from medcodec.entropy import unzstd  # noqa: E402
+from medcodec import cli, dicom  # noqa: E402
+from medcodec.coding.entropy import unzstd  # noqa: E402
+from medcodec.dicom import archive  # noqa: E402
 from medcodec.errors import (  # noqa: E402
     ChecksumError,
     CorruptStreamError,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medcodec import CorruptStreamError, MedcodecError
-from medcodec.entropy import MAX_TABLE_WIDTH, decode_groups, encode_groups
+from medcodec.coding.entropy import MAX_TABLE_WIDTH, decode_groups, encode_groups
 
 
 def test_round_trip_with_empty_groups_and_escapes():

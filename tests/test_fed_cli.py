@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from medcodec.io import write
+from medcodec.files.images import write
 from medcodec.volume import Volume
 from medcodec_fed.cli import main
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcodec.io import write
+from medcodec.files.images import write
 from medcodec.volume import Volume
 from medcodec_fed import server
 from medcodec_fed.config import DRILL_KINDS, RunConfig
@@ -94,7 +94,7 @@ def test_a_run_writes_a_codec_model_and_per_round_per_site_metrics(reference, si
 
 
 def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tmp_path, monkeypatch):
-    import medcodec.export
+    import medcodec.training.export
     from medcodec_fed import export as fed_export
     from medcodec_fed.local import calibrate_site
     from medcodec_fed.messages import SiteCalibration
@@ -110,9 +110,9 @@ def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tm
         exported.append((calibration, kwargs["activation_max"]))
         return real_export(model, out, calibration, **kwargs)
 
-    real_export = medcodec.export.export_model
+    real_export = medcodec.training.export.export_model
     monkeypatch.setattr(fed_export, "calibrate_site", at_site)
-    monkeypatch.setattr(medcodec.export, "export_model", export_spy)
+    monkeypatch.setattr(medcodec.training.export, "export_model", export_spy)
     server.run(sites, replace(TINY, rounds=1), tmp_path / "cal", say=_quiet)
     assert [type(c) for c in sent] == [SiteCalibration, SiteCalibration]
     assert [c.site for c in sent] == ["site0", "site1"]
@@ -350,7 +350,7 @@ def test_a_hostile_site_cannot_move_the_global_model_and_the_run_goes_on(
 
 
 def test_a_drill_names_known_sites_and_marks_the_model_file(three_sites, tmp_path):
-    from medcodec.models import load_model
+    from medcodec.model.files import load_model
 
     with pytest.raises(ValueError, match="drill_hostile names unknown sites"):
         server.run(three_sites[:2], replace(TINY, drill_hostile={"site2": "huge"}), tmp_path / "x", say=_quiet)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medcodec.datasets import find_data_dir
-from medcodec.io import write
+from medcodec.files.images import write
+from medcodec.training.datasets import find_data_dir
 from medcodec.volume import Volume
 from medcodec_fed.sites import Site, dirichlet_partition, held_out_volumes, list_volumes, load_site, sites_from_manifest
 
@@ -82,7 +82,7 @@ def test_dirichlet_partition_refuses_impossible_splits():
 
 @pytest.mark.skipif(find_data_dir() is None, reason="no ../shared/data (set MEDCODEC_DATA)")
 def test_manifest_sites_are_the_train_split_grouped_by_site():
-    from medcodec.datasets import load_manifest
+    from medcodec.training.datasets import load_manifest
 
     sites = sites_from_manifest()
     train = load_manifest(split="train")

@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
 
-from medcodec.io import write  # noqa: E402
+from medcodec.files.images import write  # noqa: E402
 from medcodec.volume import Volume  # noqa: E402
 from medcodec_fed import flower, server  # noqa: E402
 from medcodec_fed.aggregate import aggregate  # noqa: E402
@@ -357,7 +357,7 @@ def test_the_cli_writes_the_flower_app(tmp_path):
 
 @pytest.mark.flower
 def test_switching_the_engine_without_secagg_gives_the_in_process_result_bit_for_bit(sites, tmp_path):
-    from medcodec.models import load_model
+    from medcodec.model.files import load_model
     from medcodec_fed.cli import main
 
     assert main(_cli_argv(sites, tmp_path / "in-process")) == 0
@@ -400,7 +400,7 @@ def test_simulation_with_secagg_and_client_side_dp_records_its_parameters(sites,
 
 @pytest.mark.flower
 def test_simulation_rejects_a_hostile_site_every_round_and_ends_with_the_honest_only_model(sites, tmp_path):
-    from medcodec.models import load_model
+    from medcodec.model.files import load_model
 
     config = replace(TINY, drill_hostile={"site2": "huge"})  # the fault drill: site2 sends 1e30 everywhere
     options = flower.FlowerOptions(out=str(tmp_path / "flower"), secagg=False, min_available_clients=3)

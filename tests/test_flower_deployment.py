@@ -25,8 +25,8 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from medcodec.datasets import find_data_dir, load_manifest  # noqa: E402
-from medcodec.io import read, write  # noqa: E402
+from medcodec.files.images import read, write  # noqa: E402
+from medcodec.training.datasets import find_data_dir, load_manifest  # noqa: E402
 from medcodec.volume import Volume  # noqa: E402
 from medcodec_fed import flower, server  # noqa: E402
 from medcodec_fed.config import RunConfig  # noqa: E402

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import medcodec
-from medcodec.container import Header, read_stream, write_stream
-from medcodec.predictive import tokens, untokens
+from medcodec.coding.predictive import tokens, untokens
+from medcodec.format.container import Header, read_stream, write_stream
 from tests.fuzz import MUTATIONS, fuzz
 
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 import medcodec
 from medcodec import cli
-from medcodec.large import compress_file, decompress_file
+from medcodec.files.large import compress_file, decompress_file
 from tests.conftest import synthetic
 
 
@@ -72,7 +72,7 @@ def test_the_cli_codes_large_files_slab_by_slab(tmp_path, volume, monkeypatch):
 
 
 def test_a_large_file_it_cannot_read_in_slabs_is_read_whole(tmp_path, volume, monkeypatch):
-    from medcodec.large import readable
+    from medcodec.files.large import readable
 
     monkeypatch.setattr(cli, "OUT_OF_CORE_BYTES", 1)
     img = sitk.GetImageFromArray(volume[:3])

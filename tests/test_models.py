@@ -10,9 +10,9 @@ import torch
 
 import medcodec
 from medcodec import ModelError, ModelNotFoundError
-from medcodec.export import export_model
-from medcodec.models import list_models, load_model, resolve_model
-from medcodec.network import ARCHITECTURES, Autoencoder
+from medcodec.model.files import list_models, load_model, resolve_model
+from medcodec.model.network import ARCHITECTURES, Autoencoder
+from medcodec.training.export import export_model
 from tests.conftest import synthetic
 
 
@@ -80,7 +80,7 @@ def test_unknown_and_broken_models(tmp_path):
 def test_a_deeply_nested_model_header_is_a_model_error(tmp_path):
     import struct
 
-    from medcodec.models import MAGIC
+    from medcodec.model.files import MAGIC
 
     header = b"[" * 100_000 + b"]" * 100_000
     path = tmp_path / "deep.mcw"
@@ -94,7 +94,7 @@ def test_streams_find_their_model_by_name_in_model_folders(tmp_path, monkeypatch
     from pathlib import Path
 
     from medcodec import cli
-    from medcodec.models import MODEL_PATH_ENV
+    from medcodec.model.files import MODEL_PATH_ENV
 
     model_file = Path(__file__).parent / "data" / "mc3d-xs-9c74720b.mcw"
     folder = tmp_path / "models"

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import medcodec
-from medcodec import CorruptStreamError, MedcodecError, predictive, wavefront
+from medcodec import CorruptStreamError, MedcodecError
 from medcodec import codec as codec_module
-from medcodec.predictive import MAX_TOKENS, decode_tile, encode_tile, plan_tile, tokens, untokens
+from medcodec.coding import predictive, wavefront
+from medcodec.coding.predictive import MAX_TOKENS, decode_tile, encode_tile, plan_tile, tokens, untokens
 from tests.conftest import synthetic
 
 

@@ -16,7 +16,7 @@ def volumes(test_split):
 
 
 def _names(max_voxels: int | None = None):
-    from medcodec.datasets import find_data_dir, load_manifest
+    from medcodec.training.datasets import find_data_dir, load_manifest
 
     if not find_data_dir():
         return ["no-data"]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import medcodec
-from medcodec import coefficients, lifting, transform
-from medcodec.container import FLAG_TRANSFORM, read_stream
+from medcodec.coding import coefficients, lifting, transform
 from medcodec.errors import CorruptStreamError, MedcodecError
+from medcodec.format.container import FLAG_TRANSFORM, read_stream
 
 DATA = Path(__file__).resolve().parent / "data"
 _TRANSFORM_PATH = 5
@@ -188,7 +188,7 @@ def test_a_transform_flag_needs_format_4_and_a_lossy_integer_stream():
     lossless = medcodec.compress(medcodec.Volume(smooth_volume((6, 32, 32))), max_error=0)
     assert medcodec.info(lossless).format_version == "2.0"
     # The flag on a lossless header is refused (the header CRC re-sealed so only the flag is wrong).
-    from medcodec.container import MAGIC
+    from medcodec.format.container import MAGIC
 
     damaged = bytearray(lossless)
     (size,) = struct.unpack_from("<I", damaged, len(MAGIC) + 4)

@@ -10,7 +10,7 @@ zarr = pytest.importorskip("zarr")
 da = pytest.importorskip("dask.array")
 
 import medcodec  # noqa: E402
-from medcodec.zarr_codec import Medcodec, MedcodecZarr  # noqa: E402
+from medcodec.files.zarr_codec import Medcodec, MedcodecZarr  # noqa: E402
 from tests.conftest import synthetic  # noqa: E402
 
 

@@ -31,20 +31,20 @@ from .errors import (
     UnsupportedVersionError,
     VolumeIOError,
 )
-from .io import read, write
+from .files.images import read, write
 from .volume import Volume
 
 if TYPE_CHECKING:
     from .codec import DEFAULT_QUALITY, compress, decode, decompress, encode, info
-    from .container import StreamInfo
-    from .models import DEFAULT_MODEL, list_models, load_model
+    from .format.container import StreamInfo
+    from .model.files import DEFAULT_MODEL, list_models, load_model
 
 # The codec pulls in torch; it is imported on first use so that `medcodec --help`
 # and `import medcodec` for I/O alone stay fast (PEP 562).
 _LAZY = {
     "DEFAULT_QUALITY": "codec", "compress": "codec", "decode": "codec", "decompress": "codec",
-    "encode": "codec", "info": "codec", "StreamInfo": "container", "DEFAULT_MODEL": "models",
-    "list_models": "models", "load_model": "models", "models": None, "codec": None, "dicom": None,
+    "encode": "codec", "info": "codec", "StreamInfo": "format.container", "DEFAULT_MODEL": "model.files",
+    "list_models": "model.files", "load_model": "model.files", "codec": None, "dicom": None,
 }  # fmt: skip
 
 

@@ -50,15 +50,15 @@ from typing import TYPE_CHECKING, Any
 
 # Only light modules at import time: ``medcodec --help`` must not wait for torch or SimpleITK.
 from . import __version__
-from .atomic import write_atomic
 from .errors import InvalidInputError, MedcodecError, OutputExistsError, VolumeIOError
+from .files.atomic import write_atomic
 
 if TYPE_CHECKING:
     from .volume import Volume
 
 __all__ = ["main", "build_parser", "default_compress_output", "default_decompress_output"]
 
-#: Extension of compressed streams (a DICOM archive is ``.mcd``, medcodec.archive.ARCHIVE_SUFFIX).
+#: Extension of compressed streams (a DICOM archive is ``.mcd``, medcodec.dicom.archive.ARCHIVE_SUFFIX).
 STREAM_SUFFIX = ".mcz"
 ARCHIVE_SUFFIX = ".mcd"
 
@@ -148,7 +148,7 @@ def default_decompress_output(source: str | os.PathLike) -> Path:
 def _beside_if_taken(default: Path, *, force: bool) -> Path:
     """A default volume name that is taken (usually by the file the stream was made from)
     gives way to ``NAME.decoded.nii.gz`` beside it, unless ``force`` asks to replace it."""
-    from .io import WRITE_SUFFIXES
+    from .files.images import WRITE_SUFFIXES
 
     suffix = next((x for x in WRITE_SUFFIXES if default.name.endswith(x)), None)
     if not force and default.exists() and suffix:
@@ -253,7 +253,7 @@ def _refuse_stream_input(source: Path) -> None:
     Raises:
         InvalidInputError: ``source`` is already a medcodec stream.
     """
-    from .container import MAGIC
+    from .format.container import MAGIC
 
     if source.is_file():
         with open(source, "rb") as f:
@@ -263,7 +263,7 @@ def _refuse_stream_input(source: Path) -> None:
 
 
 def _is_archive_head(head: bytes) -> bool:
-    from .archive import is_archive
+    from .dicom.archive import is_archive
 
     return is_archive(head)
 
@@ -390,7 +390,7 @@ def _fmt_floats(values: Sequence[float], sep: str = " x ") -> str:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from . import compress, info, read  # heavy: numpy, SimpleITK, torch
-    from .io import WRITE_SUFFIXES
+    from .files.images import WRITE_SUFFIXES
 
     start = time.perf_counter()
     source = Path(args.input)
@@ -410,7 +410,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     max_error = 0.0 if args.lossless else args.max_error
     keep = None
     if args.strip_metadata or args.anonymize:
-        from .privacy import anonymized
+        from .files.privacy import anonymized
 
         keep = (lambda m: {}) if args.strip_metadata else anonymized
     if not to_stdout and _out_of_core(source):
@@ -452,7 +452,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 #: Inputs (an uncompressed .nii or a .npy) and outputs at least this large are coded a z-slab
-#: of tiles at a time from and to disk (medcodec.large), so memory stays bounded.
+#: of tiles at a time from and to disk (medcodec.files.large), so memory stays bounded.
 OUT_OF_CORE_BYTES = 512 << 20
 
 
@@ -465,15 +465,15 @@ def _large_stream(path: Path) -> bool:
 
 
 def _out_of_core(path: Path) -> bool:
-    """Whether ``path`` is large and a file medcodec.large reads (else it is read whole, as any input)."""
-    from .large import FILE_SUFFIXES, readable
+    """Whether ``path`` is large and a file medcodec.files.large reads (else it is read whole, as any input)."""
+    from .files.large import FILE_SUFFIXES, readable
 
     big = path.is_file() and path.name.lower().endswith(FILE_SUFFIXES) and path.stat().st_size >= OUT_OF_CORE_BYTES
     return big and readable(path)
 
 
 def _compress_large(args, source: Path, dest: Path, max_error, keep, start: float) -> int:
-    from .large import compress_file
+    from .files.large import compress_file
 
     progress = _Progress("compressing", enabled=not args.quiet)
     try:
@@ -498,7 +498,7 @@ def _compress_large(args, source: Path, dest: Path, max_error, keep, start: floa
 
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from . import decompress, write  # heavy: numpy, SimpleITK, torch
-    from .io import WRITE_SUFFIXES
+    from .files.images import WRITE_SUFFIXES
 
     start = time.perf_counter()
     source = Path(args.input)
@@ -528,7 +528,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
         and dest.name.lower().endswith((".nii", ".npy"))
         and _large_stream(source)
     ):
-        from .large import decompress_file
+        from .files.large import decompress_file
 
         progress = _Progress("decompressing", enabled=not args.quiet)
         try:
@@ -698,8 +698,8 @@ def _none_or(value: object) -> str:
 
 def _compress_study(args: argparse.Namespace, source: Path, start: float) -> int:
     """``compress STUDY_DIR``: every file below the folder into one archive (medcodec.dicom)."""
-    from .dicom import info, pack
-    from .io import WRITE_SUFFIXES
+    from .dicom.study import info, pack
+    from .files.images import WRITE_SUFFIXES
 
     if args.strip_metadata or args.anonymize:
         raise InvalidInputError(
@@ -752,7 +752,7 @@ def _folder_if_taken(dest: Path, *, force: bool) -> Path:
 
 def _decompress_study(args: argparse.Namespace, source: Path, start: float) -> int:
     """``decompress STUDY.mcd``: every file of the archive under a folder."""
-    from .dicom import unpack
+    from .dicom.study import unpack
 
     if args.region is not None or args.format or getattr(args, "compress_output", None) is not None:
         raise InvalidInputError("--region, --format and --compress-output apply to volume streams, not DICOM archives")
@@ -778,7 +778,7 @@ def _decompress_study(args: argparse.Namespace, source: Path, start: float) -> i
 
 def _test_study(data: bytes, model: str | None):
     """Decode every series and check every file's SHA-256 (lossy series: their streams' checksums)."""
-    from .archive import archive_info, restore_files
+    from .dicom.archive import archive_info, restore_files
 
     for _ in restore_files(data, model=model):
         pass
@@ -786,7 +786,7 @@ def _test_study(data: bytes, model: str | None):
 
 
 def _info_study(args: argparse.Namespace, source: Path, data: bytes) -> int:
-    from .archive import archive_info
+    from .dicom.archive import archive_info
 
     a = archive_info(data)
     if args.json:
@@ -875,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     privacy.add_argument("--strip-metadata", action="store_true", help="store no metadata (header fields, DICOM tags)")
     privacy.add_argument("--anonymize", action="store_true",
                          help="drop identifying metadata: patient, institution and visit DICOM tags, private tags, "
-                              "NIfTI free text (medcodec.privacy lists them)")  # fmt: skip
+                              "NIfTI free text (medcodec.files.privacy lists them)")  # fmt: skip
     _add_common(p, model_help="model name or weights file (default: the built-in model)")
     p.set_defaults(func=_batch_or_one(_cmd_compress))
 

@@ -1,17 +1,17 @@
 """compress / decompress / info: the codec's public entry points.
 
-A volume is cut into tiles (:mod:`medcodec.tiling`); each tile is coded on its
+A volume is cut into tiles (:mod:`medcodec.format.tiling`); each tile is coded on its
 own path:
 
 * transform (integer volumes, and float volumes holding only integers, in lossy mode):
-  the tile is coded by :mod:`medcodec.transform` within the mean squared error of the
+  the tile is coded by :mod:`medcodec.coding.transform` within the mean squared error of the
   quality's PSNR; at high qualities the predictive coder is tried too and the smaller kept;
 * predictive (the same volumes in near-lossless and lossless modes): the tile is coded by
-  :mod:`medcodec.predictive` within the mode's bound; no network runs on either;
+  :mod:`medcodec.coding.predictive` within the mode's bound; no network runs on either;
 * learned (float arithmetic; format 1 streams also used it for integers): analysis transform ->
   integer latents -> entropy coding; the integer-exact synthesis transform gives
   the lossy reconstruction, the predictor of the residual layer
-  (:mod:`medcodec.residual`), which bounds every voxel's error: by ``max_error``
+  (:mod:`medcodec.coding.residual`), which bounds every voxel's error: by ``max_error``
   in near-lossless and lossless modes, and in lossy mode by the bound a quality
   guarantees (:func:`quality_bound`);
 * raw: lossless float volumes whose values are not all integers are stored
@@ -36,7 +36,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zstandard
 
-from .container import (
+from .coding.entropy import decode_groups, encode_groups, unzstd
+from .coding.intensity import normalize, to_voxels
+from .coding.predictive import compiled as predictive_compiled
+from .coding.predictive import decode_tile as decode_predictive
+from .coding.predictive import encode_tile as encode_predictive
+from .coding.residual import LEVELS, buckets_for, decode_residual, encode_residual
+from .coding.transform import analyse as analyse_transform
+from .coding.transform import choose_base, choose_z_levels
+from .coding.transform import code_tile as code_transform
+from .coding.transform import decode_tile as decode_transform
+from .errors import (
+    ChecksumError,
+    CorruptStreamError,
+    InvalidInputError,
+    MedcodecError,
+    TruncatedStreamError,
+    UnsupportedVersionError,
+)
+from .format.container import (
     FLAG_INTEGER_VALUED,
     FLAG_PALETTE,
     FLAG_TRANSFORM,
@@ -47,30 +65,12 @@ from .container import (
     read_stream,
     write_stream,
 )
-from .entropy import decode_groups, encode_groups, unzstd
-from .errors import (
-    ChecksumError,
-    CorruptStreamError,
-    InvalidInputError,
-    MedcodecError,
-    TruncatedStreamError,
-    UnsupportedVersionError,
-)
-from .fixedpoint import GAIN_ONE
-from .intensity import normalize, to_voxels
-from .predictive import compiled as predictive_compiled
-from .predictive import decode_tile as decode_predictive
-from .predictive import encode_tile as encode_predictive
-from .residual import LEVELS, buckets_for, decode_residual, encode_residual
-from .tiling import DEFAULT_TILE, pad_edge, tile_grid
-from .transform import analyse as analyse_transform
-from .transform import choose_base, choose_z_levels
-from .transform import code_tile as code_transform
-from .transform import decode_tile as decode_transform
+from .format.fixedpoint import GAIN_ONE
+from .format.tiling import DEFAULT_TILE, pad_edge, tile_grid
 from .volume import Volume, as_volume
 
 if TYPE_CHECKING:
-    from .models import CodecModel
+    from .model.files import CodecModel
 
 __all__ = ["compress", "decompress", "encode", "decode", "info", "integer_valued", "DEFAULT_QUALITY", "quality_gain"]
 
@@ -295,7 +295,7 @@ class _Coding:
         cm = None
         network = not (plan.raw or plan.integer)
         if network or model is not None:
-            from .models import load_model  # imports torch
+            from .model.files import load_model  # imports torch
 
             loaded = load_model(model)
             cm = loaded if network else None
@@ -509,7 +509,7 @@ def decompress(
     expected = _expected_path(header, integer)
     learned = expected in (_LEARNED_INT, _LEARNED_FLOAT)
     if learned:
-        from .models import model_for_stream
+        from .model.files import model_for_stream
 
         cm = model_for_stream(header.model_name, header.model_sha256.hex(), model, model_dirs)
 

@@ -219,7 +219,7 @@ def _sites(folders: dict[str, str], other: dict[str, Any], seed: int) -> list:
     partition = other.get("partition", "site")
     if partition in ("site", "modality"):
         return sites_from_manifest(data_dir, group_by=partition, hold_out=hold_out)
-    from medcodec.datasets import load_manifest
+    from medcodec.training.datasets import load_manifest
 
     if "num_sites" not in other:
         raise ValueError("--partition dirichlet needs --num-sites")

@@ -28,14 +28,14 @@ class RunConfig:
     """Every setting of a federated run.
 
     Attributes:
-        arch: Architecture name (``medcodec.network.ARCHITECTURES``).
+        arch: Architecture name (``medcodec.model.network.ARCHITECTURES``).
         rounds: Federated rounds.
         local_steps: Optimizer steps per site per round (ignored when ``local_epochs`` is set).
         local_epochs: Passes over a site's voxels per round, counted in patches; sites
             with more data then take more steps and weigh more in FedAvg.
         batch: Patches per step.
         patch: Patch side in voxels (a multiple of 8).
-        lr: Adam learning rate (the entropy model's group uses 5x, as in ``medcodec.train``).
+        lr: Adam learning rate (the entropy model's group uses 5x, as in ``medcodec.training.train``).
         mu: FedProx proximal weight (0: plain FedAvg local training).
         fraction: Fraction of sites sampled each round (at least one).
         dropout: Probability that a sampled site drops out of a round.
@@ -97,7 +97,7 @@ class RunConfig:
     export: bool = True
 
     def __post_init__(self) -> None:
-        from medcodec.network import ARCHITECTURES
+        from medcodec.model.network import ARCHITECTURES
 
         check_field_types(self)
         groups = self.local_groups

@@ -26,7 +26,7 @@ __all__ = ["center_crop", "evaluate_codec", "evaluate_float", "quality_to_gain",
 def quality_to_gain(quality: int) -> float:
     """The float latent gain the codec uses at ``quality`` (``medcodec.codec.quality_gain``)."""
     from medcodec.codec import quality_gain
-    from medcodec.intnet import GAIN_ONE
+    from medcodec.model.intnet import GAIN_ONE
 
     return quality_gain(quality) / GAIN_ONE
 

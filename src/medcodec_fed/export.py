@@ -1,7 +1,7 @@
 """Turning a federated run's parameters into codec model files.
 
 The global model becomes one ``.mcw`` file in the run folder through
-``medcodec.export.export_model``, the same conversion the shipped model goes
+``medcodec.training.export.export_model``, the same conversion the shipped model goes
 through, so ``medcodec.compress(..., model=path)`` and ``decompress`` use it
 and it is named by its content hash. With personalization, every site also gets
 its own file in ``sites/<name>/`` (shared parameters + its own local ones).
@@ -89,7 +89,7 @@ def export_run_models(
     Returns:
         (global model path, site name -> site model path).
     """
-    from medcodec.export import export_model
+    from medcodec.training.export import export_model
 
     params = state["parameters"]
     global_model = GlobalModel(config.arch, 0, params)

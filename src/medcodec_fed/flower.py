@@ -827,7 +827,7 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
 
 
 def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, out: Path, say: Callable[[str], None]):
-    from medcodec.export import export_model
+    from medcodec.training.export import export_model
 
     from .export import combine_calibrations, model_meta
     from .local import build_model

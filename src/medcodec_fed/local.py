@@ -3,7 +3,7 @@
 The functions take a :class:`~medcodec_fed.messages.GlobalModel` and the
 site's own data and return messages, so an in-process loop and a Flower
 ClientApp can call them the same way. Local training reuses
-:mod:`medcodec.train` (patch sampling, latent gains, rate-distortion loss,
+:mod:`medcodec.training.train` (patch sampling, latent gains, rate-distortion loss,
 optimizer); a fresh Adam state starts every round, so a site keeps nothing
 between rounds except its personalized parameters.
 """
@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from medcodec.network import ARCHITECTURES, Autoencoder
-from medcodec.train import PatchSampler, make_optimizer, rd_loss, sample_gains
+from medcodec.model.network import ARCHITECTURES, Autoencoder
+from medcodec.training.train import PatchSampler, make_optimizer, rd_loss, sample_gains
 
 from .evaluate import evaluate_float
 from .messages import GlobalModel, SiteCalibration, SiteEvaluation, SiteUpdate
@@ -217,7 +217,7 @@ def calibrate_site(
     The patches never leave the site; only the per-layer ranges do. They derive
     from (seed, site_index), so the same run always measures the same ranges.
     """
-    from medcodec.export import calibrate, calibration_patches
+    from medcodec.training.export import calibrate, calibration_patches
 
     model = build_model(global_model.arch, global_model.parameters, local_state or {})
     stream = derive_seed(seed, 0, site_index, Purpose.CALIBRATE)

@@ -53,7 +53,7 @@ class MessageError(ValueError):
 def _spec(arch: str) -> Mapping[str, tuple[tuple[int, ...], np.dtype]]:
     import torch
 
-    from medcodec.network import ARCHITECTURES, Autoencoder
+    from medcodec.model.network import ARCHITECTURES, Autoencoder
 
     if arch not in ARCHITECTURES:
         raise MessageError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
@@ -76,7 +76,7 @@ def calibration_layers(arch: str) -> int:
     """How many activation ranges a :class:`SiteCalibration` of ``arch`` carries.
 
     One per hidden synthesis layer: every ``g_s.N`` layer but the last (see
-    ``medcodec.export.calibrate``).
+    ``medcodec.training.export.calibrate``).
 
     Raises:
         MessageError: ``arch`` is not a registered architecture.
@@ -136,7 +136,7 @@ class GlobalModel:
     """Server -> site: the current shared parameters.
 
     Attributes:
-        arch: Architecture name (a key of ``medcodec.network.ARCHITECTURES``).
+        arch: Architecture name (a key of ``medcodec.model.network.ARCHITECTURES``).
         round: Round these parameters start (0 for the initial model).
         parameters: Shared parameter tensors by state-dict name (float32, read-only).
     """
@@ -204,7 +204,7 @@ class SiteCalibration:
     """Site -> server: activation ranges of a model on the site's own training volumes.
 
     The model export needs, for every hidden synthesis layer, the range of the
-    activations the float network produces (``medcodec.export.calibrate``). Each
+    activations the float network produces (``medcodec.training.export.calibrate``). Each
     site measures it on its own patches and sends only these scalars; the server
     exports with their element-wise maximum (:func:`~medcodec_fed.export.combine_calibrations`).
 

@@ -101,8 +101,8 @@ def initial_parameters(config: RunConfig) -> dict[str, np.ndarray]:
             (it is never unpickled as objects), or no state dict of ``config.arch``.
     """
     from medcodec.errors import CheckpointError
-    from medcodec.network import ARCHITECTURES, Autoencoder
-    from medcodec.train import load_checkpoint
+    from medcodec.model.network import ARCHITECTURES, Autoencoder
+    from medcodec.training.train import load_checkpoint
 
     if config.init:
         blob = load_checkpoint(config.init)  # an operator-supplied file: plain data only
@@ -141,7 +141,7 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    from medcodec.train import load_checkpoint
+    from medcodec.training.train import load_checkpoint
 
     blob = load_checkpoint(path)  # plain tensors and builtins only
     if blob.get("version") != _CHECKPOINT_VERSION:

@@ -120,7 +120,7 @@ def sites_from_manifest(
     Each site holds back its last ``hold_out`` volumes for evaluation, so the
     manifest's test split stays untouched for the final report.
     """
-    from medcodec.datasets import load_manifest
+    from medcodec.training.datasets import load_manifest
 
     if group_by not in ("site", "modality"):
         raise ValueError(f"group_by must be 'site' or 'modality', got {group_by!r}")
@@ -212,7 +212,7 @@ def _split_z(array: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray
 
 def held_out_volumes(site: Site) -> list:
     """The site's held-back volumes as ``medcodec.Volume`` objects (original dtype and geometry)."""
-    from medcodec.io import read
+    from medcodec.files.images import read
     from medcodec.volume import Volume
 
     if site.held_out:
@@ -226,7 +226,7 @@ def held_out_volumes(site: Site) -> list:
 
 
 def load_site(site: Site, *, eval_crop: int) -> SiteData:
-    """Read and normalize a site's volumes (with ``medcodec.train.normalize``).
+    """Read and normalize a site's volumes (with ``medcodec.training.train.normalize``).
 
     Raises:
         medcodec.VolumeIOError: A volume cannot be read (the message names the site and file).
@@ -240,8 +240,8 @@ def load_site(site: Site, *, eval_crop: int) -> SiteData:
 
 
 def _load_site(site: Site, eval_crop: int) -> SiteData:
-    from medcodec.io import read
-    from medcodec.train import normalize
+    from medcodec.files.images import read
+    from medcodec.training.train import normalize
 
     from .evaluate import center_crop
 

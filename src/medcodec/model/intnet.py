@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .fixedpoint import GAIN_ONE, OUT_FRAC_BITS
+from ..format.fixedpoint import GAIN_ONE, OUT_FRAC_BITS
 from .network import pixel_shuffle3d
 
 __all__ = ["IntLayer", "IntSynthesis", "ACT_MAX", "SHIFT", "OUT_FRAC_BITS", "GAIN_ONE", "EXACT_LIMIT", "FIRST_GROUP"]

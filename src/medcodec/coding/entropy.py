@@ -28,7 +28,7 @@ import constriction
 import numpy as np
 import zstandard
 
-from .errors import CorruptStreamError, TruncatedStreamError
+from ..errors import CorruptStreamError, TruncatedStreamError
 
 __all__ = ["encode_groups", "decode_groups", "unzstd", "MAX_TABLE_WIDTH"]
 

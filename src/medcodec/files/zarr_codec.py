@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .codec import compress, decompress
-from .errors import InvalidInputError
+from ..codec import compress, decompress
+from ..errors import InvalidInputError
 
 __all__ = ["Medcodec", "MedcodecZarr", "CODEC_ID"]
 

@@ -24,7 +24,7 @@ constriction ANS stream per tile. docs/FORMAT.md, section 12, specifies it.
 
 Everything the decoder computes is integer arithmetic, so it decodes the same
 voxels on every machine. The numpy loops here (one wavefront per step) are the
-reference; :mod:`medcodec.wavefront` computes the same integers compiled, and is
+reference; :mod:`medcodec.coding.wavefront` computes the same integers compiled, and is
 used wherever numba imports (set ``MEDCODEC_NO_JIT`` to run the reference).
 """
 
@@ -38,9 +38,9 @@ import constriction
 import numpy as np
 import zstandard
 
+from ..errors import CorruptStreamError, TruncatedStreamError
 from . import symbols
 from .entropy import unzstd
-from .errors import CorruptStreamError, TruncatedStreamError
 
 __all__ = ["encode_tile", "decode_tile", "compiled", "tokens", "untokens", "N_BUCKETS", "MAX_Z_LEVELS"]
 

@@ -3,7 +3,7 @@
 This module knows bytes only, no pydicom (docs/DICOM.md specifies the layout): an archive
 holds, per series, one medcodec stream of the slices' pixel values, and, compressed together,
 every file's other bytes; files that are not coded as images are stored whole. Restoring a
-lossless archive needs nothing but this module and the codec; :mod:`medcodec.dicom` reads
+lossless archive needs nothing but this module and the codec; :mod:`medcodec.dicom.study` reads
 DICOM files to make archives and rewrites the files of a lossy series.
 """
 
@@ -20,9 +20,9 @@ from pathlib import PurePosixPath
 import numpy as np
 import zstandard
 
-from .container import read_header
-from .entropy import unzstd
-from .errors import ChecksumError, CorruptStreamError, InvalidInputError, TruncatedStreamError, UnsupportedVersionError
+from ..coding.entropy import unzstd
+from ..errors import ChecksumError, CorruptStreamError, InvalidInputError, TruncatedStreamError, UnsupportedVersionError
+from ..format.container import read_header
 
 __all__ = [
     "ARCHIVE_MAGIC", "ARCHIVE_VERSION", "ARCHIVE_SUFFIX", "ArchiveInfo", "SeriesInfo", "RestoredFile", "Series",
@@ -339,13 +339,13 @@ def restore_files(data: bytes, *, model: str | None = None) -> Iterator[Restored
 
     A file of a lossless series, and every stored file, is checked against its SHA-256.
     A file of a lossy series comes back with its decoded pixels in place of the original's
-    (its series is set on the result): :mod:`medcodec.dicom` rewrites its attributes.
+    (its series is set on the result): :mod:`medcodec.dicom.study` rewrites its attributes.
 
     Raises:
         TruncatedStreamError, CorruptStreamError, UnsupportedVersionError: The archive is damaged.
         ChecksumError: A restored file differs from the one packed.
     """
-    from .codec import decompress
+    from ..codec import decompress
 
     p = read_archive(data)
     images = [e for e in p.entries if e.series is not None]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import CorruptStreamError
+from ..errors import CorruptStreamError
 
 __all__ = ["BandCoder", "fit_weights", "N_FEATURES", "N_BUCKETS", "MAX_TOKENS", "N_SIGN_CONTEXTS"]
 

@@ -2,7 +2,7 @@
 
 Weights are scaled per output channel to integers (at most 127 in magnitude,
 and small enough that every float32 partial sum stays exact, see
-:mod:`medcodec.intnet`); activation scales come from the activations the float
+:mod:`medcodec.model.intnet`); activation scales come from the activations the float
 network produces on calibration data.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .intnet import ACT_MAX, EXACT_LIMIT, GAIN_ONE, OUT_FRAC_BITS, SHIFT
-from .models import save_model_file
-from .network import ARCHITECTURES, Autoencoder
+from ..model.files import save_model_file
+from ..model.intnet import ACT_MAX, EXACT_LIMIT, GAIN_ONE, OUT_FRAC_BITS, SHIFT
+from ..model.network import ARCHITECTURES, Autoencoder
 
 __all__ = ["export_model", "export_checkpoint", "calibrate"]
 
@@ -122,20 +122,20 @@ def calibration_patches(volumes: list[np.ndarray], count: int = 12, size: int = 
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, data: str | None = None) -> Path:
-    """Export a training checkpoint (see :mod:`medcodec.train`) using train-split calibration patches.
+    """Export a training checkpoint (see :mod:`medcodec.training.train`) using train-split calibration patches.
 
     Raises:
         CheckpointError: The checkpoint holds more than plain data (it is never unpickled
-            as objects) or is not one of :mod:`medcodec.train`'s.
+            as objects) or is not one of :mod:`medcodec.training.train`'s.
     """
+    from ..errors import CheckpointError
+    from ..files.images import read
     from .datasets import load_manifest
-    from .errors import CheckpointError
-    from .io import read
     from .train import load_checkpoint, normalize
 
     ckpt = load_checkpoint(checkpoint)
     if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("arch") not in ARCHITECTURES:
-        raise CheckpointError(f"{checkpoint}: not a medcodec.train checkpoint (no 'model' and known 'arch')")
+        raise CheckpointError(f"{checkpoint}: not a medcodec.training checkpoint (no 'model' and known 'arch')")
     model = Autoencoder(ARCHITECTURES[ckpt["arch"]])
     model.load_state_dict(ckpt["model"])
     entries = load_manifest(Path(data) if data else None, split="train")

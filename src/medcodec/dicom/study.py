@@ -1,27 +1,6 @@
-"""DICOM in, DICOM out: a study folder as one archive, and its files restored byte for byte.
+"""Reading DICOM files into an archive, and writing the files of a lossy series (pydicom).
 
-Quick start::
-
-    from medcodec import dicom
-    data = dicom.pack("study/")              # lossless: every file comes back as it was
-    dicom.unpack(data, "restored/")          # the same files, at the same relative paths
-    dicom.info(data)                         # series, file counts and sizes, no decoding
-    data = dicom.pack("study/", max_error=2) # lossy: new DICOM files on unpack (see below)
-
-Each file that holds one uncompressed monochrome frame (implicit or explicit VR little
-endian, 8 or 16 bits allocated, signed or not) is an *image*: its pixel bytes become a slice
-of its series' volume, coded by :func:`medcodec.compress`, and its other bytes (preamble, file
-meta, every element before and after Pixel Data, padding) are compressed together with the
-other images' in one zstandard frame. Every other file (not DICOM, damaged, compressed
-transfer syntaxes, colour, multi-frame, objects without pixels) is stored whole. The layout
-is in docs/DICOM.md; it needs pydicom (``pip install medcodec[dicom]``) to pack and to write
-lossy files, not to restore a lossless archive.
-
-With ``quality`` or ``max_error`` the pixels are coded within the mode's bound, and
-:func:`unpack` writes each image as a new DICOM file: the decoded pixels, Lossy Image
-Compression (0028,2110) "01", its ratio (0028,2112) and method (0028,2114) "MEDCODEC", and a
-new SOP Instance UID (also in the file meta), derived from the old one, so the output is
-deterministic. Everything else is kept.
+The layout of the archive itself is :mod:`medcodec.dicom.archive`; :mod:`medcodec.dicom` documents the API.
 """
 
 from __future__ import annotations
@@ -37,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import CorruptStreamError, InvalidInputError, MissingExtraError, OutputExistsError, VolumeIOError
+from ..files.atomic import write_atomic
+from ..volume import Volume
 from .archive import (
     ARCHIVE_SUFFIX,
     SAMPLE_TYPES,
@@ -49,9 +31,6 @@ from .archive import (
     restore_files,
     write_archive,
 )
-from .atomic import write_atomic
-from .errors import CorruptStreamError, InvalidInputError, MissingExtraError, OutputExistsError, VolumeIOError
-from .volume import Volume
 
 __all__ = ["pack", "pack_files", "unpack", "restore", "info", "is_archive", "ARCHIVE_SUFFIX", "LOSSY_METHOD"]
 
@@ -193,15 +172,15 @@ def pack_files(
         model: Model for the codec (see :func:`medcodec.compress`).
 
     Returns:
-        The archive (starts with :data:`medcodec.archive.ARCHIVE_MAGIC`).
+        The archive (starts with :data:`medcodec.dicom.archive.ARCHIVE_MAGIC`).
 
     Raises:
         InvalidInputError: No file, a path that is not relative or given twice, no file is
             DICOM, or bad options.
         MissingExtraError: pydicom is not installed.
     """
-    from .codec import _check_options, compress
-    from .codec import info as stream_info
+    from ..codec import _check_options, compress
+    from ..codec import info as stream_info
 
     _check_options(quality, max_error)
     # Pixels are integers: a bound below 1 keeps them exact, and the codec codes it as lossless.

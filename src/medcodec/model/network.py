@@ -3,7 +3,7 @@
 The analysis transform ``g_a`` maps a normalized volume (values in [-1, 1]) to
 latents at 1/8 resolution; the synthesis transform ``g_s`` maps them back.
 ``g_s`` is built only from convolutions, ReLUs and 3D pixel shuffles so that it
-can be converted to the integer-exact network of :mod:`medcodec.intnet`, which
+can be converted to the integer-exact network of :mod:`medcodec.model.intnet`, which
 is what decoding actually runs. The factorized entropy model supplies the rate
 term during training.
 """

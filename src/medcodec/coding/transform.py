@@ -1,10 +1,10 @@
 """The transform coder: lossy coding of integer tiles within a mean squared error.
 
 A tile, less the middle of the volume's range, goes through the reversible integer wavelet
-of :mod:`medcodec.lifting` (in-plane levels always, z levels where the slices are thin
+of :mod:`medcodec.coding.lifting` (in-plane levels always, z levels where the slices are thin
 enough to correlate). Each band's coefficients are quantized with a deadzone (the step is the
 tile's base step divided by the band's synthesis norm, so every band's error weighs the same
-in the voxels) and coded by :mod:`medcodec.coefficients`; the low band is coded by the
+in the voxels) and coded by :mod:`medcodec.coding.coefficients`; the low band is coded by the
 predictive coder, losslessly. The decoder dequantizes with integers only (each band's step
 and reconstruction offset are sent in fixed point) and inverts the lifting, so every machine
 decodes the same voxels.
@@ -25,10 +25,10 @@ import constriction
 import numpy as np
 import zstandard
 
+from ..errors import CorruptStreamError, TruncatedStreamError
 from . import coefficients as cf
 from . import lifting, symbols
 from .entropy import unzstd
-from .errors import CorruptStreamError, TruncatedStreamError
 from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
 

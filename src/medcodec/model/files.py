@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ModelError, ModelMismatchError, ModelNotFoundError
+from ..errors import ModelError, ModelMismatchError, ModelNotFoundError
 from .intnet import IntLayer, IntSynthesis
 from .network import Architecture, Autoencoder
 
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 MAGIC = b"MCWEIGHT"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
 #: Name of the shipped default model (architecture name; the file adds its hash).
 DEFAULT_MODEL = "mc3d-s"
 _DTYPES = {"<f4": np.float32, "<i4": np.int32, "<i8": np.int64}

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersionError
-from .volume import SUPPORTED_DTYPES, geometry_problem
+from ..errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersionError
+from ..volume import SUPPORTED_DTYPES, geometry_problem
 
 __all__ = [
     "MAGIC", "FORMAT_VERSION", "PALETTE_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "FLAG_PALETTE", "FLAG_TRANSFORM", "TRANSFORM_VERSION", "Header", "Chunk", "StreamInfo", "write_stream",

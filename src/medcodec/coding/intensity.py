@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixedpoint import OUT_FRAC_BITS
+from ..format.fixedpoint import OUT_FRAC_BITS
 
 __all__ = ["normalize", "to_voxels"]
 

@@ -1,6 +1,6 @@
 """Writing a file whole or not at all: through a temporary file in its folder, then a rename.
 
-Streams and volume files (the command line, :func:`medcodec.write`, :mod:`medcodec.large`)
+Streams and volume files (the command line, :func:`medcodec.write`, :mod:`medcodec.files.large`)
 go through :func:`write_atomic`, so an interruption or a failure never leaves a partial file
 under the final name, and an existing file is replaced only when asked.
 """
@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import MedcodecError, OutputExistsError, VolumeIOError
+from ..errors import MedcodecError, OutputExistsError, VolumeIOError
 
 __all__ = ["write_atomic"]
 

@@ -1,6 +1,6 @@
 """The transform coder's per-front loops, compiled with numba.
 
-:class:`medcodec.coefficients.BandCoder` holds the reference: numpy code that computes a
+:class:`medcodec.coding.coefficients.BandCoder` holds the reference: numpy code that computes a
 whole front's contexts per step. These kernels compute the same integers coefficient by
 coefficient (contexts, the order in which a front's symbols are read, magnitudes and
 signs), so the decoder reads the same symbols either way; the tests hold them to that.

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError, VolumeIOError
-from .volume import Volume, as_volume
+from ..errors import InvalidInputError, VolumeIOError
+from ..volume import Volume, as_volume
 
 __all__ = ["read", "write", "WRITE_SUFFIXES"]
 

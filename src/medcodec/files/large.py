@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_atomic
-from .codec import (
+from ..codec import (
     _PREDICTIVE,
     _WORKERS,
     _check_stored_digests,
@@ -32,10 +31,11 @@ from .codec import (
     _Scan,
     _tile_map,
 )
-from .container import END, Chunk, Header, chunk_bytes, header_block, scan_stream
-from .errors import CorruptStreamError, InvalidInputError, VolumeIOError
-from .predictive import compiled as predictive_compiled
-from .volume import Volume
+from ..coding.predictive import compiled as predictive_compiled
+from ..errors import CorruptStreamError, InvalidInputError, VolumeIOError
+from ..format.container import END, Chunk, Header, chunk_bytes, header_block, scan_stream
+from ..volume import Volume
+from .atomic import write_atomic
 
 __all__ = ["compress_file", "decompress_file", "readable", "FILE_SUFFIXES"]
 
@@ -102,7 +102,7 @@ def _open_source(path: Path) -> tuple[_Source, Volume]:
         raise InvalidInputError(f"{path.name!r}: volumes larger than memory are read from .nii (uncompressed) or .npy")
     import SimpleITK as sitk
 
-    from .io import file_metadata
+    from .images import file_metadata
 
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
@@ -149,7 +149,7 @@ def compress_file(source: str | os.PathLike, dest: str | os.PathLike, *, quality
     Returns:
         The stream's header.
     """
-    from .codec import _check_options
+    from ..codec import _check_options
 
     _check_options(quality, max_error)
     src, geometry = _open_source(Path(source))
@@ -229,13 +229,13 @@ def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model
         if meta is not None:
             f.seek(meta[0])
             metadata = _parse_metadata(f.read(meta[1]))
-    from .codec import tile_grid
+    from ..codec import tile_grid
 
     dtype = np.dtype(header.dtype)
     expected = _expected_path(header, dtype.kind != "f")
     cm = None
     if header.model_name:
-        from .models import model_for_stream
+        from ..model.files import model_for_stream
 
         cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
     grid = tile_grid(header.shape, header.tile)

@@ -1,6 +1,6 @@
 """The predictive coder's wavefront loops, compiled with numba.
 
-:mod:`medcodec.predictive` holds the reference: numpy code that computes a whole
+:mod:`medcodec.coding.predictive` holds the reference: numpy code that computes a whole
 wavefront per step. These kernels compute the same integers voxel by voxel
 (prediction, coding context, quantization, tokens), so a stream coded by either
 decodes the same with either; the tests hold them to that. Everything here is

@@ -1,6 +1,6 @@
 """Fixed-point scales shared by the integer decoder network, the intensity map and the codec.
 
-They live apart from :mod:`medcodec.intnet` so that paths without a network (the predictive
+They live apart from :mod:`medcodec.model.intnet` so that paths without a network (the predictive
 coder, raw floats, ``info``) never import torch.
 """
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 __all__ = ["DataEntry", "find_data_dir", "load_manifest"]
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @dataclass(frozen=True)

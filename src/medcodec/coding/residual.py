@@ -31,8 +31,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ..errors import CorruptStreamError, TruncatedStreamError
 from .entropy import decode_groups, encode_groups
-from .errors import CorruptStreamError, TruncatedStreamError
 
 __all__ = ["LEVELS", "WEIGHTS", "buckets_for", "encode_residual", "decode_residual", "quantize", "dequantize"]
 

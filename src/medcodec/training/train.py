@@ -2,11 +2,11 @@
 
 Usage::
 
-    python -m medcodec.train --out runs/mc3d-s --steps 20000      # starts or resumes
-    python -m medcodec.train --out runs/mc3d-s --export weights/    # writes the integer model file
+    python -m medcodec.training --out runs/mc3d-s --steps 20000      # starts or resumes
+    python -m medcodec.training --out runs/mc3d-s --export weights/    # writes the integer model file
 
 Training draws random patches from the ``train`` split of the data folder
-(:func:`medcodec.datasets.find_data_dir`), normalized per volume to [-1, 1] by
+(:func:`medcodec.training.datasets.find_data_dir`), normalized per volume to [-1, 1] by
 its min and max, with a random latent gain per patch so that one model serves
 every quality. A checkpoint is written every ``--ckpt-every`` steps; running
 the same command again continues from it.
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import intensity
+from ..coding import intensity
+from ..errors import CheckpointError
+from ..model.network import ARCHITECTURES, Autoencoder
 from .datasets import find_data_dir, load_manifest
-from .errors import CheckpointError
-from .network import ARCHITECTURES, Autoencoder
 
 __all__ = ["PatchSampler", "load_checkpoint", "rd_loss", "train", "main"]
 
@@ -148,7 +148,7 @@ def train(args: argparse.Namespace) -> Path:
         print(f"resumed from step {step} ({elapsed / 3600:.2f} h so far)", flush=True)
     data_dir = Path(args.data) if args.data else find_data_dir()
     entries = load_manifest(data_dir, split="train")
-    from .io import read
+    from ..files.images import read
 
     volumes = [normalize(read(e.path).array) for e in entries]
     sampler = PatchSampler(volumes, args.patch, args.seed)
@@ -195,7 +195,7 @@ def _save(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, step: int,
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m medcodec.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medcodec.training", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl)")
     p.add_argument("--data", help="data folder with manifest.json (default: MEDCODEC_DATA or ../shared/data)")
     p.add_argument("--arch", default="mc3d-s", choices=sorted(ARCHITECTURES))
