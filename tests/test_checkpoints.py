@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,10 +49,10 @@ def test_load_checkpoint_refuses_a_file_whose_unpickling_runs_code(tmp_path):
 
 
 def test_the_training_script_does_not_resume_from_a_hostile_checkpoint(tmp_path):
-    from medcodec.training.train import train
+    from medcodec.training.train import TrainConfig, train
 
     path, marker = _hostile(tmp_path, "checkpoint.pt")
-    args = argparse.Namespace(out=str(tmp_path), arch="mc3d-xs", seed=0, lr=1e-4, threads=1, data=None)
+    args = TrainConfig(out=str(tmp_path), arch="mc3d-xs", seed=0, lr=1e-4, threads=1)
     with pytest.raises(CheckpointError) as excinfo:
         train(args)
     _refused(excinfo, path, marker)
@@ -79,13 +78,13 @@ def test_a_federated_init_checkpoint_that_runs_code_is_refused(tmp_path):
 
 
 def test_the_checkpoints_training_writes_still_load_and_seed_a_federated_run(tmp_path):
-    from medcodec.training.train import _save, load_checkpoint, make_optimizer
+    from medcodec.training.train import TrainConfig, _save, load_checkpoint, make_optimizer
     from medcodec_fed.config import RunConfig
     from medcodec_fed.server import initial_parameters
 
     model = Autoencoder(ARCHITECTURES["mc3d-xs"])
     opt = make_optimizer(model, 1e-3)
-    args = argparse.Namespace(out=str(tmp_path), arch="mc3d-xs", steps=10, lr=1e-3, export=None, data=None)
+    args = TrainConfig(out=str(tmp_path), arch="mc3d-xs", steps=10, lr=1e-3)
     _save(tmp_path / "checkpoint.pt", model, opt, 3, 1.5, args)
     blob = load_checkpoint(tmp_path / "checkpoint.pt")
     assert blob["step"] == 3 and blob["config"]["lr"] == 1e-3 and blob["arch"] == "mc3d-xs"

@@ -190,6 +190,16 @@ def test_keyboard_interrupt_exits_130(
     assert capsys.readouterr().err.strip() == "medcodec: error: interrupted"
 
 
+def test_every_error_class_has_a_documented_exit_code_and_help_lists_them_all() -> None:
+    from medcodec import errors
+
+    classes = [getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)]
+    assert {c.exit_code for c in classes} <= set(errors.EXIT_CODES)
+    lines = run_cli("--help").stdout.split("exit codes:")[1].splitlines()
+    listed = {int(line.split()[0]) for line in lines if line.strip()[:1].isdigit()}
+    assert listed == set(errors.EXIT_CODES)
+
+
 # --------------------------------------------------------------------------- subprocess
 
 

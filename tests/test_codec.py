@@ -246,6 +246,7 @@ def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
 
     from medcodec import codec as codec_module
     from medcodec.format.container import Chunk, read_stream, write_stream
+    from medcodec.format.tile import TilePath, read_sections
 
     header, chunks = read_stream(medcodec.compress(_few_values(np.float32), max_error=0))
     tile = chunks[-1].payload
@@ -254,7 +255,7 @@ def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
     swapped = zstandard.ZstdCompressor().compress(values[::-1].tobytes())
     bad = tile[:8] + np.uint32(len(swapped)).tobytes() + swapped + tile[12 + n :]
     with pytest.raises(medcodec.CorruptStreamError, match="palette"):
-        codec_module._decode_palette(codec_module._split_sections(bad[8:], 2)[0], (9, 30, 26), np.dtype(np.float32))
+        codec_module._decode_palette(read_sections(bad, TilePath.PALETTE)[0], (9, 30, 26), np.dtype(np.float32))
     data = bytearray(write_stream(header, [Chunk(c.kind, c.payload) for c in chunks]))
     data[8:10] = np.uint16(2).tobytes()  # the prelude's major version, header CRC left as it was computed
     import struct

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, MedcodecError
+from .files.images import VOLUME_SUFFIXES
+from .format.container import STREAM_SUFFIX
 
 __all__ = ["Job", "find_inputs", "plan_jobs", "run_jobs"]
 
 #: Endings of the volume files a folder walk picks up for compress.
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-STREAM_SUFFIX = ".mcz"
 
 
 @dataclass(frozen=True)

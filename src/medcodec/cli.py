@@ -15,24 +15,8 @@ Usage::
 Outputs are written atomically (a temporary file in the destination folder,
 then a rename) and an existing file is never replaced without ``--force``.
 Progress goes to stderr, the one-line summary to stdout; ``-q`` silences both.
-An error prints one line, ``medcodec: error: <message>``, and exits with:
-
-====  ===================================================================
-code  meaning
-====  ===================================================================
-0     success
-1     unexpected internal error
-2     invalid input or options (usage error, unsupported dtype, ...)
-3     truncated stream
-4     corrupt stream or checksum mismatch
-5     unsupported format version
-6     model not found
-7     model mismatch (same name, different SHA-256)
-8     volume or file I/O error (missing input, unreadable, unwritable)
-9     output exists (use --force)
-130   interrupted (Ctrl-C)
-====  ===================================================================
-
+An error prints one line, ``medcodec: error: <message>``, and exits with the code of its
+class (:data:`medcodec.errors.EXIT_CODES`, which ``medcodec --help`` prints).
 Set ``MEDCODEC_DEBUG=1`` to get the full traceback instead of the one line.
 """
 
@@ -50,39 +34,25 @@ from typing import TYPE_CHECKING, Any
 
 # Only light modules at import time: ``medcodec --help`` must not wait for torch or SimpleITK.
 from . import __version__
-from .errors import InvalidInputError, MedcodecError, OutputExistsError, VolumeIOError
+from .dicom.archive import ARCHIVE_SUFFIX
+from .errors import EXIT_CODES, InvalidInputError, MedcodecError, OutputExistsError, VolumeIOError
 from .files.atomic import write_atomic
+from .files.images import DETACHED_SUFFIXES, VOLUME_SUFFIXES, volume_suffix
+from .format.container import STREAM_SUFFIX
 
 if TYPE_CHECKING:
     from .volume import Volume
 
 __all__ = ["main", "build_parser", "default_compress_output", "default_decompress_output"]
 
-#: Extension of compressed streams (a DICOM archive is ``.mcd``, medcodec.dicom.archive.ARCHIVE_SUFFIX).
-STREAM_SUFFIX = ".mcz"
-ARCHIVE_SUFFIX = ".mcd"
+#: Input endings replaced by ``.mcz`` when naming a default output (longest first): the volume
+#: formats and a DICOM file.
+_NAMED_SUFFIXES = (*VOLUME_SUFFIXES, ".dcm")
 
-#: Volume file endings replaced by ``.mcz`` when naming a default output (longest first).
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-#: Formats that write a second data file next to the header, so cannot be renamed into place.
-_DETACHED_SUFFIXES = (".nhdr", ".mhd")
-
-_EXIT_CODES = """\
-exit codes:
-  0    success
-  1    unexpected internal error
-  2    invalid input or options
-  3    truncated stream
-  4    corrupt stream or checksum mismatch
-  5    unsupported format version
-  6    model not found
-  7    model mismatch (same name, different SHA-256)
-  8    volume or file I/O error
-  9    output exists (use --force)
-  130  interrupted
-
-Set MEDCODEC_DEBUG=1 to see the traceback of an error."""
+_EXIT_CODES = "\n".join(
+    ["exit codes:", *(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()), "",
+     "Set MEDCODEC_DEBUG=1 to see the traceback of an error."]
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- paths
@@ -112,7 +82,7 @@ def default_compress_output(source: str | os.PathLike) -> Path:
         path = path.resolve()
     if path.is_dir():
         return path.with_name(path.name + STREAM_SUFFIX)
-    stem = _strip_suffix(path.name, VOLUME_SUFFIXES)
+    stem = _strip_suffix(path.name, _NAMED_SUFFIXES)
     if stem is None:
         # Unknown ending: drop it (scan.img -> scan.mcz) unless that would name the input itself.
         stem = path.stem if path.suffix.lower() not in ("", STREAM_SUFFIX) else path.name
@@ -148,9 +118,7 @@ def default_decompress_output(source: str | os.PathLike) -> Path:
 def _beside_if_taken(default: Path, *, force: bool) -> Path:
     """A default volume name that is taken (usually by the file the stream was made from)
     gives way to ``NAME.decoded.nii.gz`` beside it, unless ``force`` asks to replace it."""
-    from .files.images import WRITE_SUFFIXES
-
-    suffix = next((x for x in WRITE_SUFFIXES if default.name.endswith(x)), None)
+    suffix = next((x for x in VOLUME_SUFFIXES if default.name.endswith(x)), None)
     if not force and default.exists() and suffix:
         return default.with_name(default.name[: -len(suffix)] + ".decoded" + suffix)
     return default
@@ -390,7 +358,6 @@ def _fmt_floats(values: Sequence[float], sep: str = " x ") -> str:
 
 def _cmd_compress(args: argparse.Namespace) -> int:
     from . import compress, info, read  # heavy: numpy, SimpleITK, torch
-    from .files.images import WRITE_SUFFIXES
 
     start = time.perf_counter()
     source = Path(args.input)
@@ -400,7 +367,7 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     to_stdout = args.output == "-"
     dest = Path("-") if to_stdout else _resolve_output(args.output, default_compress_output(source))
     if not to_stdout:
-        if dest.name.lower().endswith(WRITE_SUFFIXES):
+        if dest.name.lower().endswith(VOLUME_SUFFIXES):
             raise InvalidInputError(
                 f"{dest.name!r} names a volume file; a compressed stream is written as {STREAM_SUFFIX}"
             )
@@ -498,7 +465,6 @@ def _compress_large(args, source: Path, dest: Path, max_error, keep, start: floa
 
 def _cmd_decompress(args: argparse.Namespace) -> int:
     from . import decompress, write  # heavy: numpy, SimpleITK, torch
-    from .files.images import WRITE_SUFFIXES
 
     start = time.perf_counter()
     source = Path(args.input)
@@ -517,9 +483,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     dest = _resolve_output(args.output, default)
     if args.output is None or Path(args.output).is_dir():
         dest = _beside_if_taken(dest, force=args.force)
-    suffix = next((s for s in WRITE_SUFFIXES if dest.name.lower().endswith(s)), None)
-    if suffix is None:  # checked before decoding, which can take a while
-        raise InvalidInputError(f"cannot tell the format of {dest.name!r}; use one of {', '.join(WRITE_SUFFIXES)}")
+    suffix = volume_suffix(dest.name)  # checked before decoding, which can take a while
     _check_output(dest, source, force=args.force)
 
     if (
@@ -568,7 +532,7 @@ def _print_json(record: dict[str, Any], *, to_stderr: bool = False) -> None:
 
 
 def _write_volume(volume: Volume, dest: Path, suffix: str, *, force: bool, write: Callable[..., None]) -> None:
-    if suffix in _DETACHED_SUFFIXES:
+    if suffix in DETACHED_SUFFIXES:
         # The header names its data file, so it cannot be written under a temporary name.
         if dest.exists() and not force:
             raise OutputExistsError(f"{dest} exists; use --force to overwrite it")
@@ -699,7 +663,6 @@ def _none_or(value: object) -> str:
 def _compress_study(args: argparse.Namespace, source: Path, start: float) -> int:
     """``compress STUDY_DIR``: every file below the folder into one archive (medcodec.dicom)."""
     from .dicom.study import info, pack
-    from .files.images import WRITE_SUFFIXES
 
     if args.strip_metadata or args.anonymize:
         raise InvalidInputError(
@@ -709,7 +672,7 @@ def _compress_study(args: argparse.Namespace, source: Path, start: float) -> int
     to_stdout = args.output == "-"
     dest = Path("-") if to_stdout else _resolve_output(args.output, default_archive_output(source))
     if not to_stdout:
-        if dest.name.lower().endswith(WRITE_SUFFIXES):
+        if dest.name.lower().endswith(VOLUME_SUFFIXES):
             raise InvalidInputError(
                 f"{dest.name!r} names a volume file; a DICOM archive is written as {ARCHIVE_SUFFIX}"
             )

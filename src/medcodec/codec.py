@@ -27,7 +27,6 @@ import math
 import numbers
 import os
 import re
-import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from .errors import (
     CorruptStreamError,
     InvalidInputError,
     MedcodecError,
-    TruncatedStreamError,
     UnsupportedVersionError,
 )
 from .format.container import (
@@ -66,6 +64,7 @@ from .format.container import (
     write_stream,
 )
 from .format.fixedpoint import GAIN_ONE
+from .format.tile import DIGEST_BYTES, TilePath, pack_tile, read_head, read_sections
 from .format.tiling import DEFAULT_TILE, pad_edge, tile_grid
 from .volume import Volume, as_volume
 
@@ -80,7 +79,6 @@ DEFAULT_QUALITY = 40
 #: bits than they save in the residual layer (measured on the test split, benchmarks/RESULTS.md).
 PREDICTOR_QUALITY = 25
 
-_LEARNED_INT, _RAW, _LEARNED_FLOAT, _PREDICTIVE, _PALETTE, _TRANSFORM = 0, 1, 2, 3, 4, 5
 #: A lossless fractional-float volume with at most this many distinct values (bit patterns)
 #: is coded as a palette and the indices of its voxels (path 4, format 3.0).
 PALETTE_LIMIT = 1 << 16
@@ -89,7 +87,6 @@ PALETTE_LIMIT = 1 << 16
 BOTH_CODERS_BOUND = 3
 #: The transform's z levels where a tile's slices correlate (chosen per tile against none).
 Z_LEVELS = 2
-_TILE_HEAD = struct.Struct("<IBBBB")
 Progress = Callable[[int, int], None]
 #: Threads that encode numpy-only tiles at once.
 _WORKERS = min(2, os.cpu_count() or 1)
@@ -121,7 +118,7 @@ class _Plan:
 
     dtype: np.dtype
     mode: str
-    d: float  # the bound; for integer arithmetic its floor is used
+    bound: float  # the error bound; for integer arithmetic its floor is used
     integer: bool  # integer arithmetic (integer dtypes, or floats holding only integers)
     raw: bool  # lossless floats with fractional values
     lo: float
@@ -284,7 +281,7 @@ class _Coding:
     dtype: np.dtype
     quality: int | None
     plan: _Plan
-    cm: CodecModel | None
+    codec_model: CodecModel | None
     grid: list
     digests: list[bytes]
 
@@ -292,14 +289,16 @@ class _Coding:
     def start(cls, vol: Volume, shape, dtype, scan: _Scan, quality, max_error, model) -> _Coding:
         plan = _plan(np.dtype(dtype), scan, quality, max_error)
         # Only float arithmetic runs the network; a model the caller names is checked all the same.
-        cm = None
+        codec_model = None
         network = not (plan.raw or plan.integer)
         if network or model is not None:
             from .model.files import load_model  # imports torch
 
             loaded = load_model(model)
-            cm = loaded if network else None
-        return cls(vol, tuple(shape), np.dtype(dtype), quality, plan, cm, tile_grid(tuple(shape), DEFAULT_TILE), [])
+            codec_model = loaded if network else None
+        return cls(
+            vol, tuple(shape), np.dtype(dtype), quality, plan, codec_model, tile_grid(tuple(shape), DEFAULT_TILE), []
+        )
 
     def leading_chunks(self) -> list[Chunk]:
         if not self.vol.metadata:
@@ -315,12 +314,14 @@ class _Coding:
 
     def tiles(self, voxels: Callable[[tuple[slice, ...]], np.ndarray], progress: Progress | None) -> Iterator[bytes]:
         """Each tile's payload in order; ``voxels(tile)`` gives a tile's voxels."""
-        grid, plan, cm = self.grid, self.plan, self.cm
+        grid, plan, codec_model = self.grid, self.plan, self.codec_model
         budgets: list[tuple[float, int] | None] = [None] * len(grid)
         if plan.mse:
             plan, budgets = _transform_budgets(plan, grid, voxels)
         encoded = _tile_map(
-            lambda i: _encode_tile(i, voxels(grid[i]), plan, cm, budgets[i]), range(len(grid)), parallel=cm is None
+            lambda i: _encode_tile(i, voxels(grid[i]), plan, codec_model, budgets[i]),
+            range(len(grid)),
+            parallel=codec_model is None,
         )
         for i, (payload, digest) in enumerate(encoded):
             self.digests.append(digest)
@@ -329,13 +330,13 @@ class _Coding:
             yield payload
 
     def header(self) -> Header:
-        plan, cm, vol, quality = self.plan, self.cm, self.vol, self.quality
+        plan, codec_model, vol, quality = self.plan, self.codec_model, self.vol, self.quality
         return Header(
             dtype=str(self.dtype), mode=plan.mode,
             quality=quality if quality is not None else (DEFAULT_QUALITY if plan.mode == "lossy" else 0),
             shape=self.shape, spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
-            max_error=plan.d, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(self.grid),
-            model_name=cm.name if cm else "", model_sha256=bytes.fromhex(cm.sha256) if cm else bytes(32),
+            max_error=plan.bound, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(self.grid),
+            model_name=codec_model.name if codec_model else "", model_sha256=bytes.fromhex(codec_model.sha256) if codec_model else bytes(32),
             voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
             flags=(FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0)
             | (FLAG_PALETTE if plan.palette else 0)
@@ -370,12 +371,8 @@ def _transform_budgets(plan: _Plan, grid: list, voxels) -> tuple[_Plan, list[tup
     return dataclasses.replace(plan, base=base), [(s, a.z_levels) for s, a in zip(shares, analyses)]
 
 
-def _section(data: bytes) -> bytes:
-    return struct.pack("<I", len(data)) + data
-
-
 def _encode_tile(
-    index: int, x: np.ndarray, plan: _Plan, cm: CodecModel | None, budget: tuple[float, int] | None = None
+    index: int, x: np.ndarray, plan: _Plan, codec_model: CodecModel | None, budget: tuple[float, int] | None = None
 ) -> tuple[bytes, bytes]:
     if plan.palette:
         # The tile's distinct values in the order of their values, then each voxel's index into
@@ -387,49 +384,49 @@ def _encode_tile(
         section, _ = encode_predictive(idx.reshape(x.shape).astype(np.int64), 0, 0, int(table.size) - 1)
         palette = zstandard.ZstdCompressor(level=19).compress(values.astype(f"<u{width}").tobytes())
         digest = _digest(x)
-        return _TILE_HEAD.pack(index, _PALETTE, 0, 0, 0) + _section(palette) + _section(section) + digest, digest
+        return pack_tile(index, TilePath.PALETTE, [palette, section], digest), digest
     if plan.raw:
         body = zstandard.ZstdCompressor(level=9).compress(_shuffle(x))
         digest = _digest(x)
-        return _TILE_HEAD.pack(index, _RAW, 0, 0, 0) + _section(body) + digest, digest
+        return pack_tile(index, TilePath.RAW, [body], digest), digest
     if plan.integer:
-        path, section, recon = _PREDICTIVE, None, None
-        d = int(plan.d)
+        path, section, recon = TilePath.PREDICTIVE, None, None
+        d = int(plan.bound)
         if budget is not None:
             budget, z_levels = budget
             lo, hi = int(plan.lo), int(plan.hi)
             coded = code_transform(x, lo, hi, z_levels, plan.base, budget)
             if coded is not None:
-                path, (section, recon) = _TRANSFORM, coded
+                path, (section, recon) = TilePath.TRANSFORM, coded
             # The predictive coder keeps the tile's share with every voxel within d: d * d * voxels <= share.
             d = min(d, math.isqrt(int(budget // x.size)))
         if section is None or d <= BOTH_CODERS_BOUND:
             other, other_recon = encode_predictive(x, d, int(plan.lo), int(plan.hi))
             if section is None or len(other) < len(section):
-                path, section, recon = _PREDICTIVE, other, other_recon
+                path, section, recon = TilePath.PREDICTIVE, other, other_recon
         digest = _digest(recon.astype(plan.dtype))
-        return _TILE_HEAD.pack(index, path, 0, 0, 0) + _section(section) + digest, digest
-    assert cm is not None
-    xp = pad_edge(normalize(x, plan.lo, plan.hi), 8)
+        return pack_tile(index, path, [section], digest), digest
+    assert codec_model is not None
+    normalized_tile = pad_edge(normalize(x, plan.lo, plan.hi), 8)
     import torch
 
     with torch.no_grad():
-        y = cm.analysis(torch.from_numpy(np.ascontiguousarray(xp))[None, None])[0].numpy()
-    _, _, bound = cm.synthesis.first_layer_params(plan.gain_num)
+        y = codec_model.analysis(torch.from_numpy(np.ascontiguousarray(normalized_tile))[None, None])[0].numpy()
+    _, _, bound = codec_model.synthesis.first_layer_params(plan.gain_num)
     y_hat = np.clip(np.round(y.astype(np.float64) * (plan.gain_num / GAIN_ONE)), -bound, bound).astype(np.int64)
     latents = encode_groups(y_hat, _channel_groups(y_hat.shape), y_hat.shape[0])
-    o = cm.synthesis(y_hat, plan.gain_num)[: x.shape[0], : x.shape[1], : x.shape[2]]
+    o = codec_model.synthesis(y_hat, plan.gain_num)[: x.shape[0], : x.shape[1], : x.shape[2]]
     pred = to_voxels(o, plan.lo, plan.hi, plan.integer)
     exceptions = b""
     n_buckets = buckets_for(o.size)
-    residual, recon = encode_residual(x, pred, o, plan.d, plan.integer, plan.lo, plan.hi, n_buckets)
+    residual, recon = encode_residual(x, pred, o, plan.bound, plan.integer, plan.lo, plan.hi, n_buckets)
     recon = recon.astype(plan.dtype)
     if not plan.integer:
-        recon, exceptions = _float_exceptions(x, recon, plan.d)
-    path = _LEARNED_INT if plan.integer else _LEARNED_FLOAT
+        recon, exceptions = _float_exceptions(x, recon, plan.bound)
+    path = TilePath.LEARNED_INT if plan.integer else TilePath.LEARNED_FLOAT
     digest = _digest(recon)
-    sections = b"".join(_section(s) for s in (latents, residual, exceptions))
-    return _TILE_HEAD.pack(index, path, LEVELS, n_buckets, 0) + sections + digest, digest
+    sections = [latents, residual, exceptions]
+    return pack_tile(index, path, sections, digest, levels=LEVELS, n_buckets=n_buckets), digest
 
 
 def _float_exceptions(x: np.ndarray, recon: np.ndarray, d: float) -> tuple[np.ndarray, bytes]:
@@ -505,22 +502,22 @@ def decompress(
     metadata = _metadata(chunks)
     dtype = np.dtype(header.dtype)
     integer = dtype.kind != "f"
-    cm: CodecModel | None = None
+    codec_model: CodecModel | None = None
     expected = _expected_path(header, integer)
-    learned = expected in (_LEARNED_INT, _LEARNED_FLOAT)
+    learned = expected in (TilePath.LEARNED_INT, TilePath.LEARNED_FLOAT)
     if learned:
         from .model.files import model_for_stream
 
-        cm = model_for_stream(header.model_name, header.model_sha256.hex(), model, model_dirs)
+        codec_model = model_for_stream(header.model_name, header.model_sha256.hex(), model, model_dirs)
 
     def decode_one(i: int) -> tuple[np.ndarray, bytes]:
-        return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, cm)
+        return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, codec_model)
 
     box = _region(region, header.shape)
     wanted = [i for i, t in enumerate(tiles) if all(s.start < b.stop and b.start < s.stop for s, b in zip(t, box))]
     if len(wanted) < len(tiles):
         # The tiles left out are never decoded: their stored checksums stand in for them.
-        _check_stored_digests([c.payload[-32:] for c in tile_chunks], header)
+        _check_stored_digests([c.payload[-DIGEST_BYTES:] for c in tile_chunks], header)
     shape = tuple(b.stop - b.start for b in box)
     try:
         out = np.empty(shape, dtype=dtype)
@@ -529,7 +526,7 @@ def decompress(
     digests = []
     # Predictive tiles decode on two threads where their loops are compiled (and release the
     # GIL); numpy's per-wavefront calls hold it, and a second thread only slows them.
-    parallel = expected == _PREDICTIVE and predictive_compiled()
+    parallel = expected == TilePath.PREDICTIVE and predictive_compiled()
     for n, (recon, digest) in enumerate(_tile_map(lambda k: decode_one(wanted[k]), range(len(wanted)), parallel)):
         t = tiles[wanted[n]]
         src = tuple(slice(max(s.start, b.start) - s.start, min(s.stop, b.stop) - s.start) for s, b in zip(t, box))
@@ -596,7 +593,7 @@ def _tile_map(fn: Callable[[int], Any], indices: range, parallel: bool) -> Itera
 
 
 def _decode_tile(
-    i: int, tile, payload: bytes, header: Header, expected: int, cm: CodecModel | None
+    i: int, tile, payload: bytes, header: Header, expected: int, codec_model: CodecModel | None
 ) -> tuple[np.ndarray, bytes]:
     """Validate and decode tile chunk ``i``; returns its voxels and checksum.
 
@@ -605,29 +602,29 @@ def _decode_tile(
     """
     dtype = np.dtype(header.dtype)
     shape = tuple(s.stop - s.start for s in tile)
-    try:
-        index, path, levels, n_buckets, reserved = _TILE_HEAD.unpack_from(payload)
-    except struct.error:
-        raise CorruptStreamError("tile chunk is too short") from None
-    transform = path == _TRANSFORM and expected == _PREDICTIVE and header.flags & FLAG_TRANSFORM
+    head = read_head(payload)
+    index, path, levels, n_buckets, reserved = head.index, head.path, head.levels, head.n_buckets, head.reserved
+    transform = path == TilePath.TRANSFORM and expected == TilePath.PREDICTIVE and header.flags & FLAG_TRANSFORM
     if index != i or reserved or (path != expected and not transform):
         raise CorruptStreamError(f"tile chunk {i} has a bad index, path or reserved field")
-    learned = path in (_LEARNED_INT, _LEARNED_FLOAT)
+    learned = path in (TilePath.LEARNED_INT, TilePath.LEARNED_FLOAT)
     if learned == (levels == 0 and n_buckets == 0) or levels > 8:
         raise CorruptStreamError(f"tile chunk {i} has invalid residual layer fields")
-    sections, digest = _split_sections(payload[_TILE_HEAD.size :], 3 if learned else 2 if path == _PALETTE else 1)
+    sections, digest = read_sections(payload, path)
     try:
-        if path == _RAW:
+        if path == TilePath.RAW:
             recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
-        elif path == _PALETTE:
+        elif path == TilePath.PALETTE:
             recon = _decode_palette(sections, shape, dtype)
-        elif path == _PREDICTIVE:
+        elif path == TilePath.PREDICTIVE:
             lo, hi = int(header.lo), int(header.hi)
             recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
-        elif path == _TRANSFORM:
+        elif path == TilePath.TRANSFORM:
             recon = decode_transform(sections[0], shape, int(header.lo), int(header.hi)).astype(dtype)
         else:
-            recon = _decode_learned(header, cm, shape, path == _LEARNED_INT, levels, n_buckets, sections)
+            recon = _decode_learned(
+                header, codec_model, shape, path == TilePath.LEARNED_INT, levels, n_buckets, sections
+            )
             recon = recon.astype(dtype)
     except MedcodecError:
         raise
@@ -639,16 +636,16 @@ def _decode_tile(
 
 
 def _decode_learned(
-    header: Header, cm: CodecModel, shape, integer: bool, levels: int, n_buckets: int, sections
+    header: Header, codec_model: CodecModel, shape, integer: bool, levels: int, n_buckets: int, sections
 ) -> np.ndarray:
     latents, residual, exceptions = sections
-    c = cm.synthesis.latent_channels
+    c = codec_model.synthesis.latent_channels
     lat_shape = (c, *(-(-s // 8) for s in shape))
     y_hat = decode_groups(latents, _channel_groups(lat_shape), c)
-    _, _, bound = cm.synthesis.first_layer_params(header.gain_num)
+    _, _, bound = codec_model.synthesis.first_layer_params(header.gain_num)
     if y_hat.size and int(np.abs(y_hat).max()) > bound:
         raise CorruptStreamError("latent values outside the model's exact range")
-    o = cm.synthesis(y_hat, header.gain_num)[: shape[0], : shape[1], : shape[2]]
+    o = codec_model.synthesis(y_hat, header.gain_num)[: shape[0], : shape[1], : shape[2]]
     pred = to_voxels(o, header.lo, header.hi, integer)
     if not 1 <= n_buckets <= 64:
         raise CorruptStreamError("tile has an invalid context count")
@@ -669,7 +666,7 @@ def _decode_learned(
     return recon
 
 
-def _expected_path(header: Header, integer_dtype: bool) -> int:
+def _expected_path(header: Header, integer_dtype: bool) -> TilePath:
     """The tile path a valid stream uses, given its header (all tiles of a stream share it).
 
     Raises:
@@ -679,14 +676,14 @@ def _expected_path(header: Header, integer_dtype: bool) -> int:
         # Integer arithmetic: the predictive path names no model (format 1 streams used the learned one).
         if header.model_name == "" and header.max_error > max(1.0, header.hi - header.lo):
             raise CorruptStreamError("header bound exceeds the intensity span of a predictive stream")
-        return _PREDICTIVE if header.model_name == "" else _LEARNED_INT
+        return TilePath.PREDICTIVE if header.model_name == "" else TilePath.LEARNED_INT
     if header.flags & FLAG_PALETTE:
-        return _PALETTE  # the header's own rules tie it to lossless fractional floats
+        return TilePath.PALETTE  # the header's own rules tie it to lossless fractional floats
     if header.mode == "lossless" and header.model_name == "":
-        return _RAW
+        return TilePath.RAW
     if header.model_name == "":
         raise CorruptStreamError("float stream in a lossy mode names no model")
-    return _LEARNED_FLOAT
+    return TilePath.LEARNED_FLOAT
 
 
 def _decode_palette(sections: list[bytes], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -701,21 +698,6 @@ def _decode_palette(sections: list[bytes], shape: tuple[int, ...], dtype: np.dty
     # The indices are clamped to the palette by the predictive coder's own bounds (lo 0, hi n - 1).
     idx = decode_predictive(sections[1], shape, 0, 0, int(values.size) - 1)
     return values.astype(f"u{width}")[idx].view(dtype).reshape(shape)
-
-
-def _split_sections(body: bytes, count: int) -> tuple[list[bytes], bytes]:
-    sections, pos = [], 0
-    for _ in range(count):
-        if pos + 4 > len(body):
-            raise TruncatedStreamError("tile chunk ends inside a section header")
-        (n,) = struct.unpack_from("<I", body, pos)
-        if pos + 4 + n > len(body):
-            raise TruncatedStreamError("tile section runs past its chunk")
-        sections.append(body[pos + 4 : pos + 4 + n])
-        pos += 4 + n
-    if len(body) - pos != 32:
-        raise CorruptStreamError("tile chunk has a malformed checksum field")
-    return sections, body[pos:]
 
 
 def _metadata(chunks: list[Chunk]) -> dict:

@@ -3,12 +3,13 @@
 Every error medcodec raises on purpose derives from :class:`MedcodecError`, and
 also from the builtin a caller would naturally catch (``ValueError`` for a bad
 stream or argument, ``LookupError`` for a missing model, ``OSError`` for I/O).
-Each class carries the exit code the command-line tool uses for it.
+Each class carries the exit code the command-line tool uses for it (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_CODES",
     "MedcodecError",
     "InvalidInputError",
     "StreamError",
@@ -24,6 +25,22 @@ __all__ = [
     "OutputExistsError",
     "MissingExtraError",
 ]
+
+
+#: The command line's exit codes and what each means (``medcodec --help`` prints this table).
+EXIT_CODES = {
+    0: "success",
+    1: "unexpected internal error",
+    2: "invalid input or options (usage error, unsupported dtype, ...)",
+    3: "truncated stream",
+    4: "corrupt stream or checksum mismatch",
+    5: "unsupported format version",
+    6: "model not found",
+    7: "model mismatch (same name, different SHA-256)",
+    8: "volume or file I/O error (missing input, unreadable, unwritable)",
+    9: "output exists (use --force)",
+    130: "interrupted (Ctrl-C)",
+}
 
 
 class MedcodecError(Exception):

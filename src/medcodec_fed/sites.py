@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medcodec.files.images import VOLUME_SUFFIXES
+
 __all__ = [
     "Site",
     "SiteData",
-    "VOLUME_SUFFIXES",
     "dirichlet_partition",
     "held_out_volumes",
     "list_volumes",
@@ -28,8 +29,6 @@ __all__ = [
     "split_collection",
 ]
 
-#: File endings recognised as volumes in a site folder (DICOM series are sub-folders).
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: Fraction of the slices held back when a site has a single volume.
 SINGLE_VOLUME_HOLDOUT = 0.25
 
@@ -226,7 +225,7 @@ def held_out_volumes(site: Site) -> list:
 
 
 def load_site(site: Site, *, eval_crop: int) -> SiteData:
-    """Read and normalize a site's volumes (with ``medcodec.training.train.normalize``).
+    """Read and normalize a site's volumes (with ``medcodec.training.train.normalize_volume``).
 
     Raises:
         medcodec.VolumeIOError: A volume cannot be read (the message names the site and file).
@@ -241,17 +240,17 @@ def load_site(site: Site, *, eval_crop: int) -> SiteData:
 
 def _load_site(site: Site, eval_crop: int) -> SiteData:
     from medcodec.files.images import read
-    from medcodec.training.train import normalize
+    from medcodec.training.train import normalize_volume
 
     from .evaluate import center_crop
 
     train, crops = [], []
     if site.held_out:
-        train = [normalize(read(p).array) for p in site.train]
-        crops = [center_crop(normalize(v.array), eval_crop) for v in held_out_volumes(site)]
+        train = [normalize_volume(read(p).array) for p in site.train]
+        crops = [center_crop(normalize_volume(v.array), eval_crop) for v in held_out_volumes(site)]
     else:
         for p in site.train:
             front, back = _split_z(read(p).array, site.holdout_fraction)
-            train.append(normalize(front))
-            crops.append(center_crop(normalize(back), eval_crop))
+            train.append(normalize_volume(front))
+            crops.append(center_crop(normalize_volume(back), eval_crop))
     return SiteData(site.name, train, crops)

@@ -16,10 +16,24 @@ import numpy as np
 from ..errors import InvalidInputError, VolumeIOError
 from ..volume import Volume, as_volume
 
-__all__ = ["read", "write", "WRITE_SUFFIXES"]
+__all__ = ["read", "write", "volume_suffix", "VOLUME_SUFFIXES", "DETACHED_SUFFIXES"]
 
-#: File name endings :func:`write` accepts.
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: File name endings of the volume formats :func:`write` writes (and :func:`read` reads, with DICOM).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Formats whose header names a second data file beside it: no single atomic rename writes them.
+DETACHED_SUFFIXES = (".nhdr", ".mhd")
+
+
+def volume_suffix(name: str) -> str:
+    """The volume format ending of a file name.
+
+    Raises:
+        InvalidInputError: The name ends with none of :data:`VOLUME_SUFFIXES`.
+    """
+    suffix = next((s for s in VOLUME_SUFFIXES if name.lower().endswith(s)), None)
+    if suffix is None:
+        raise InvalidInputError(f"cannot tell the format of {name!r}; use one of {', '.join(VOLUME_SUFFIXES)}")
+    return suffix
 
 
 def _sitk():
@@ -170,7 +184,7 @@ def write(volume: Volume | np.ndarray, path: str | os.PathLike, *, compress: boo
 
     Args:
         volume: The volume (or a bare array, with unit geometry).
-        path: Destination; its ending selects the format (see :data:`WRITE_SUFFIXES`).
+        path: Destination; its ending selects the format (see :data:`VOLUME_SUFFIXES`).
         compress: Ask the format for its own compression; default: only for ``.nii.gz``.
 
     Raises:
@@ -180,11 +194,8 @@ def write(volume: Volume | np.ndarray, path: str | os.PathLike, *, compress: boo
     sitk = _sitk()
     vol = as_volume(volume)
     path = Path(path)
-    suffix = next((s for s in WRITE_SUFFIXES if path.name.lower().endswith(s)), None)
-    if suffix is None:
-        raise InvalidInputError(f"cannot tell the format of {path.name!r}; use one of {', '.join(WRITE_SUFFIXES)}")
-    if suffix in (".nhdr", ".mhd"):
-        # Detached headers write a second data file beside them: no single atomic rename.
+    suffix = volume_suffix(path.name)
+    if suffix in DETACHED_SUFFIXES:
         _write_image(sitk, vol, path, compress=bool(compress))
         return
     from .atomic import write_atomic

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from ..codec import (
-    _PREDICTIVE,
     _WORKERS,
     _check_stored_digests,
     _Coding,
@@ -34,6 +33,7 @@ from ..codec import (
 from ..coding.predictive import compiled as predictive_compiled
 from ..errors import CorruptStreamError, InvalidInputError, VolumeIOError
 from ..format.container import END, Chunk, Header, chunk_bytes, header_block, scan_stream
+from ..format.tile import TilePath
 from ..volume import Volume
 from .atomic import write_atomic
 
@@ -233,11 +233,11 @@ def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model
 
     dtype = np.dtype(header.dtype)
     expected = _expected_path(header, dtype.kind != "f")
-    cm = None
+    codec_model = None
     if header.model_name:
         from ..model.files import model_for_stream
 
-        cm = model_for_stream(header.model_name, header.model_sha256.hex(), model)
+        codec_model = model_for_stream(header.model_name, header.model_sha256.hex(), model)
     grid = tile_grid(header.shape, header.tile)
     vol = Volume(np.zeros((1, 1, 1), dtype), header.spacing, header.origin, header.direction, metadata)
     plane = header.shape[1] * header.shape[2]
@@ -266,9 +266,11 @@ def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model
             for z0, z1 in slabs:
                 ids = [i for i, t in enumerate(grid) if t[0].start == z0]
                 slab = np.empty((z1 - z0, *header.shape[1:]), dtype=dtype)
-                parallel = expected == _PREDICTIVE and predictive_compiled() and _WORKERS > 1
+                parallel = expected == TilePath.PREDICTIVE and predictive_compiled() and _WORKERS > 1
                 decoded = _tile_map(
-                    lambda k, ids=ids: _decode_tile(ids[k], grid[ids[k]], payload(ids[k]), header, expected, cm),
+                    lambda k, ids=ids: _decode_tile(
+                        ids[k], grid[ids[k]], payload(ids[k]), header, expected, codec_model
+                    ),
                     range(len(ids)),
                     parallel,
                 )

@@ -22,6 +22,8 @@ __all__ = [
     "read_header", "read_stream", "MODES",
 ]  # fmt: skip
 
+#: File name ending of a stream.
+STREAM_SUFFIX = ".mcz"
 MAGIC = b"\x89MCZ\r\n\x1a\n"
 FORMAT_VERSION = (2, 0)
 #: The version of streams whose tiles use a palette (path 4): major version 3 adds only that.

@@ -115,10 +115,10 @@ def export_model(
 
 def calibration_patches(volumes: list[np.ndarray], count: int = 12, size: int = 48, seed: int = 0) -> list[np.ndarray]:
     """Random normalized patches for :func:`calibrate`, reproducible by seed."""
-    from .train import _crop
+    from .train import random_crop
 
     rng = np.random.default_rng(seed)
-    return [_crop(volumes[int(rng.integers(len(volumes)))], size, rng).copy() for _ in range(count)]
+    return [random_crop(volumes[int(rng.integers(len(volumes)))], size, rng).copy() for _ in range(count)]
 
 
 def export_checkpoint(checkpoint: Path, out_dir: Path, data: str | None = None) -> Path:
@@ -131,7 +131,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, data: str | None = None) 
     from ..errors import CheckpointError
     from ..files.images import read
     from .datasets import load_manifest
-    from .train import load_checkpoint, normalize
+    from .train import load_checkpoint, normalize_volume
 
     ckpt = load_checkpoint(checkpoint)
     if not isinstance(ckpt, dict) or "model" not in ckpt or ckpt.get("arch") not in ARCHITECTURES:
@@ -139,7 +139,7 @@ def export_checkpoint(checkpoint: Path, out_dir: Path, data: str | None = None) 
     model = Autoencoder(ARCHITECTURES[ckpt["arch"]])
     model.load_state_dict(ckpt["model"])
     entries = load_manifest(Path(data) if data else None, split="train")
-    volumes = [normalize(read(e.path).array) for e in entries]
+    volumes = [normalize_volume(read(e.path).array) for e in entries]
     meta = {
         "trained_on": "train split of the medcodec data folder (centralized)",
         "steps": int(ckpt["step"]),

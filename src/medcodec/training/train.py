@@ -15,9 +15,11 @@ the same command again continues from it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +31,23 @@ from ..errors import CheckpointError
 from ..model.network import ARCHITECTURES, Autoencoder
 from .datasets import find_data_dir, load_manifest
 
-__all__ = ["PatchSampler", "load_checkpoint", "rd_loss", "train", "main"]
+__all__ = [
+    "PatchSampler",
+    "TrainConfig",
+    "load_checkpoint",
+    "normalize_volume",
+    "random_crop",
+    "rd_loss",
+    "train",
+    "main",
+]
 
 GAIN_RANGE = (0.25, 16.0)
 #: Distortion weight: loss = RD_WEIGHT * gain^2 * MSE + bits per voxel (MSE on [-1, 1] data).
 RD_WEIGHT = 5000.0
 
 
-def normalize(array: np.ndarray) -> np.ndarray:
+def normalize_volume(array: np.ndarray) -> np.ndarray:
     """Map a volume to float32 in [-1, 1] by its own min and max: the codec's intensity map."""
     return intensity.normalize(array, float(array.min()), float(array.max()))
 
@@ -57,7 +68,7 @@ class PatchSampler:
         for i in range(size):
             for _attempt in range(4):
                 v = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
-                p = _crop(v, self.patch, rng)
+                p = random_crop(v, self.patch, rng)
                 if p.std() > 0.01:
                     break
             for axis in (1, 2):
@@ -67,7 +78,8 @@ class PatchSampler:
         return out
 
 
-def _crop(v: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+def random_crop(v: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A ``size``-cube of ``v`` at a random position (a view where ``v`` is large enough)."""
     # Volumes thinner than the patch are edge-padded, as the codec pads tiles.
     pad = [(0, max(0, size - s)) for s in v.shape]
     if any(p[1] for p in pad):
@@ -129,7 +141,36 @@ def load_checkpoint(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from None
 
 
-def train(args: argparse.Namespace) -> Path:
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (the command line's options, :func:`main`).
+
+    Attributes:
+        out: Run folder: ``checkpoint.pt`` and ``log.jsonl``.
+        data: Data folder with ``manifest.json`` (None: ``MEDCODEC_DATA`` or ``../shared/data``).
+        arch: Architecture name (:data:`medcodec.model.network.ARCHITECTURES`).
+        steps: Optimizer steps in all (a resumed run stops there too).
+        batch: Patches per step.
+        patch: Patch side in voxels.
+        lr: Adam learning rate (the entropy prior's is 5 times larger).
+        seed: Seed of the weights, the patches and the gains.
+        threads: torch threads.
+        ckpt_every: Steps between checkpoints.
+    """
+
+    out: str
+    data: str | None = None
+    arch: str = "mc3d-s"
+    steps: int = 20000
+    batch: int = 8
+    patch: int = 48
+    lr: float = 2e-4
+    seed: int = 0
+    threads: int = 2
+    ckpt_every: int = 250
+
+
+def train(args: TrainConfig) -> Path:
     """Run (or resume) training; returns the checkpoint path."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -150,7 +191,7 @@ def train(args: argparse.Namespace) -> Path:
     entries = load_manifest(data_dir, split="train")
     from ..files.images import read
 
-    volumes = [normalize(read(e.path).array) for e in entries]
+    volumes = [normalize_volume(read(e.path).array) for e in entries]
     sampler = PatchSampler(volumes, args.patch, args.seed)
     log = (out / "log.jsonl").open("a")
     t0 = time.time()
@@ -177,7 +218,9 @@ def train(args: argparse.Namespace) -> Path:
     return ckpt_path
 
 
-def _save(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, step: int, elapsed: float, args) -> None:
+def _save(
+    path: Path, model: Autoencoder, opt: torch.optim.Optimizer, step: int, elapsed: float, args: TrainConfig
+) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
@@ -186,8 +229,8 @@ def _save(path: Path, model: Autoencoder, opt: torch.optim.Optimizer, step: int,
             "step": step,
             "elapsed_s": elapsed,
             "arch": args.arch,
-            # Plain values only (not the Namespace): the checkpoint loads with weights_only=True.
-            "config": {k: v for k, v in vars(args).items() if k != "export"},
+            # Plain values only: the checkpoint loads with weights_only=True.
+            "config": dataclasses.asdict(args),
         },
         tmp,
     )
@@ -198,14 +241,15 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m medcodec.training", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder (checkpoint.pt, log.jsonl)")
     p.add_argument("--data", help="data folder with manifest.json (default: MEDCODEC_DATA or ../shared/data)")
-    p.add_argument("--arch", default="mc3d-s", choices=sorted(ARCHITECTURES))
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--patch", type=int, default=48)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--ckpt-every", type=int, default=250)
+    d = TrainConfig(out="")  # the defaults, defined once
+    p.add_argument("--arch", default=d.arch, choices=sorted(ARCHITECTURES))
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--patch", type=int, default=d.patch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     p.add_argument("--export", metavar="DIR", help="only export the checkpoint to an integer model file in DIR")
     args = p.parse_args(argv)
     if args.export:
@@ -214,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
         path = export_checkpoint(Path(args.out) / "checkpoint.pt", Path(args.export), data=args.data)
         print(path)
         return
-    train(args)
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    train(TrainConfig(**settings))
 
 
 if __name__ == "__main__":
