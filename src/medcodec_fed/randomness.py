@@ -8,12 +8,14 @@ round 7 draws the same sites, dropouts, patches and noise whether or not rounds
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 import numpy as np
 
 __all__ = ["Purpose", "derive_seed"]
 
 
-class Purpose:
+class Purpose(IntEnum):
     """Stream tags, one per kind of random choice, so no two choices share a stream."""
 
     SAMPLE = 1

@@ -23,6 +23,8 @@ __all__ = ["Band", "Plan", "forward", "inverse", "band_norms", "plan"]
 #: The CDF 9/7 lifting constants (predict, update, predict, update) in 14-bit fixed point.
 SHIFT = 14
 STEPS = (-25987, -868, 14466, 7266)
+#: Which of the steps update the even samples (the others predict the odd ones).
+_UPDATES = (False, True, False, True)
 #: In-plane and z levels at most; a level needs at least this many samples along an axis it splits.
 MAX_LEVELS, MIN_SPLIT = 5, 8
 
@@ -36,12 +38,12 @@ def _lift(x: np.ndarray, sign: int) -> None:
     ne, no = e.shape[0], o.shape[0]
     half = 1 << (SHIFT - 1)
     steps = STEPS if sign > 0 else STEPS[::-1]
-    kinds = (0, 1, 0, 1) if sign > 0 else (1, 0, 1, 0)
-    for a, kind in zip(steps, kinds):
-        if kind == 0:  # odd samples from their even neighbours (the right one mirrored at the end)
+    updates = _UPDATES if sign > 0 else _UPDATES[::-1]
+    for a, update in zip(steps, updates):
+        if not update:  # predict: odd samples from their even neighbours (the right one mirrored at the end)
             right = e[1 : no + 1] if ne > no else np.concatenate([e[1:], e[-1:]])
             o += sign * ((a * (e[:no] + right) + half) >> SHIFT)
-        else:  # even samples from their odd neighbours (mirrored at both ends)
+        else:  # update: even samples from their odd neighbours (mirrored at both ends)
             left = np.concatenate([o[:1], o[: ne - 1]])
             right = o[:ne] if no == ne else np.concatenate([o, o[-1:]])
             e += sign * ((a * (left + right) + half) >> SHIFT)

@@ -2,7 +2,8 @@
 
 The data are never copied into the repository. They are found through the
 ``MEDCODEC_DATA`` environment variable, else ``../shared/data`` relative to the
-current directory or to the repository root.
+current directory or, when this package runs from a source checkout, to the checkout's root
+(an installed package has no such root and looks no further than the current directory).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["DataEntry", "find_data_dir", "load_manifest"]
 
-_REPO_ROOT = Path(__file__).resolve().parents[3]
+_CHECKOUT = Path(__file__).resolve().parents[3]  # src/medcodec/training/ -> the repository
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ def find_data_dir() -> Path | None:
     candidates = []
     if os.environ.get("MEDCODEC_DATA"):
         candidates.append(Path(os.environ["MEDCODEC_DATA"]))
-    candidates += [Path.cwd() / ".." / "shared" / "data", _REPO_ROOT / ".." / "shared" / "data"]
+    candidates.append(Path.cwd() / ".." / "shared" / "data")
+    if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "src" / "medcodec").is_dir():
+        candidates.append(_CHECKOUT / ".." / "shared" / "data")
     for c in candidates:
         if (c / "manifest.json").is_file():
             return c.resolve()
