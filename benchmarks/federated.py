@@ -198,7 +198,6 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
     from medcodec_fed.local import build_model, calibrate_site
     from medcodec_fed.messages import GlobalModel
     from medcodec_fed.randomness import Purpose, derive_seed
-    from medcodec_fed.server import local_config
     from medcodec_fed.sites import SiteData, load_site
 
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +215,7 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
 
     torch.set_num_threads(config.threads)
     data = {s.name: load_site(s, eval_crop=config.eval_crop) for s in sites}
-    lc = local_config(config)
+    lc = config.local_config()
     per_site = {s.name: lc.steps_for(data[s.name]) * config.rounds for s in sites}
 
     def calibrate(params, site_index: int, name: str):

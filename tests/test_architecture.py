@@ -65,12 +65,13 @@ TORCH_AT_IMPORT = {
     "medcodec.training.train",
     "medcodec.training.export",
     "medcodec_fed.local",
-    "medcodec_fed.server",
+    "medcodec_fed.engine",
+    "medcodec_fed.runfolder",
     "medcodec_fed.evaluate",
 }
 ONLY_IN = {
     "numba": {"medcodec.coding.wavefront"},
-    "flwr": {"medcodec_fed.flower"},
+    "flwr": {"medcodec_fed.flower.apps"},
     "SimpleITK": {"medcodec.files.images"},
     "zarr": {"medcodec.files.zarr_codec"},
     "numcodecs": {"medcodec.files.zarr_codec"},

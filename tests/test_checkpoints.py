@@ -69,7 +69,7 @@ def test_the_export_refuses_a_hostile_checkpoint(tmp_path):
 
 def test_a_federated_init_checkpoint_that_runs_code_is_refused(tmp_path):
     from medcodec_fed.config import RunConfig
-    from medcodec_fed.server import initial_parameters
+    from medcodec_fed.engine import initial_parameters
 
     path, marker = _hostile(tmp_path)
     with pytest.raises(CheckpointError) as excinfo:
@@ -80,7 +80,7 @@ def test_a_federated_init_checkpoint_that_runs_code_is_refused(tmp_path):
 def test_the_checkpoints_training_writes_still_load_and_seed_a_federated_run(tmp_path):
     from medcodec.training.train import TrainConfig, _save, load_checkpoint, make_optimizer
     from medcodec_fed.config import RunConfig
-    from medcodec_fed.server import initial_parameters
+    from medcodec_fed.engine import initial_parameters
 
     model = Autoencoder(ARCHITECTURES["mc3d-xs"])
     opt = make_optimizer(model, 1e-3)
@@ -99,7 +99,7 @@ def test_the_checkpoints_training_writes_still_load_and_seed_a_federated_run(tmp
 
 def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     from medcodec_fed.config import RunConfig
-    from medcodec_fed.server import initial_parameters
+    from medcodec_fed.engine import initial_parameters
 
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a torch file")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from medcodec_fed.config import RunConfig
-from medcodec_fed.local import LocalConfig, build_model, evaluate_site, proximal_term, train_site
+from medcodec_fed.config import LocalConfig, RunConfig
+from medcodec_fed.engine import initial_parameters
+from medcodec_fed.local import build_model, evaluate_site, proximal_term, train_site
 from medcodec_fed.messages import GlobalModel
-from medcodec_fed.server import initial_parameters
 from medcodec_fed.sites import SiteData
 
 ARCH = "mc3d-xs"

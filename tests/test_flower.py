@@ -26,9 +26,10 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 
 from medcodec.files.images import write  # noqa: E402
 from medcodec.volume import Volume  # noqa: E402
-from medcodec_fed import flower, server  # noqa: E402
+from medcodec_fed import engine, flower, runfolder  # noqa: E402
 from medcodec_fed.aggregate import aggregate  # noqa: E402
 from medcodec_fed.config import DRILL_KINDS, RunConfig  # noqa: E402
+from medcodec_fed.flower import apps  # noqa: E402
 from medcodec_fed.messages import METRIC_NAMES, GlobalModel, SiteCalibration, parameter_spec  # noqa: E402
 from medcodec_fed.sites import Site  # noqa: E402
 
@@ -63,7 +64,7 @@ def sites(tmp_path_factory) -> list[Site]:
 
 
 def _params(out) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in torch.load(out / server.CHECKPOINT, weights_only=True)["parameters"].items()}
+    return {k: v.numpy() for k, v in torch.load(out / runfolder.CHECKPOINT, weights_only=True)["parameters"].items()}
 
 
 # --- settings and the app folder -------------------------------------------------------------
@@ -118,7 +119,7 @@ def test_the_app_folder_is_a_valid_flower_app(tmp_path):
     ok, errors, warnings = validate_config(doc, check_module=True, project_dir=path.parent)
     assert ok and not warnings, (errors, warnings)
     assert doc["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "medcodec_fed.flower:server_app", "clientapp": "medcodec_fed.flower:client_app"
+        "serverapp": "medcodec_fed.flower.apps:server_app", "clientapp": "medcodec_fed.flower.apps:client_app"
     }  # fmt: skip
     assert flower.FLWR_REQUIREMENT in doc["project"]["dependencies"]
     assert flower.settings_from_run_config(doc["tool"]["flwr"]["app"]["config"]) == (
@@ -144,8 +145,8 @@ def _fit_config(config: RunConfig, round_: int = 1, **extra) -> dict:
 
 
 def test_a_site_sends_only_parameters_a_count_and_named_scalars(sites):
-    init = server.initial_parameters(TINY)
-    client = flower._SiteClient(sites[0], 0)
+    init = engine.initial_parameters(TINY)
+    client = apps._SiteClient(sites[0], 0)
     arrays, num, metrics = client.fit([init[n] for n in NAMES], _fit_config(TINY))
     assert len(arrays) == len(NAMES) and all(a.dtype == np.float32 for a in arrays)
     assert [a.shape for a in arrays] == [parameter_spec(TINY.arch)[n][0] for n in NAMES]
@@ -156,20 +157,20 @@ def test_a_site_sends_only_parameters_a_count_and_named_scalars(sites):
     from medcodec_fed.sites import load_site
 
     want, _ = train_site(GlobalModel(TINY.arch, 1, init), "site0", load_site(sites[0], eval_crop=16),
-                         server.local_config(TINY), seed=TINY.seed, site_index=0)  # fmt: skip
+                         TINY.local_config(), seed=TINY.seed, site_index=0)  # fmt: skip
     assert all(np.array_equal(a, want.parameters[n]) for a, n in zip(arrays, NAMES))
 
 
 def test_a_site_drops_out_or_refuses_an_update_instead_of_sending_it(sites):
-    init = [server.initial_parameters(TINY)[n] for n in NAMES]
-    client = flower._SiteClient(sites[2], 2)
+    init = [engine.initial_parameters(TINY)[n] for n in NAMES]
+    client = apps._SiteClient(sites[2], 2)
     with pytest.raises(flower.SiteDropout):
         client.fit(init, _fit_config(replace(TINY, site_dropout={"site2": 1.0})))
     # an update SecAgg+ would have to clip is refused at the site (it would silently corrupt the sum)
     with pytest.raises(flower.UpdateRefused, match="clipping range"):
-        client.fit(init, _fit_config(TINY, **{flower._SECAGG_CLIP: 0.01, flower._SECAGG_WEIGHT: 2.0}))
+        client.fit(init, _fit_config(TINY, **{apps._SECAGG_CLIP: 0.01, apps._SECAGG_WEIGHT: 2.0}))
     with pytest.raises(flower.UpdateRefused, match="max weight"):
-        client.fit(init, _fit_config(TINY, **{flower._SECAGG_CLIP: 8.0, flower._SECAGG_WEIGHT: 1.0}))
+        client.fit(init, _fit_config(TINY, **{apps._SECAGG_CLIP: 8.0, apps._SECAGG_WEIGHT: 1.0}))
 
 
 @pytest.mark.parametrize("kind", DRILL_KINDS)
@@ -177,28 +178,28 @@ def test_a_drill_site_sends_its_hostile_update_unscreened(kind, sites):
     from medcodec_fed.local import drill_update, train_site
     from medcodec_fed.sites import load_site
 
-    init = server.initial_parameters(TINY)
+    init = engine.initial_parameters(TINY)
     config = replace(TINY, drill_hostile={"site2": kind})
-    arrays, num, _ = flower._SiteClient(sites[2], 2).fit([init[n] for n in NAMES], _fit_config(config))
+    arrays, num, _ = apps._SiteClient(sites[2], 2).fit([init[n] for n in NAMES], _fit_config(config))
     current = GlobalModel(TINY.arch, 1, init)
-    honest, _ = train_site(current, "site2", load_site(sites[2], eval_crop=16), server.local_config(TINY),
+    honest, _ = train_site(current, "site2", load_site(sites[2], eval_crop=16), TINY.local_config(),
                            seed=TINY.seed, site_index=2)  # fmt: skip
     want = drill_update(honest, kind, current)  # what the in-process engine's site2 sends
     assert num == want.num_samples and (num == 2**63 - 1) == (kind == "samples")
     assert all(np.array_equal(a, want.parameters[n], equal_nan=True) for a, n in zip(arrays, NAMES))
     assert kind == "samples" or not all(np.array_equal(a, honest.parameters[n]) for a, n in zip(arrays, NAMES))
     # the other sites are honest
-    arrays, num, _ = flower._SiteClient(sites[0], 0).fit([init[n] for n in NAMES], _fit_config(config))
+    arrays, num, _ = apps._SiteClient(sites[0], 0).fit([init[n] for n in NAMES], _fit_config(config))
     assert num == TINY.local_steps * TINY.batch and all(np.isfinite(a).all() for a in arrays)
 
 
 def test_in_the_last_round_a_site_sends_its_activation_ranges(sites):
-    init = [server.initial_parameters(TINY)[n] for n in NAMES]
-    client = flower._SiteClient(sites[1], 1)
+    init = [engine.initial_parameters(TINY)[n] for n in NAMES]
+    client = apps._SiteClient(sites[1], 1)
     loss, voxels, metrics = client.evaluate(init, _fit_config(TINY, calibrate=False))
     assert not any(k.startswith("activation-max") for k in metrics) and voxels > 0 and loss > 0
     _, _, metrics = client.evaluate(init, _fit_config(TINY, calibrate=True))
-    site, scalars, ranges = flower._split_metrics(TINY.arch, metrics)
+    site, scalars, ranges = apps._split_metrics(TINY.arch, metrics)
     assert site == "site1" and set(scalars) <= METRIC_NAMES
     assert SiteCalibration(site, TINY.arch, ranges).activation_max == ranges
 
@@ -207,8 +208,8 @@ def test_in_the_last_round_a_site_sends_its_activation_ranges(sites):
 
 
 def _strategy(tmp_path, options: flower.FlowerOptions):
-    run = flower._Run(TINY, replace(options, out=str(tmp_path)), tmp_path, say=lambda _: None)
-    strategy = flower._FedAvg(run, server.initial_parameters(TINY))
+    run = apps._Run(TINY, replace(options, out=str(tmp_path)), tmp_path, say=lambda _: None)
+    strategy = apps._FedAvg(run, engine.initial_parameters(TINY))
     return run, strategy
 
 
@@ -219,7 +220,7 @@ def _fit_res(update_params: dict, site: str, num: int = 2, **metrics) -> tuple[N
 
 def test_without_secagg_the_server_screens_and_averages_like_the_in_process_engine(tmp_path):
     run, strategy = _strategy(tmp_path, flower.FlowerOptions(secagg=False))
-    init = server.initial_parameters(TINY)
+    init = engine.initial_parameters(TINY)
     rng = np.random.default_rng(1)
     ups = {s: {n: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32) for n, v in init.items()} for s in "abc"}
     ups["c"]["g_a.0.bias"][0] = np.nan  # a broken site
@@ -241,7 +242,7 @@ def test_without_secagg_the_server_screens_and_averages_like_the_in_process_engi
 
 def test_without_secagg_a_huge_finite_update_and_a_huge_count_are_screened_as_in_process(tmp_path):
     run, strategy = _strategy(tmp_path, flower.FlowerOptions(secagg=False))
-    init = server.initial_parameters(TINY)
+    init = engine.initial_parameters(TINY)
     rng = np.random.default_rng(2)
     ups = {s: {n: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32) for n, v in init.items()} for s in "abc"}
     hostile = {n: np.full_like(v, 1e30) for n, v in init.items()}
@@ -260,7 +261,7 @@ def test_without_secagg_a_huge_finite_update_and_a_huge_count_are_screened_as_in
 
 def test_with_secagg_the_server_checks_the_sum_and_keeps_the_model_when_it_is_broken(tmp_path):
     run, strategy = _strategy(tmp_path, flower.FlowerOptions(secagg=True))
-    init = server.initial_parameters(TINY)
+    init = engine.initial_parameters(TINY)
     mean = {n: v.astype(np.float64) + 0.5 for n, v in init.items()}  # SecAgg+ hands back float64
     params, _ = strategy.aggregate_fit(1, [_fit_res(mean, "a"), _fit_res(mean, "b")], [])
     assert all(g.dtype == np.float32 for g in parameters_to_ndarrays(params))
@@ -280,7 +281,7 @@ def test_secagg_forgets_a_site_that_left_before_sharing_its_keys(monkeypatch):
 
     monkeypatch.setattr(SecAggPlusWorkflow, "share_keys_stage", share_keys)
     state = WorkflowState(sampled_node_ids={1, 2, 3}, active_node_ids={1, 2, 3})
-    assert flower._SecAggPlus(1.0, 0.5).share_keys_stage(None, None, state)
+    assert apps._SecAggPlus(1.0, 0.5).share_keys_stage(None, None, state)
     assert state.sampled_node_ids == {1, 2}  # so "unmask" asks nobody for shares site 3 never sent
 
 
@@ -365,7 +366,7 @@ def test_switching_the_engine_without_secagg_gives_the_in_process_result_bit_for
                  "--min-available-clients", "3"]) == 0  # fmt: skip
     got, want = _params(tmp_path / "flower"), _params(tmp_path / "in-process")
     assert all(np.array_equal(got[k], want[k]) for k in want)
-    docs = [json.loads((tmp_path / d / server.METRICS).read_text()) for d in ("flower", "in-process")]
+    docs = [json.loads((tmp_path / d / runfolder.METRICS).read_text()) for d in ("flower", "in-process")]
     assert [r["accepted"] for r in docs[0]["rounds"]] == [["site0", "site1", "site2"]] * 2
     assert docs[0]["engine"].startswith("flower") and docs[0]["flower"]["secagg"] is False
     # the same activation ranges too: the model files differ only in their metadata
@@ -380,7 +381,7 @@ def test_simulation_with_secagg_recovers_a_site_that_drops_out_while_training(si
     result = flower.run_simulation(sites, config, options, say=lambda _: None)
     for rec in result.metrics["rounds"]:
         assert rec["accepted"] == ["site0", "site1"] and rec["failures"] and not rec["kept_previous"]
-    server.run(sites, replace(config, export=False), tmp_path / "in-process", say=lambda _: None)
+    engine.run(sites, replace(config, export=False), tmp_path / "in-process", say=lambda _: None)
     assert_matches_in_process(_params(tmp_path / "flower"), _params(tmp_path / "in-process"), config,
                               secagg_tolerance(config, options, 2))  # fmt: skip
 
@@ -393,7 +394,7 @@ def test_simulation_with_secagg_and_client_side_dp_records_its_parameters(sites,
     result = flower.run_simulation(sites, TINY, options, say=lambda _: None)
     assert result.metrics["flower"]["dp"]["wrapper"].endswith("DifferentialPrivacyClientSideFixedClipping")
     assert result.metrics["flower"]["dp"]["noise_stdev"] == 0.0
-    server.run(sites, replace(TINY, export=False), tmp_path / "in-process", say=lambda _: None)
+    engine.run(sites, replace(TINY, export=False), tmp_path / "in-process", say=lambda _: None)
     assert_matches_in_process(_params(tmp_path / "flower"), _params(tmp_path / "in-process"), TINY,
                               secagg_tolerance(TINY, options, 3))  # fmt: skip
 
@@ -415,6 +416,6 @@ def test_simulation_rejects_a_hostile_site_every_round_and_ends_with_the_honest_
         (rej,) = rec["rejected"]
         assert rej["site"] == "site2" and "distance" in rej["reason"]
     # Exactly the model of a federation of the honest sites alone (site indices 0 and 1 in both).
-    server.run(sites[:2], replace(TINY, export=False), tmp_path / "honest", say=lambda _: None)
+    engine.run(sites[:2], replace(TINY, export=False), tmp_path / "honest", say=lambda _: None)
     got, want = _params(tmp_path / "flower"), _params(tmp_path / "honest")
     assert all(np.array_equal(got[k], want[k]) for k in want)

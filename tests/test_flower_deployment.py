@@ -28,7 +28,7 @@ pytest.importorskip("flwr")
 from medcodec.files.images import read, write  # noqa: E402
 from medcodec.training.datasets import find_data_dir, load_manifest  # noqa: E402
 from medcodec.volume import Volume  # noqa: E402
-from medcodec_fed import flower, server  # noqa: E402
+from medcodec_fed import engine, flower, runfolder  # noqa: E402
 from medcodec_fed.config import RunConfig  # noqa: E402
 from medcodec_fed.sites import Site  # noqa: E402
 from tests.test_flower import assert_matches_in_process, secagg_tolerance  # noqa: E402
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.flower
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_certificates.sh"
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr of this environment
-SRC = Path(flower.__file__).resolve().parents[1]
+SRC = Path(flower.__file__).resolve().parents[2]  # src/medcodec_fed/flower/__init__.py -> src
 
 CFG = RunConfig(
     arch="mc3d-xs", rounds=2, local_steps=1, batch=2, patch=16, eval_crop=16, calib_patches=2, calib_size=16,
@@ -148,11 +148,11 @@ class Federation:
         """metrics.json once it names the model (flwr run's exit code says nothing about the ServerApp)."""
 
         def done() -> bool:
-            path = out / server.METRICS
+            path = out / runfolder.METRICS
             return path.is_file() and bool(json.loads(path.read_text()).get("model"))
 
         self._until(done, timeout, f"a model file in {out}")
-        return json.loads((out / server.METRICS).read_text())
+        return json.loads((out / runfolder.METRICS).read_text())
 
     def kill(self, name: str) -> None:
         """A crash: SIGKILL to the process group (the SuperNode, its SuperExec and its ClientApps)."""
@@ -209,7 +209,7 @@ def federation(tmp_path):
 def _params(out: Path) -> dict[str, np.ndarray]:
     import torch
 
-    return {k: v.numpy() for k, v in torch.load(out / server.CHECKPOINT, weights_only=True)["parameters"].items()}
+    return {k: v.numpy() for k, v in torch.load(out / runfolder.CHECKPOINT, weights_only=True)["parameters"].items()}
 
 
 def test_tls_authenticated_secagg_deployment_matches_the_in_process_engine(federation, tmp_path):
@@ -243,7 +243,7 @@ def test_tls_authenticated_secagg_deployment_matches_the_in_process_engine(feder
 
     # The same seed in the in-process engine: the same weights, up to SecAgg+'s quantization.
     sites = [Site.from_folder(f"site{i}", f) for i, f in enumerate(federation.folders)]
-    ref = server.run(sites, replace(CFG, export=False), tmp_path / "in-process", say=lambda _: None)
+    ref = engine.run(sites, replace(CFG, export=False), tmp_path / "in-process", say=lambda _: None)
     assert ref.model is None
     assert_matches_in_process(_params(out), _params(tmp_path / "in-process"), CFG, secagg_tolerance(CFG, options, 3))
 

@@ -8,7 +8,7 @@ Quick start::
     medcodec.compress(volume, model=str(result.model))
 
 The core (messages, local training, aggregation) is framework-free: the
-in-process engine of :mod:`medcodec_fed.server` and a Flower ServerApp/ClientApp
+in-process engine of :mod:`medcodec_fed.engine` and a Flower ServerApp/ClientApp
 drive the same functions. Names are imported on first use so that
 ``medcodec-fed --help`` does not wait for torch.
 """
@@ -49,7 +49,7 @@ _HOME = {
     "GlobalModel": "messages", "SiteUpdate": "messages", "SiteEvaluation": "messages", "MessageError": "messages",
     "LocalConfig": "local", "train_site": "local", "evaluate_site": "local",
     "RunConfig": "config",
-    "RunResult": "server", "run": "server",
+    "RunResult": "engine", "run": "engine",
     "Site": "sites", "SiteData": "sites", "load_site": "sites", "sites_from_manifest": "sites",
     "split_collection": "sites", "dirichlet_partition": "sites",
 }  # fmt: skip

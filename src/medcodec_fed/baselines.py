@@ -17,11 +17,11 @@ from dataclasses import replace
 from typing import Any
 
 from .config import RunConfig
+from .engine import initial_parameters
 from .evaluate import evaluate_float
 from .local import build_model, train_site
 from .messages import GlobalModel
 from .randomness import Purpose, derive_seed
-from .server import initial_parameters, local_config
 from .sites import Site, SiteData
 
 __all__ = ["run_baselines", "train_baseline"]
@@ -31,7 +31,7 @@ def train_baseline(config: RunConfig, data: SiteData, steps: int, seed: int, ind
     """Parameters after ``steps`` local steps on ``data`` from the run's initial model: a baseline's training
     (the federated run's local-training function, seeded by the caller)."""
     init = initial_parameters(config)
-    lc = replace(local_config(config), steps=steps, epochs=None)
+    lc = replace(config.local_config(), steps=steps, epochs=None)
     update, _ = train_site(GlobalModel(config.arch, 0, init), "baseline", data, lc, seed=seed, site_index=index)
     return dict(update.parameters)
 
@@ -51,7 +51,7 @@ def run_baselines(
         {"rounds": R, "steps": {...}, "federated": {site: metrics}, "centralized": {site: metrics},
         "local_only": {site: metrics}}, metrics at the run's fixed quality on held-back crops.
     """
-    lc = local_config(config)
+    lc = config.local_config()
     per_site = {s.name: lc.steps_for(data[s.name]) * config.rounds for s in sites}
     pooled = SiteData("pooled", [v for s in sites for v in data[s.name].train], [])
     total = sum(per_site.values())

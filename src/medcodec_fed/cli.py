@@ -255,7 +255,7 @@ def _run(args: argparse.Namespace) -> int:
             except ImportError as exc:
                 raise ValueError(str(exc)) from exc
         else:
-            from .server import run
+            from .engine import run
 
             result = run(sites, config, other["out"], resume=args.resume, say=say)
     except BaseException:

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["AGGREGATIONS", "DRILL_KINDS", "RunConfig", "check_field_types", "load_toml", "RESUMABLE_KEYS"]
+if TYPE_CHECKING:
+    from .sites import SiteData
+
+__all__ = [
+    "AGGREGATIONS",
+    "DRILL_KINDS",
+    "LocalConfig",
+    "RunConfig",
+    "check_field_types",
+    "load_toml",
+    "RESUMABLE_KEYS",
+]
 
 AGGREGATIONS = ("fedavg", "median", "trimmed-mean")
 
@@ -21,6 +33,35 @@ DRILL_KINDS = ("nan", "huge", "scaled", "samples")
 #: Settings a resumed run may change; every other one must equal the checkpoint's,
 #: because it changes the training trajectory or the meaning of earlier metrics.
 RESUMABLE_KEYS = frozenset({"rounds", "threads", "plots", "baselines", "final_crop", "export"})
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """Local training settings (a subset of :class:`RunConfig`: :meth:`RunConfig.local_config`).
+
+    Attributes:
+        steps: Optimizer steps per round (used when ``epochs`` is None).
+        epochs: Passes over the site's voxels per round, counted in patches.
+        batch: Patches per step.
+        patch: Patch side (a multiple of 8).
+        lr: Adam learning rate.
+        mu: FedProx proximal weight.
+        clip: Gradient-norm clip, as in centralized training.
+    """
+
+    steps: int = 50
+    epochs: float | None = None
+    batch: int = 4
+    patch: int = 32
+    lr: float = 5e-4
+    mu: float = 0.0
+    clip: float = 1.0
+
+    def steps_for(self, data: SiteData) -> int:
+        """Steps one round takes on ``data``."""
+        if self.epochs is None:
+            return self.steps
+        return max(1, math.ceil(self.epochs * data.train_voxels / (self.batch * self.patch**3)))
 
 
 @dataclass(frozen=True)
@@ -95,6 +136,12 @@ class RunConfig:
     init: str | None = None
     plots: bool = True
     export: bool = True
+
+    def local_config(self) -> LocalConfig:
+        """The local-training part of these settings."""
+        return LocalConfig(
+            steps=self.local_steps, epochs=self.local_epochs, batch=self.batch, patch=self.patch, lr=self.lr, mu=self.mu
+        )
 
     def __post_init__(self) -> None:
         from medcodec.model.network import ARCHITECTURES

@@ -10,10 +10,9 @@ between rounds except its personalized parameters.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -21,6 +20,7 @@ import torch
 from medcodec.model.network import ARCHITECTURES, Autoencoder
 from medcodec.training.train import PatchSampler, make_optimizer, rd_loss, sample_gains
 
+from .config import LocalConfig
 from .evaluate import evaluate_float
 from .messages import GlobalModel, SiteCalibration, SiteEvaluation, SiteUpdate
 from .randomness import Purpose, derive_seed
@@ -36,35 +36,6 @@ __all__ = [
     "proximal_term",
     "train_site",
 ]
-
-
-@dataclass(frozen=True)
-class LocalConfig:
-    """Local training settings (a subset of :class:`~medcodec_fed.config.RunConfig`).
-
-    Attributes:
-        steps: Optimizer steps per round (used when ``epochs`` is None).
-        epochs: Passes over the site's voxels per round, counted in patches.
-        batch: Patches per step.
-        patch: Patch side (a multiple of 8).
-        lr: Adam learning rate.
-        mu: FedProx proximal weight.
-        clip: Gradient-norm clip, as in centralized training.
-    """
-
-    steps: int = 50
-    epochs: float | None = None
-    batch: int = 4
-    patch: int = 32
-    lr: float = 5e-4
-    mu: float = 0.0
-    clip: float = 1.0
-
-    def steps_for(self, data: SiteData) -> int:
-        """Steps one round takes on ``data``."""
-        if self.epochs is None:
-            return self.steps
-        return max(1, math.ceil(self.epochs * data.train_voxels / (self.batch * self.patch**3)))
 
 
 def build_model(arch: str, *parts: Mapping[str, np.ndarray]) -> Autoencoder:

@@ -12,7 +12,7 @@ import torch
 
 from medcodec.files.images import write
 from medcodec.volume import Volume
-from medcodec_fed import server
+from medcodec_fed import engine, runfolder
 from medcodec_fed.config import DRILL_KINDS, RunConfig
 from medcodec_fed.messages import SiteUpdate
 from medcodec_fed.sites import Site
@@ -43,7 +43,7 @@ def _quiet(_line: str) -> None:
 
 
 def _checkpoint_params(out) -> dict[str, np.ndarray]:
-    blob = torch.load(out / server.CHECKPOINT, weights_only=True)
+    blob = torch.load(out / runfolder.CHECKPOINT, weights_only=True)
     return {k: v.numpy() for k, v in blob["parameters"].items()}
 
 
@@ -56,14 +56,14 @@ def sites(tmp_path_factory):
 def reference(sites, tmp_path_factory):
     """An uninterrupted 3-round run with export."""
     out = tmp_path_factory.mktemp("ref")
-    return server.run(sites, TINY, out, say=_quiet)
+    return engine.run(sites, TINY, out, say=_quiet)
 
 
 def test_only_messages_reach_the_server(sites, tmp_path, monkeypatch):
     from medcodec_fed.messages import parameter_spec
 
     seen = []
-    real = server.aggregate
+    real = engine.aggregate
 
     def spy(reference, updates, **kwargs):
         for u in updates:
@@ -72,15 +72,15 @@ def test_only_messages_reach_the_server(sites, tmp_path, monkeypatch):
             seen.append(u.site)
         return real(reference, updates, **kwargs)
 
-    monkeypatch.setattr(server, "aggregate", spy)
-    server.run(sites, replace(TINY, rounds=1, export=False), tmp_path / "spy", say=_quiet)
+    monkeypatch.setattr(engine, "aggregate", spy)
+    engine.run(sites, replace(TINY, rounds=1, export=False), tmp_path / "spy", say=_quiet)
     assert sorted(seen) == ["site0", "site1"]
 
 
 def test_a_run_writes_a_codec_model_and_per_round_per_site_metrics(reference, sites):
     import medcodec
 
-    doc = json.loads((reference.out / server.METRICS).read_text())
+    doc = json.loads((reference.out / runfolder.METRICS).read_text())
     assert doc["model"] == reference.model.name and reference.model.is_file()
     assert [r["round"] for r in doc["rounds"]] == [1, 2, 3]
     for rec in doc["rounds"]:
@@ -113,7 +113,7 @@ def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tm
     real_export = medcodec.training.export.export_model
     monkeypatch.setattr(fed_export, "calibrate_site", at_site)
     monkeypatch.setattr(medcodec.training.export, "export_model", export_spy)
-    server.run(sites, replace(TINY, rounds=1), tmp_path / "cal", say=_quiet)
+    engine.run(sites, replace(TINY, rounds=1), tmp_path / "cal", say=_quiet)
     assert [type(c) for c in sent] == [SiteCalibration, SiteCalibration]
     assert [c.site for c in sent] == ["site0", "site1"]
     ((calibration, act_max),) = exported
@@ -122,29 +122,29 @@ def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tm
 
 
 def test_the_same_seed_gives_a_bit_identical_model_file(reference, sites, tmp_path):
-    again = server.run(sites, TINY, tmp_path / "again", say=_quiet)
+    again = engine.run(sites, TINY, tmp_path / "again", say=_quiet)
     assert again.model.read_bytes() == reference.model.read_bytes()
-    other = server.run(sites, replace(TINY, seed=1, rounds=1), tmp_path / "other", say=_quiet)
+    other = engine.run(sites, replace(TINY, seed=1, rounds=1), tmp_path / "other", say=_quiet)
     assert other.model.read_bytes() != reference.model.read_bytes()
 
 
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference, sites, tmp_path, monkeypatch):
     out = tmp_path / "resumed"
-    real = server.train_site
+    real = engine.train_site
 
     def interrupted(current, *args, **kwargs):
         if current.round == 3:
             raise KeyboardInterrupt
         return real(current, *args, **kwargs)
 
-    monkeypatch.setattr(server, "train_site", interrupted)
+    monkeypatch.setattr(engine, "train_site", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        server.run(sites, TINY, out, say=_quiet)
-    assert json.loads((out / server.METRICS).read_text())["rounds"][-1]["round"] == 2
-    monkeypatch.setattr(server, "train_site", real)
+        engine.run(sites, TINY, out, say=_quiet)
+    assert json.loads((out / runfolder.METRICS).read_text())["rounds"][-1]["round"] == 2
+    monkeypatch.setattr(engine, "train_site", real)
     with pytest.raises(FileExistsError):
-        server.run(sites, TINY, out, say=_quiet)
-    resumed = server.run(sites, TINY, out, resume=True, say=_quiet)
+        engine.run(sites, TINY, out, say=_quiet)
+    resumed = engine.run(sites, TINY, out, resume=True, say=_quiet)
     assert resumed.model.read_bytes() == reference.model.read_bytes()
     got, want = _checkpoint_params(out), _checkpoint_params(reference.out)
     assert all(np.array_equal(got[k], want[k]) for k in want)
@@ -154,31 +154,31 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(reference, si
 
 def test_a_finished_run_can_be_extended_by_resuming_with_more_rounds(reference, sites, tmp_path):
     out = tmp_path / "short"
-    server.run(sites, replace(TINY, rounds=2, export=False), out, say=_quiet)
-    server.run(sites, replace(TINY, export=False), out, resume=True, say=_quiet)
+    engine.run(sites, replace(TINY, rounds=2, export=False), out, say=_quiet)
+    engine.run(sites, replace(TINY, export=False), out, resume=True, say=_quiet)
     got, want = _checkpoint_params(out), _checkpoint_params(reference.out)
     assert all(np.array_equal(got[k], want[k]) for k in want)
 
 
 def test_resume_refuses_changed_settings(sites, tmp_path):
     out = tmp_path / "r"
-    server.run(sites, replace(TINY, rounds=1, export=False), out, say=_quiet)
+    engine.run(sites, replace(TINY, rounds=1, export=False), out, say=_quiet)
     with pytest.raises(ValueError, match="lr"):
-        server.run(sites, replace(TINY, rounds=2, lr=1e-2, export=False), out, resume=True, say=_quiet)
+        engine.run(sites, replace(TINY, rounds=2, lr=1e-2, export=False), out, resume=True, say=_quiet)
     with pytest.raises(ValueError, match="sites"):
-        server.run(sites[:1], replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
+        engine.run(sites[:1], replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
     with pytest.raises(ValueError, match="drill_hostile"):
-        server.run(sites, replace(TINY, rounds=2, export=False, drill_hostile={"site0": "nan"}), out, resume=True,
+        engine.run(sites, replace(TINY, rounds=2, export=False, drill_hostile={"site0": "nan"}), out, resume=True,
                    say=_quiet)  # fmt: skip
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(sites, tmp_path):
     out = tmp_path / "old"
-    server.run(sites, replace(TINY, rounds=1, export=False), out, say=_quiet)
-    blob = torch.load(out / server.CHECKPOINT, weights_only=True)
+    engine.run(sites, replace(TINY, rounds=1, export=False), out, say=_quiet)
+    blob = torch.load(out / runfolder.CHECKPOINT, weights_only=True)
     del blob["config"]["drill_hostile"]  # as written before the setting existed
-    torch.save(blob, out / server.CHECKPOINT)
-    result = server.run(sites, replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
+    torch.save(blob, out / runfolder.CHECKPOINT)
+    result = engine.run(sites, replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
     assert [r["round"] for r in result.metrics["rounds"]] == [1, 2]
 
 
@@ -186,19 +186,19 @@ def test_when_every_site_drops_out_the_global_model_is_kept_and_said(sites, tmp_
     lines = []
     cfg = replace(TINY, rounds=2, dropout=1.0, export=False)
     with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
-        result = server.run(sites, cfg, tmp_path / "all-drop", say=lines.append)
+        result = engine.run(sites, cfg, tmp_path / "all-drop", say=lines.append)
     for rec in result.metrics["rounds"]:
         assert rec["kept_previous"] and rec["accepted"] == [] and rec["dropped"] == ["site0", "site1"]
     assert all("global model kept" in line for line in lines if line.startswith("round"))
     assert "global model is kept" in caplog.text
-    init = server.initial_parameters(cfg)
+    init = engine.initial_parameters(cfg)
     got = _checkpoint_params(tmp_path / "all-drop")
     assert all(np.array_equal(got[k], init[k]) for k in init)
 
 
 def test_a_site_with_dropout_one_never_trains_and_zero_always_does(sites, tmp_path):
     cfg = replace(TINY, rounds=2, dropout=0.0, site_dropout={"site0": 1.0}, export=False)
-    result = server.run(sites, cfg, tmp_path / "one-drop", say=_quiet)
+    result = engine.run(sites, cfg, tmp_path / "one-drop", say=_quiet)
     for rec in result.metrics["rounds"]:
         assert rec["dropped"] == ["site0"] and rec["accepted"] == ["site1"] and not rec["kept_previous"]
 
@@ -206,25 +206,25 @@ def test_a_site_with_dropout_one_never_trains_and_zero_always_does(sites, tmp_pa
 def test_dropout_draws_are_per_site_per_round_and_reproducible():
     cfg = replace(TINY, dropout=0.5)
     names = [f"s{i}" for i in range(10)]
-    draws = [server.dropped_sites(cfg, names, range(10), r) for r in range(1, 41)]
-    assert draws == [server.dropped_sites(cfg, names, range(10), r) for r in range(1, 41)]
+    draws = [engine.dropped_sites(cfg, names, range(10), r) for r in range(1, 41)]
+    assert draws == [engine.dropped_sites(cfg, names, range(10), r) for r in range(1, 41)]
     rate = sum(len(d) for d in draws) / 400
     assert 0.4 < rate < 0.6
-    assert server.dropped_sites(replace(cfg, dropout=0.0), names, range(10), 1) == []
-    assert server.dropped_sites(replace(cfg, dropout=1.0), names, range(10), 1) == list(range(10))
+    assert engine.dropped_sites(replace(cfg, dropout=0.0), names, range(10), 1) == []
+    assert engine.dropped_sites(replace(cfg, dropout=1.0), names, range(10), 1) == list(range(10))
 
 
 def test_client_sampling_takes_the_fraction_of_sites():
     cfg = replace(TINY, fraction=0.3)
-    picks = [server.sample_sites(cfg, 10, r) for r in range(1, 21)]
+    picks = [engine.sample_sites(cfg, 10, r) for r in range(1, 21)]
     assert all(len(p) == 3 and p == sorted(set(p)) for p in picks)
     assert len({tuple(p) for p in picks}) > 1
-    assert server.sample_sites(replace(cfg, fraction=0.01), 10, 1) != []
-    assert server.sample_sites(replace(cfg, fraction=1.0), 4, 1) == [0, 1, 2, 3]
+    assert engine.sample_sites(replace(cfg, fraction=0.01), 10, 1) != []
+    assert engine.sample_sites(replace(cfg, fraction=1.0), 4, 1) == [0, 1, 2, 3]
 
 
 def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypatch, caplog):
-    real = server.train_site
+    real = engine.train_site
 
     def broken(current, site, *args, **kwargs):
         update, local = real(current, site, *args, **kwargs)
@@ -234,19 +234,19 @@ def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypa
                                 num_samples=update.num_samples, metrics=update.metrics)  # fmt: skip
         return update, local
 
-    monkeypatch.setattr(server, "train_site", broken)
+    monkeypatch.setattr(engine, "train_site", broken)
     cfg = replace(TINY, rounds=1, export=False)
     with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
-        result = server.run(sites, cfg, tmp_path / "broken", say=_quiet)
+        result = engine.run(sites, cfg, tmp_path / "broken", say=_quiet)
     rec = result.metrics["rounds"][0]
     assert rec["accepted"] == ["site0"] and rec["rejected"][0]["site"] == "site1"
     assert "non-finite" in rec["rejected"][0]["reason"] and "site1" in caplog.text
     # The new global model is exactly site0's update: nothing of site1 was averaged in.
-    current = server.GlobalModel(cfg.arch, 1, server.initial_parameters(cfg))
+    current = engine.GlobalModel(cfg.arch, 1, engine.initial_parameters(cfg))
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # the run's thread count: float sums depend on it
     try:
-        good, _ = real(current, "site0", server.load_site(sites[0], eval_crop=16), server.local_config(cfg),
+        good, _ = real(current, "site0", engine.load_site(sites[0], eval_crop=16), cfg.local_config(),
                        seed=cfg.seed, site_index=0)  # fmt: skip
     finally:
         torch.set_num_threads(threads)
@@ -255,7 +255,7 @@ def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypa
 
 
 def test_a_site_that_cannot_build_a_valid_message_is_rejected(sites, tmp_path, monkeypatch, caplog):
-    real = server.train_site
+    real = engine.train_site
 
     def wrong_shape(current, site, *args, **kwargs):
         update, local = real(current, site, *args, **kwargs)
@@ -264,9 +264,9 @@ def test_a_site_that_cannot_build_a_valid_message_is_rejected(sites, tmp_path, m
             update = SiteUpdate(site=site, arch=update.arch, round=update.round, parameters=params, num_samples=1)
         return update, local
 
-    monkeypatch.setattr(server, "train_site", wrong_shape)
+    monkeypatch.setattr(engine, "train_site", wrong_shape)
     with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
-        result = server.run(sites, replace(TINY, rounds=1, export=False), tmp_path / "malformed", say=_quiet)
+        result = engine.run(sites, replace(TINY, rounds=1, export=False), tmp_path / "malformed", say=_quiet)
     rec = result.metrics["rounds"][0]
     assert rec["accepted"] == ["site1"]
     assert rec["rejected"][0]["site"] == "site0" and "malformed" in rec["rejected"][0]["reason"]
@@ -279,10 +279,10 @@ def test_personalized_groups_stay_local_and_each_site_gets_its_own_model(sites, 
     last = max(int(k.split(".")[1]) for k in parameter_spec(TINY.arch) if k.startswith("g_s."))
     head = f"g_s.{last}."  # the last synthesis layer: a per-site decoder head
     cfg = replace(TINY, rounds=2, local_groups=("prior.*", head + "*"))
-    result = server.run(sites, cfg, tmp_path / "perso", say=_quiet)
-    blob = torch.load(tmp_path / "perso" / server.CHECKPOINT, weights_only=True)
+    result = engine.run(sites, cfg, tmp_path / "perso", say=_quiet)
+    blob = torch.load(tmp_path / "perso" / runfolder.CHECKPOINT, weights_only=True)
     local = {s: {k: v.numpy() for k, v in p.items()} for s, p in blob["local"].items()}
-    init = server.initial_parameters(cfg)
+    init = engine.initial_parameters(cfg)
     names = sorted(local["site0"])
     assert names and all(n.startswith(("prior.", head)) for n in names)
     assert any(not np.array_equal(local["site0"][n], local["site1"][n]) for n in names)
@@ -297,7 +297,7 @@ def test_personalized_groups_stay_local_and_each_site_gets_its_own_model(sites, 
 
 def test_baselines_and_plots(sites, tmp_path):
     cfg = replace(TINY, rounds=1, baselines=True, plots=True)
-    result = server.run(sites, cfg, tmp_path / "base", say=_quiet)
+    result = engine.run(sites, cfg, tmp_path / "base", say=_quiet)
     base = result.metrics["baselines"]
     for kind in ("federated", "centralized", "local_only"):
         assert set(base[kind]) == {"site0", "site1"} and base[kind]["site0"]["psnr"] > 0
@@ -316,7 +316,7 @@ def three_sites(tmp_path_factory):
 def honest_only(three_sites, tmp_path_factory):
     """The parameters of a run of the two honest sites alone."""
     out = tmp_path_factory.mktemp("honest") / "run"
-    server.run(three_sites[:2], replace(TINY, export=False), out, say=_quiet)
+    engine.run(three_sites[:2], replace(TINY, export=False), out, say=_quiet)
     return _checkpoint_params(out)
 
 
@@ -328,7 +328,7 @@ def test_a_hostile_site_cannot_move_the_global_model_and_the_run_goes_on(
     config = replace(TINY, export=False, drill_hostile={"site2": kind})
     out, lines = tmp_path / "hostile", []
     with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
-        result = server.run(three_sites, config, out, say=lines.append)
+        result = engine.run(three_sites, config, out, say=lines.append)
     assert result.metrics["drill"] == {"hostile": {"site2": kind}, "note": lines[0]} and "fault drill" in lines[0]
     honest_weight = TINY.local_steps * TINY.batch
     for rec in result.metrics["rounds"]:
@@ -353,11 +353,11 @@ def test_a_drill_names_known_sites_and_marks_the_model_file(three_sites, tmp_pat
     from medcodec.model.files import load_model
 
     with pytest.raises(ValueError, match="drill_hostile names unknown sites"):
-        server.run(three_sites[:2], replace(TINY, drill_hostile={"site2": "huge"}), tmp_path / "x", say=_quiet)
+        engine.run(three_sites[:2], replace(TINY, drill_hostile={"site2": "huge"}), tmp_path / "x", say=_quiet)
     with pytest.raises(ValueError, match="drill_hostile must map"):
         replace(TINY, drill_hostile={"site2": "loud"})
     config = replace(TINY, rounds=1, drill_hostile={"site2": "nan"})
-    result = server.run(three_sites, config, tmp_path / "drill", say=_quiet)
+    result = engine.run(three_sites, config, tmp_path / "drill", say=_quiet)
     meta = load_model(str(result.model)).meta
     assert meta["federated"]["drill"] == config.drill() and meta["trained_on"].startswith("fault drill")
-    assert server.run(three_sites, replace(TINY, rounds=1), tmp_path / "real", say=_quiet).metrics["drill"] is None
+    assert engine.run(three_sites, replace(TINY, rounds=1), tmp_path / "real", say=_quiet).metrics["drill"] is None

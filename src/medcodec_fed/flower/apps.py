@@ -1,6 +1,7 @@
 """The Flower engine: the medcodec_fed core as a Flower ``ServerApp`` and ``ClientApp``.
 
-Every use of the ``flwr`` API lives in this module, pinned to :data:`FLWR_REQUIREMENT`;
+Every use of the ``flwr`` API lives in this module, pinned to
+:data:`~medcodec_fed.flower.settings.FLWR_REQUIREMENT`;
 when Flower moves its API, this is the one file to change. The apps drive the same
 functions as the in-process engine:
 
@@ -34,8 +35,8 @@ the typed messages from them and refuses anything else.
 
 Entry points: :data:`server_app` and :data:`client_app` (what ``flwr run`` loads, with
 the settings of the run config), :func:`run_simulation` (Flower's simulation engine, used
-by ``medcodec-fed run --engine flower``) and :func:`write_app` (the Flower app folder of
-the deployment engine, ``medcodec-fed flower-app``).
+by ``medcodec-fed run --engine flower``); the settings and the Flower app folder of the
+deployment engine are :mod:`medcodec_fed.flower.settings`'.
 """
 
 from __future__ import annotations
@@ -43,11 +44,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -66,9 +66,9 @@ from flwr.server.strategy import (
 )
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from .aggregate import aggregate, check_update
-from .config import RunConfig, check_field_types
-from .messages import (
+from ..aggregate import aggregate, check_update
+from ..config import RunConfig
+from ..messages import (
     GlobalModel,
     MessageError,
     SiteCalibration,
@@ -77,288 +77,31 @@ from .messages import (
     calibration_layers,
     parameter_spec,
 )
-from .sites import Site
+from ..sites import Site
+from .settings import FLWR_RANGE, FLWR_REQUIREMENT, FlowerOptions, check_flower_config, settings_from_run_config
 
 __all__ = [
-    "FLWR_REQUIREMENT",
-    "FlowerOptions",
     "SiteDropout",
     "UpdateRefused",
-    "app_run_config",
-    "check_flower_config",
     "client_app",
     "make_client_app",
     "make_server_app",
     "run_simulation",
     "serve",
     "server_app",
-    "settings_from_run_config",
     "site_from_node_config",
-    "write_app",
 ]
 
 log = logging.getLogger("medcodec_fed")
 
-#: The Flower versions this module is written against (the ``flower`` extra pins the same).
-FLWR_REQUIREMENT = "flwr>=1.42,<1.43"
-_FLWR_RANGE = ((1, 42), (1, 43))
-
 
 def _check_flwr_version() -> None:
     found = tuple(int(x) for x in re.findall(r"\d+", flwr.__version__)[:2])
-    if not _FLWR_RANGE[0] <= found < _FLWR_RANGE[1]:
-        raise ImportError(f"medcodec_fed.flower needs {FLWR_REQUIREMENT}, found flwr {flwr.__version__}")
+    if not FLWR_RANGE[0] <= found < FLWR_RANGE[1]:
+        raise ImportError(f"medcodec_fed.flower.apps needs {FLWR_REQUIREMENT}, found flwr {flwr.__version__}")
 
 
 _check_flwr_version()
-
-# --- settings --------------------------------------------------------------------------------
-
-#: RunConfig fields the Flower engine takes from the run config (the others do not apply:
-#: aggregation is FedAvg, personalization and baselines are in-process only).
-_RUN_KEYS = (
-    "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
-    "site_dropout", "drill_hostile", "seed", "threads", "quality", "eval_crop", "calib_patches", "calib_size",
-    "init", "plots", "max_samples",
-)  # fmt: skip
-#: The per-site settings among them, which Flower's scalar-only run config holds as a
-#: string "NAME=VALUE,NAME=VALUE", and the type of their values.
-_PER_SITE_KEYS = {"site_dropout": float, "drill_hostile": str}
-_DP_MODES = ("off", "client", "server")
-
-
-@dataclass(frozen=True)
-class FlowerOptions:
-    """Settings of the Flower engine beyond :class:`~medcodec_fed.config.RunConfig`.
-
-    Attributes:
-        out: Run folder on the machine that runs the ServerApp (the coordinator).
-        secagg: Secure aggregation with SecAgg+ (the server sees only the sum of the updates).
-        secagg_shares: SecAgg+ ``num_shares``, as a fraction of the sampled sites (1.0: all).
-        secagg_threshold: SecAgg+ ``reconstruction_threshold``, as a fraction of the shares
-            (at least 2). Sites that drop out are recovered while this many of their
-            neighbours remain.
-        secagg_clipping_range: SecAgg+ clips every weighted parameter to +-this before
-            quantizing; a site refuses to send an update that would be clipped.
-        secagg_quantization_range: SecAgg+ quantization levels (2**22 by default).
-        secagg_max_weight: The largest sample count a site may report (SecAgg+ ``max_weight``);
-            0 takes ``local_steps * batch``, every site's count with ``local_steps``.
-        secagg_timeout: Seconds each SecAgg+ stage waits for replies (0: until every sampled
-            site answered or was found offline by the SuperLink).
-        min_fit_clients: Sites needed to train in a round (SecAgg+ needs 2).
-        min_available_clients: Sites that must be connected before a round starts.
-        dp: Central differential privacy: "off", "client" (client-side fixed clipping, works
-            with SecAgg+) or "server" (server-side fixed clipping; not with SecAgg+).
-        dp_noise_multiplier: Gaussian noise multiplier of the DP wrapper.
-        dp_clipping_norm: L2 clipping norm of each site's update (the change of the parameters).
-        dp_sampled_clients: ``num_sampled_clients`` of the DP wrapper (0: ``min_fit_clients``);
-            the noise standard deviation is multiplier x norm / this.
-    """
-
-    out: str = "medcodec-fed-flower"
-    secagg: bool = True
-    secagg_shares: float = 1.0
-    secagg_threshold: float = 0.5
-    secagg_clipping_range: float = 8.0
-    secagg_quantization_range: int = 1 << 22
-    secagg_max_weight: float = 0.0
-    secagg_timeout: float = 0.0
-    min_fit_clients: int = 2
-    min_available_clients: int = 2
-    dp: str = "off"
-    dp_noise_multiplier: float = 0.0
-    dp_clipping_norm: float = 0.0
-    dp_sampled_clients: int = 0
-
-    def __post_init__(self) -> None:
-        def require(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        check_field_types(self)  # a [flower] table can hold any type
-        require(0 < self.secagg_shares <= 1, "secagg-shares must be in (0, 1]")
-        require(0 < self.secagg_threshold <= 1, "secagg-threshold must be in (0, 1]")
-        require(self.secagg_clipping_range > 0, "secagg-clipping-range must be > 0")
-        require(self.secagg_quantization_range >= 2, "secagg-quantization-range must be >= 2")
-        require(self.secagg_max_weight >= 0 and self.secagg_timeout >= 0, "secagg-max-weight/timeout must be >= 0")
-        require(self.min_fit_clients >= 1, "min-fit-clients must be >= 1")
-        require(self.min_available_clients >= self.min_fit_clients, "min-available-clients must be >= min-fit-clients")
-        require(not self.secagg or self.min_fit_clients >= 2, "SecAgg+ needs min-fit-clients >= 2")
-        require(self.dp in _DP_MODES, f"dp must be one of {_DP_MODES}, got {self.dp!r}")
-        if self.dp != "off":
-            require(self.dp_noise_multiplier >= 0, "dp-noise-multiplier must be >= 0")
-            require(self.dp_clipping_norm > 0, "dp-clipping-norm must be > 0 when dp is on")
-            require(self.dp_sampled_clients >= 0, "dp-sampled-clients must be >= 0")
-        if self.dp == "server" and self.secagg:
-            raise ValueError(
-                "dp='server' clips each site's update at the server, which SecAgg+ hides (it would clip "
-                "only the sum): use dp='client' with SecAgg+, or turn SecAgg+ off"
-            )
-
-    def max_weight(self, config: RunConfig) -> float:
-        """SecAgg+'s ``max_weight``: the option, or every site's sample count with ``local_steps``."""
-        if self.secagg_max_weight:
-            return float(self.secagg_max_weight)
-        return float(config.local_steps * config.batch) if config.local_epochs is None else 1000.0
-
-    def dp_record(self) -> dict[str, Any] | None:
-        """The DP settings as recorded in metrics.json and the model file (None when off)."""
-        if self.dp == "off":
-            return None
-        sampled = self.dp_sampled_clients or self.min_fit_clients
-        wrapper = (DifferentialPrivacyClientSideFixedClipping if self.dp == "client"
-                   else DifferentialPrivacyServerSideFixedClipping)  # fmt: skip
-        return {
-            "mode": self.dp,
-            "wrapper": f"flwr.server.strategy.{wrapper.__name__}",
-            "noise_multiplier": self.dp_noise_multiplier,
-            "clipping_norm": self.dp_clipping_norm,
-            "num_sampled_clients": sampled,
-            "noise_stdev": self.dp_noise_multiplier * self.dp_clipping_norm / sampled,
-        }
-
-
-def check_flower_config(config: RunConfig, options: FlowerOptions | None = None) -> None:
-    """Refuse the in-process-only settings of ``config`` (and those ``options`` rule out).
-
-    Raises:
-        ValueError: Robust aggregation (needs the individual updates, which SecAgg+ hides;
-            the Flower engine averages), personalization, baselines, or a hostile-update
-            drill under SecAgg+ (it rehearses the screening of each update, which SecAgg+ hides).
-    """
-    if config.drill_hostile and options is not None and options.secagg:
-        raise ValueError(
-            "drill-hostile rehearses the server's screening of each update, which SecAgg+ hides (under SecAgg+ "
-            "the defences are each site's own check and SecAgg+'s clipping): turn SecAgg+ off for the drill"
-        )
-    if config.aggregation != "fedavg":
-        raise ValueError("the Flower engine aggregates with FedAvg only (median/trimmed-mean need every update)")
-    if config.local_groups:
-        raise ValueError("local-groups (personalization) is supported by the in-process engine only")
-    if config.baselines:
-        raise ValueError("baselines are trained by the in-process engine only")
-
-
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
-
-
-def app_run_config(config: RunConfig, options: FlowerOptions) -> dict[str, bool | int | float | str]:
-    """The ``[tool.flwr.app.config]`` table for ``config`` and ``options`` (kebab-case keys).
-
-    Flower's run config holds only scalars: no ``local-epochs`` (or ``max-samples``) is 0,
-    no ``init`` is "", and a per-site setting (``site-dropout``, ``drill-hostile``) is a
-    string ``"NAME=VALUE,NAME=VALUE"``.
-    """
-    check_flower_config(config, options)
-    out: dict[str, bool | int | float | str] = {}
-    for name in _RUN_KEYS:
-        value = getattr(config, name)
-        if name in _PER_SITE_KEYS:
-            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-        elif name == "local_epochs":
-            value = 0.0 if value is None else float(value)
-        elif name == "max_samples":
-            value = 0 if value is None else int(value)
-        elif name == "init":
-            value = value or ""
-        out[_kebab(name)] = value
-    for f in fields(FlowerOptions):
-        out[_kebab(f.name)] = getattr(options, f.name)
-    return out
-
-
-def settings_from_run_config(run_config: Mapping[str, Any]) -> tuple[RunConfig, FlowerOptions]:
-    """Settings from a Flower run config (kebab- or snake-case keys; missing keys take defaults).
-
-    ``flwr.simulation.run_simulation`` passes an empty run config, so every key is optional.
-
-    Raises:
-        ValueError: An unknown key or a bad value.
-    """
-    run_names = set(_RUN_KEYS)
-    option_names = {f.name for f in fields(FlowerOptions)}
-    run: dict[str, Any] = {}
-    opts: dict[str, Any] = {}
-    for key, value in run_config.items():
-        name = key.replace("-", "_")
-        if name in run_names:
-            run[name] = value
-        elif name in option_names:
-            opts[name] = value
-        else:
-            raise ValueError(f"unknown run-config key {key!r}")
-    if "local_epochs" in run:
-        run["local_epochs"] = float(run["local_epochs"]) or None
-    if "max_samples" in run:
-        run["max_samples"] = int(run["max_samples"]) or None
-    if "init" in run:
-        run["init"] = run["init"] or None
-    for name, kind in _PER_SITE_KEYS.items():
-        if isinstance(run.get(name), str):
-            pairs = [p.partition("=") for p in run[name].split(",") if p.strip()]
-            run[name] = {k.strip(): kind(v.strip()) for k, _, v in pairs}
-    for name in ("secagg_quantization_range", "min_fit_clients", "min_available_clients", "dp_sampled_clients"):
-        if name in opts:
-            opts[name] = int(opts[name])
-    config, options = RunConfig.from_mapping(run), FlowerOptions(**opts)
-    check_flower_config(config, options)
-    return config, options
-
-
-# --- the Flower app folder (deployment engine) -----------------------------------------------
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    return json.dumps(str(value))  # a TOML basic string is a JSON string for these values
-
-
-def write_app(folder: str | os.PathLike, config: RunConfig, options: FlowerOptions) -> Path:
-    """Write the Flower app folder ``flwr run`` submits: one ``pyproject.toml``.
-
-    The app holds no code: its components name :data:`server_app` and
-    :data:`client_app` of this module, which must be installed (``medcodec[flower]``)
-    on the coordinator and on every site. ``[tool.flwr.app.config]`` holds the run
-    settings; ``flwr run FOLDER CONNECTION --run-config "rounds=20 out='/srv/runs/a'"``
-    overrides them.
-
-    Returns:
-        The written ``pyproject.toml``.
-    """
-    from medcodec import __version__ as version
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    table = app_run_config(config, options)
-    lines = [
-        "# A Flower app that runs medcodec_fed (written by `medcodec-fed flower-app`).",
-        "# Submit it with: flwr run <this folder> <connection>; see docs/DEPLOY.md.",
-        "[project]",
-        'name = "medcodec-fed"',
-        f'version = "{version}"',
-        'description = "Federated training of medcodec models (medcodec_fed on Flower)"',
-        'license = "Apache-2.0"',
-        f'dependencies = ["{FLWR_REQUIREMENT}", "medcodec[flower]"]',
-        "",
-        "[tool.flwr.app]",
-        'publisher = "medcodec"',
-        "",
-        "[tool.flwr.app.components]",
-        'serverapp = "medcodec_fed.flower:server_app"',
-        'clientapp = "medcodec_fed.flower:client_app"',
-        "",
-        "[tool.flwr.app.config]",
-        *(f"{key} = {_toml_value(value)}" for key, value in table.items()),
-        "",
-    ]
-    path = folder / "pyproject.toml"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
-
 
 # --- the wire format ---------------------------------------------------------------------------
 
@@ -409,7 +152,7 @@ class UpdateRefused(RuntimeError):
 
 @lru_cache(maxsize=8)
 def _site_data(site: Site, eval_crop: int):
-    from .sites import load_site
+    from ..sites import load_site
 
     return load_site(site, eval_crop=eval_crop)
 
@@ -460,15 +203,14 @@ class _SiteClient(NumPyClient):
         return run, GlobalModel(run.arch, int(config[_ROUND]), _arrays(names, parameters))
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict]:
-        from .local import drill_update, train_site
-        from .server import local_config
+        from ..local import drill_update, train_site
 
         run, current = self._job(parameters, config)
         p = run.site_dropout.get(self.site.name, run.dropout)
         if p > 0 and _dropout_draw(run.seed, current.round, self.index) < p:
             raise SiteDropout(f"site {self.site.name!r} drops out of round {current.round}")
         data = _site_data(self.site, run.eval_crop)
-        update, _ = train_site(current, self.site.name, data, local_config(run), seed=run.seed, site_index=self.index)
+        update, _ = train_site(current, self.site.name, data, run.local_config(), seed=run.seed, site_index=self.index)
         if self.site.name in run.drill_hostile:
             # A fault drill: this site plays a hostile one, which would not screen itself.
             update = drill_update(update, run.drill_hostile[self.site.name], current)
@@ -483,8 +225,8 @@ class _SiteClient(NumPyClient):
         return [update.parameters[n] for n in names], update.num_samples, {_SITE: self.site.name, **update.metrics}
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[float, int, dict]:
-        from .evaluate import quality_to_gain
-        from .local import calibrate_site, evaluate_site
+        from ..evaluate import quality_to_gain
+        from ..local import calibrate_site, evaluate_site
 
         run, current = self._job(parameters, config)
         data = _site_data(self.site, run.eval_crop)
@@ -499,7 +241,7 @@ class _SiteClient(NumPyClient):
 
 
 def _dropout_draw(seed: int, round_: int, index: int) -> float:
-    from .randomness import Purpose, derive_seed
+    from ..randomness import Purpose, derive_seed
 
     return float(np.random.default_rng(derive_seed(seed, round_, index, Purpose.DROPOUT)).random())
 
@@ -598,14 +340,14 @@ class _Run:
         return doc
 
     def write(self, next_round: int, **final: Any) -> dict[str, Any]:
-        from .server import CHECKPOINT, METRICS, _save_checkpoint, _write_json
+        from ..runfolder import CHECKPOINT, METRICS, save_checkpoint, write_json
 
         doc = self.doc(**final)
         state = {"version": 1, "engine": "flower", "config": self.config.to_dict(), "sites": doc["sites"],
                  "next_round": next_round, "parameters": self.parameters, "local": {}, "history": self.history,
                  "baselines": None}  # fmt: skip
-        _save_checkpoint(self.out / CHECKPOINT, state)
-        _write_json(self.out / METRICS, doc)
+        save_checkpoint(self.out / CHECKPOINT, state)
+        write_json(self.out / METRICS, doc)
         return doc
 
 
@@ -811,7 +553,7 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
     """
     import torch
 
-    from .server import CHECKPOINT
+    from ..runfolder import CHECKPOINT
 
     check_flower_config(config, options)
     out = Path(options.out)
@@ -829,9 +571,10 @@ def serve(grid, context: Context, config: RunConfig, options: FlowerOptions, *, 
 def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, out: Path, say: Callable[[str], None]):
     from medcodec.training.export import export_model
 
-    from .export import combine_calibrations, model_meta
-    from .local import build_model
-    from .server import _sha256, initial_parameters
+    from ..engine import initial_parameters
+    from ..export import combine_calibrations, model_meta
+    from ..local import build_model
+    from ..runfolder import file_sha256
 
     initial = initial_parameters(config)
     run = _Run(config, options, out, say)
@@ -868,10 +611,10 @@ def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, ou
         model_path = export_model(build_model(config.arch, run.parameters), out, activation_max=act_max, meta=meta)
         say(f"model: {model_path}")
     doc = run.write(config.rounds + 1, model=model_path.name if model_path else None,
-                    model_sha256=_sha256(model_path) if model_path else None, site_models={}, final={},
+                    model_sha256=file_sha256(model_path) if model_path else None, site_models={}, final={},
                     baselines=None)  # fmt: skip
     if config.plots:
-        from .plots import draw_all
+        from ..plots import draw_all
 
         for p in draw_all(doc, out):
             say(f"plot: {p}")
@@ -897,7 +640,7 @@ def make_server_app(
     return app
 
 
-#: What ``flwr run`` loads (``medcodec_fed.flower:server_app`` / ``:client_app``).
+#: What ``flwr run`` loads (``medcodec_fed.flower.apps:server_app`` / ``:client_app``).
 server_app = make_server_app()
 client_app = make_client_app()
 
@@ -919,7 +662,7 @@ def run_simulation(
     SecAgg+ the result equals the in-process engine's (with SecAgg+: within its quantization).
 
     Returns:
-        A :class:`~medcodec_fed.server.RunResult` for ``options.out``.
+        A :class:`~medcodec_fed.engine.RunResult` for ``options.out``.
 
     Raises:
         ValueError: Settings the Flower engine refuses, or too few sites.
@@ -928,7 +671,8 @@ def run_simulation(
     """
     import importlib.util
 
-    from .server import METRICS, RunResult
+    from ..engine import RunResult
+    from ..runfolder import METRICS
 
     if importlib.util.find_spec("ray") is None:
         raise ImportError("Flower's simulation engine needs flwr[simulation] (Ray): pip install 'medcodec[flower]'")

@@ -1,4 +1,5 @@
-"""The in-process engine: the round loop, checkpoints, resume, export and report.
+"""The in-process engine: the round loop, resume, export and report (the run folder's files
+are :mod:`medcodec_fed.runfolder`'s).
 
 One process plays the server and every site. The boundary is kept in the
 code's shape all the same: site data (:class:`~medcodec_fed.sites.SiteData`)
@@ -17,7 +18,6 @@ bytes as one that was never interrupted (same machine, same thread count).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,21 +31,27 @@ import numpy as np
 import torch
 
 from .aggregate import Rejection, aggregate
-from .config import RESUMABLE_KEYS, RunConfig
+from .config import LocalConfig, RunConfig
 from .evaluate import evaluate_codec, quality_to_gain
-from .local import LocalConfig, build_model, drill_update, evaluate_site, model_arrays, train_site
+from .local import build_model, drill_update, evaluate_site, model_arrays, train_site
 from .messages import GlobalModel, MessageError, parameter_spec
 from .randomness import Purpose, derive_seed
+from .runfolder import (
+    CHECKPOINT,
+    CHECKPOINT_VERSION,
+    METRICS,
+    check_resumable,
+    file_sha256,
+    load_checkpoint,
+    metrics_doc,
+    save_checkpoint,
+    write_json,
+)
 from .sites import Site, SiteData, held_out_volumes, load_site
 
-__all__ = ["CHECKPOINT", "METRICS", "RunResult", "dropped_sites", "initial_parameters", "run", "sample_sites"]
+__all__ = ["RunResult", "dropped_sites", "initial_parameters", "run", "sample_sites"]
 
 log = logging.getLogger("medcodec_fed")
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.json"
-_CHECKPOINT_VERSION = 1
-_METRICS_FORMAT = "medcodec-fed-metrics/1"
 
 
 @dataclass
@@ -63,14 +69,6 @@ class RunResult:
     metrics: dict[str, Any]
     model: Path | None
     site_models: dict[str, Path] = field(default_factory=dict)
-
-
-def local_config(config: RunConfig) -> LocalConfig:
-    """The local-training part of ``config``."""
-    return LocalConfig(
-        steps=config.local_steps, epochs=config.local_epochs, batch=config.batch, patch=config.patch,
-        lr=config.lr, mu=config.mu,
-    )  # fmt: skip
 
 
 def sample_sites(config: RunConfig, num_sites: int, round_: int) -> list[int]:
@@ -117,72 +115,6 @@ def initial_parameters(config: RunConfig) -> dict[str, np.ndarray]:
     with torch.random.fork_rng():
         torch.manual_seed(derive_seed(config.seed, 0, 0, Purpose.INIT))
         return model_arrays(Autoencoder(ARCHITECTURES[config.arch]))
-
-
-# --- checkpoint ---------------------------------------------------------------------------
-
-
-def _to_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-
-
-def _to_arrays(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    return {k: v.numpy().copy() for k, v in tensors.items()}
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    # No RNG state is stored: every random choice is re-derived from (seed, round, site).
-    blob = dict(state)
-    blob["parameters"] = _to_tensors(state["parameters"])
-    blob["local"] = {s: _to_tensors(p) for s, p in state["local"].items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
-    os.replace(tmp, path)  # atomic: an interruption leaves the previous checkpoint intact
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    from medcodec.training.train import load_checkpoint
-
-    blob = load_checkpoint(path)  # plain tensors and builtins only
-    if blob.get("version") != _CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {blob.get('version')} is not {_CHECKPOINT_VERSION}")
-    blob["parameters"] = _to_arrays(blob["parameters"])
-    blob["local"] = {s: _to_arrays(p) for s, p in blob["local"].items()}
-    return blob
-
-
-def _check_resumable(saved: dict[str, Any], config: RunConfig, sites: Sequence[Site]) -> None:
-    now = config.to_dict()
-    # A setting newer than the checkpoint (drill_hostile, ...) had its default's effect there.
-    was = {**RunConfig(arch=config.arch).to_dict(), **saved["config"]}
-    diffs = [f"{k}: {was.get(k)!r} -> {now[k]!r}" for k in now
-             if k not in RESUMABLE_KEYS and was.get(k) != now[k]]  # fmt: skip
-    if [s.describe() for s in sites] != saved["sites"]:
-        diffs.append("the sites (names or volumes) differ")
-    if diffs:
-        raise ValueError("cannot resume: settings differ from the checkpoint's: " + "; ".join(diffs))
-    if saved["next_round"] > config.rounds + 1:
-        raise ValueError(f"the checkpoint already holds {saved['next_round'] - 1} rounds; --rounds is {config.rounds}")
-    if saved["config"].get("threads") != config.threads:
-        log.warning("resuming with %d threads instead of %d: float sums may differ in the last bits",
-                    config.threads, saved["config"].get("threads"))  # fmt: skip
-
-
-def _clean(value: Any) -> Any:
-    # JSON has no NaN or infinity: a diverged site's loss is written as null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -255,14 +187,14 @@ def run(
     created = not out.exists()
     try:
         if resume and ckpt_path.exists():
-            state = _load_checkpoint(ckpt_path)
-            _check_resumable(state, config, sites)
+            state = load_checkpoint(ckpt_path)
+            check_resumable(state, config, sites)
             state["config"] = config.to_dict()
             say(f"resuming {out} after round {state['next_round'] - 1}")
         else:
             params = initial_parameters(config)
             state = {
-                "version": _CHECKPOINT_VERSION, "config": config.to_dict(), "sites": [s.describe() for s in sites],
+                "version": CHECKPOINT_VERSION, "config": config.to_dict(), "sites": [s.describe() for s in sites],
                 "next_round": 1, "parameters": params,
                 # Each site's personalized parameters start from the initial model's.
                 "local": {s: {k: params[k].copy() for k in local_names} for s in names},
@@ -273,13 +205,13 @@ def run(
         if config.drill():
             say(config.drill()["note"])
         gain = quality_to_gain(config.quality)
-        lc = local_config(config)
+        lc = config.local_config()
         for r in range(state["next_round"], config.rounds + 1):
             rec = _round(r, state, sites, data, config, lc, shared_names, gain)
             state["history"].append(rec)
             state["next_round"] = r + 1
-            _save_checkpoint(ckpt_path, state)
-            _write_json(out / METRICS, _metrics_doc(state, sites, config))
+            save_checkpoint(ckpt_path, state)
+            write_json(out / METRICS, metrics_doc(state, sites, config))
             say(_round_line(rec, config.rounds, len(sites)))
         return _finish(state, sites, data, config, out, shared_names, gain, say)
     except BaseException:
@@ -357,19 +289,6 @@ def _round(
     }
 
 
-def _metrics_doc(state: dict[str, Any], sites: Sequence[Site], config: RunConfig, **final: Any) -> dict[str, Any]:
-    doc = {
-        "format": _METRICS_FORMAT,
-        "model": None,
-        "config": config.to_dict(),
-        "drill": config.drill(),
-        "sites": [s.describe() for s in sites],
-        "rounds": state["history"],
-    }
-    doc.update(final)
-    return doc
-
-
 def _finish(
     state: dict[str, Any],
     sites: Sequence[Site],
@@ -401,25 +320,19 @@ def _finish(
 
         if state["baselines"] is None or state["baselines"].get("rounds") != config.rounds:
             state["baselines"] = run_baselines(state, sites, data, config, gain, say=say)
-            _save_checkpoint(out / CHECKPOINT, state)
-    doc = _metrics_doc(
+            save_checkpoint(out / CHECKPOINT, state)
+    doc = metrics_doc(
         state, sites, config,
         model=model_path.name if model_path else None,
-        model_sha256=_sha256(model_path) if model_path else None,
+        modelfile_sha256=file_sha256(model_path) if model_path else None,
         site_models={n: str(p.relative_to(out)) for n, p in site_models.items()},
         final=final,
         baselines=state["baselines"] if config.baselines else None,
     )  # fmt: skip
-    _write_json(out / METRICS, doc)
+    write_json(out / METRICS, doc)
     if config.plots:
         from .plots import draw_all
 
         for p in draw_all(doc, out, slices=slices):
             say(f"plot: {p}")
     return RunResult(out, doc, model_path, site_models)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
