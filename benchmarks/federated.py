@@ -194,9 +194,9 @@ def train_baselines(sites, config, out: Path, *, say: Callable[[str], None], loc
     """
     from medcodec.training.export import export_model
     from medcodec_fed.baselines import train_baseline
-    from medcodec_fed.export import combine_calibrations, model_meta
     from medcodec_fed.local import build_model, calibrate_site
     from medcodec_fed.messages import GlobalModel
+    from medcodec_fed.model_files import combine_calibrations, model_meta
     from medcodec_fed.randomness import Purpose, derive_seed
     from medcodec_fed.sites import SiteData, load_site
 

@@ -95,7 +95,7 @@ def test_a_run_writes_a_codec_model_and_per_round_per_site_metrics(reference, si
 
 def test_the_export_reads_no_voxel_at_the_server_only_the_sites_ranges(sites, tmp_path, monkeypatch):
     import medcodec.training.export
-    from medcodec_fed import export as fed_export
+    from medcodec_fed import model_files as fed_export
     from medcodec_fed.local import calibrate_site
     from medcodec_fed.messages import SiteCalibration
 

@@ -299,7 +299,7 @@ def _finish(
     gain: float,
     say: Callable[[str], None],
 ) -> RunResult:
-    from .export import export_run_models
+    from .model_files import export_run_models
 
     model_path, site_models = None, {}
     final: dict[str, Any] = {}

@@ -206,7 +206,7 @@ class SiteCalibration:
     The model export needs, for every hidden synthesis layer, the range of the
     activations the float network produces (``medcodec.training.export.calibrate``). Each
     site measures it on its own patches and sends only these scalars; the server
-    exports with their element-wise maximum (:func:`~medcodec_fed.export.combine_calibrations`).
+    exports with their element-wise maximum (:func:`~medcodec_fed.model_files.combine_calibrations`).
 
     Attributes:
         site: Sender's site name.

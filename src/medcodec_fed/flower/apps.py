@@ -572,8 +572,8 @@ def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, ou
     from medcodec.training.export import export_model
 
     from ..engine import initial_parameters
-    from ..export import combine_calibrations, model_meta
     from ..local import build_model
+    from ..model_files import combine_calibrations, model_meta
     from ..runfolder import file_sha256
 
     initial = initial_parameters(config)

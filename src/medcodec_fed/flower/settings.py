@@ -30,13 +30,12 @@ FLWR_RANGE = ((1, 42), (1, 43))
 
 # --- settings --------------------------------------------------------------------------------
 
-#: RunConfig fields the Flower engine takes from the run config (the others do not apply:
-#: aggregation is FedAvg, personalization and baselines are in-process only).
-_RUN_KEYS = (
-    "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
-    "site_dropout", "drill_hostile", "seed", "threads", "quality", "eval_crop", "calib_patches", "calib_size",
-    "init", "plots", "max_samples",
-)  # fmt: skip
+#: RunConfig fields that do not apply to the Flower engine: aggregation is FedAvg (robust
+#: aggregation needs every update), personalization, baselines and the final evaluation of
+#: exported models are in-process only, and the Flower engine always exports.
+IN_PROCESS_ONLY = frozenset({"aggregation", "trim", "local_groups", "baselines", "final_crop", "export"})
+#: The fields it takes from the run config: every other one.
+_RUN_KEYS = tuple(f.name for f in fields(RunConfig) if f.name not in IN_PROCESS_ONLY)
 #: The per-site settings among them, which Flower's scalar-only run config holds as a
 #: string "NAME=VALUE,NAME=VALUE", and the type of their values.
 _PER_SITE_KEYS = {"site_dropout": float, "drill_hostile": str}
