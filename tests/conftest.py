@@ -22,6 +22,15 @@ def synthetic(shape=(6, 40, 36), dtype="int16", seed=0) -> np.ndarray:
     return np.clip(lo + field * (hi - lo), info.min, info.max).astype(dt)
 
 
+def drawn(path) -> bool:
+    """Whether ``path`` is a PNG that shows something: a readable image of many colours."""
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    colours = np.unique(image.reshape(-1, image.shape[-1]), axis=0)
+    return image.shape[0] >= 100 and image.shape[1] >= 100 and len(colours) > 16
+
+
 @pytest.fixture(scope="session")
 def test_split():
     """Entries of the real test split; skips when the data folder is not there."""

@@ -88,11 +88,22 @@ def test_integer_synthesis_matches_a_float64_reference():
         x = torch.from_numpy(rng.integers(0, ACT_MAX + 1, size=(1, cin, *shape)).astype(np.float32))
 
 
-def test_every_hidden_layer_respects_the_exactness_bound():
-    syn = load_model().synthesis
-    for layer in syn.layers[1:]:
-        worst = ACT_MAX * np.abs(layer.weight.astype(np.int64)).reshape(len(layer.weight), -1).sum(1)
-        assert (worst + np.abs(layer.bias) < 1 << 24).all()
+def test_a_hidden_layer_that_could_leave_the_exact_range_is_refused():
+    from dataclasses import replace
+
+    from medcodec.model.intnet import EXACT_LIMIT, IntSynthesis
+
+    layers = list(load_model().synthesis.layers)
+    IntSynthesis(layers)  # the shipped layers pass
+    i = 1
+    worst = ACT_MAX * np.abs(layers[i].weight.astype(np.int64)).reshape(len(layers[i].weight), -1).sum(1)
+    # A bias that takes one channel's worst-case sum exactly to the limit: one too many.
+    bias = layers[i].bias.copy()
+    bias[0] = EXACT_LIMIT - worst[0]
+    with pytest.raises(ValueError, match="exact integer range"):
+        IntSynthesis([*layers[:i], replace(layers[i], bias=bias), *layers[i + 1 :]])
+    bias[0] -= 1  # just inside
+    IntSynthesis([*layers[:i], replace(layers[i], bias=bias), *layers[i + 1 :]])
 
 
 def test_encoding_is_deterministic():
