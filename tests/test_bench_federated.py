@@ -1,4 +1,4 @@
-"""benchmarks/federated.py on a tiny synthetic federation (seconds, no real data)."""
+"""The federated experiments (benchmarks/federated*.py) on a tiny synthetic federation (seconds, no real data)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import federated as fx
+from benchmarks import federated
+from benchmarks.federated_analysis import experiments
+from benchmarks.federated_evaluate import evaluation_pairs
+from medcodec.volume import center_crop
 from tests.conftest import synthetic
 
 
-def test_central_crop_is_centred_and_clipped():
+def test_center_crop_is_centred_and_clipped():
     a = np.arange(10 * 20 * 30).reshape(10, 20, 30)
-    c = fx.central_crop(a, (4, 100, 10))
+    c = center_crop(a, (4, 100, 10))
     assert c.shape == (4, 20, 10)
     assert c[0, 0, 0] == a[3, 0, 10]
     assert c.flags.c_contiguous
@@ -22,7 +25,7 @@ def test_central_crop_is_centred_and_clipped():
 def test_evaluation_pairs_skip_a_local_models_own_site():
     vols = {"v1": {"site": "a"}, "v2": {"site": "b"}, "v3": {"site": "c"}}
     models = {"federated": "f", "local-only/a": "la", "local-only/x": "lx"}
-    pairs = fx.evaluation_pairs(models, vols)
+    pairs = evaluation_pairs(models, vols)
     assert [v for m, v in pairs if m == "federated"] == ["v1", "v2", "v3"]
     assert [v for m, v in pairs if m == "local-only/a"] == ["v2", "v3"]
     assert [v for m, v in pairs if m == "local-only/x"] == ["v1", "v2", "v3"]
@@ -44,7 +47,7 @@ def test_experiments_signs_and_targets():
         "local-only/a": {"v2": _curve(1.5)},  # federated is better on b's volume
         "local-only/b": {"v1": _curve(1.0)},  # federated is worse on a's volume
     }
-    ex = fx.experiments(points, vols, ["a", "b"])
+    ex = experiments(points, vols, ["a", "b"])
     assert ex["federated_vs_centralized"]["mean"] == pytest.approx(2.0, abs=1e-6)
     assert ex["federated_vs_centralized"]["holds"]
     assert ex["dropout_vs_no_dropout"]["mean"] == pytest.approx(10.0, abs=1e-6)
@@ -79,7 +82,7 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
     args = ["--out", str(out), "--data", str(data), "--results", str(md), "--rounds", "1", "--local-steps", "2",
             "--batch", "1", "--patch", "16", "--eval-crop", "16", "--calib-patches", "1", "--calib-size", "16",
             "--qualities", "20,60,80", "--crop", "8x24x24"]  # fmt: skip
-    assert fx.main(args) == 0
+    assert federated.main(args) == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["models"]) == {
         "federated",
@@ -118,6 +121,6 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
     assert "central crop of at most 8×24×24" in text and "python -m benchmarks.federated" in text
     # a second invocation with --resume reuses everything (no retraining, no re-measuring)
     cache = (out / "codec_cache.json").read_text()
-    assert fx.main([*args, "--resume"]) == 0
+    assert federated.main([*args, "--resume"]) == 0
     assert (out / "codec_cache.json").read_text() == cache
     assert len(json.loads((out / "invocations.json").read_text())) == 2
