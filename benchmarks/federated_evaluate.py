@@ -11,7 +11,6 @@ of the run folder. Besides rate and PSNR, a point records the stream's bytes by 
 from __future__ import annotations
 
 import math
-import struct
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,40 +29,36 @@ __all__ = [
     "stream_sections",
 ]
 
-#: A tile's head (docs/FORMAT.md): index, path, levels, buckets, reserved.
-TILE_HEAD = struct.Struct("<IBBBB")
-#: The tile paths that are not the learned one's three sections.
-RAW_PATH, PREDICTIVE_PATH, TRANSFORM_PATH = 1, 3, 5
-
 
 def stream_sections(data: bytes) -> dict[str, int]:
     """Bytes of a medcodec stream by part: latents, residual layer, float exceptions, rest.
 
-    Parses the container (``medcodec.format.container.read_stream``) and each tile's sections
-    (docs/FORMAT.md): tile head, then length-prefixed latents / residual / exceptions. A
-    predictive tile (integer volumes, no network) has one section, counted as residual; a
-    transform tile (lossy integer volumes) has one, its quantized coefficients, counted as latents.
+    Reads the container (``medcodec.format.container.read_stream``) and each tile's sections
+    (``medcodec.format.tile``, docs/FORMAT.md). A learned tile's three sections are its latents,
+    residual layer and exceptions; a predictive tile (integer volumes, no network) has one,
+    counted as residual; a transform tile (lossy integer volumes) has one, its quantized
+    coefficients, counted as latents. Raw and palette tiles (lossless floats, no network),
+    tile heads, length prefixes, checksums and the container are the rest.
     """
     from medcodec.format.container import read_stream
+    from medcodec.format.tile import TilePath, read_head, read_sections
 
     _, chunks = read_stream(data)
     parts = {"latents": 0, "residual": 0, "exceptions": 0}
     for chunk in chunks:
         if chunk.kind != b"TILE":
             continue
-        payload = chunk.payload
-        path = payload[4]
-        if path == RAW_PATH:
+        path = read_head(chunk.payload).path
+        if path in (TilePath.RAW, TilePath.PALETTE):
             continue
-        position = TILE_HEAD.size
-        if path in (PREDICTIVE_PATH, TRANSFORM_PATH):
-            part = "residual" if path == PREDICTIVE_PATH else "latents"
-            parts[part] += struct.unpack_from("<I", payload, position)[0]
-            continue
-        for part in ("latents", "residual", "exceptions"):
-            (length,) = struct.unpack_from("<I", payload, position)
-            parts[part] += length
-            position += 4 + length
+        sections, _ = read_sections(chunk.payload, path)
+        if path == TilePath.PREDICTIVE:
+            parts["residual"] += len(sections[0])
+        elif path == TilePath.TRANSFORM:
+            parts["latents"] += len(sections[0])
+        else:
+            for part, section in zip(("latents", "residual", "exceptions"), sections):
+                parts[part] += len(section)
     parts["other"] = len(data) - parts["latents"] - parts["residual"] - parts["exceptions"]
     return parts
 

@@ -26,32 +26,32 @@ def test_center_crop_is_centred_and_clipped():
 
 
 @pytest.mark.parametrize(
-    ("options", "path", "part"),
+    ("dtype", "options", "path", "sections", "counted_as"),
     [
-        ({"max_error": 0}, 3, "residual"),  # predictive tile
-        ({"quality": 50}, 5, "latents"),  # transform tile
-        ({"quality": 50, "float": True}, 2, None),  # learned tile: latents, residual, exceptions
+        ("int16", {"max_error": 0}, 3, 1, "residual"),  # predictive tile
+        ("int16", {"quality": 50}, 5, 1, "latents"),  # transform tile
+        ("float32", {"quality": 50}, 2, 3, "latents, residual, exceptions"),  # learned tile
+        ("float32", {"max_error": 0}, 4, 2, None),  # palette tile: the rest
     ],
 )
-def test_stream_sections_count_every_section_byte_of_every_tile(options, path, part):
+def test_stream_sections_count_every_section_byte_of_every_tile(dtype, options, path, sections, counted_as):
     import medcodec
     from medcodec.format.container import read_stream
 
-    options = dict(options)
-    volume = synthetic((8, 24, 24), "float32" if options.pop("float", False) else "int16", seed=3)
-    data = medcodec.compress(volume, **options)
+    data = medcodec.compress(synthetic((8, 24, 24), dtype, seed=3), **options)
     tiles = [chunk.payload for chunk in read_stream(data)[1] if chunk.kind == b"TILE"]
     assert {tile[4] for tile in tiles} == {path}
     # docs/FORMAT.md: an 8-byte tile head, then each section behind its 4-byte length, then a 32-byte digest
-    sections = 3 if part is None else 1
     section_bytes = sum(len(tile) - 8 - 4 * sections - 32 for tile in tiles)
     parts = stream_sections(data)
-    assert parts["latents"] + parts["residual"] + parts["exceptions"] == section_bytes
-    assert parts["other"] == len(data) - section_bytes
-    if part is None:
-        assert parts["latents"] > 0 and parts["residual"] > 0
+    counted = parts["latents"] + parts["residual"] + parts["exceptions"]
+    if counted_as is None:
+        assert counted == 0 and parts["other"] == len(data)
+    elif sections == 1:
+        assert parts[counted_as] == counted == section_bytes
     else:
-        assert parts[part] == section_bytes
+        assert counted == section_bytes and parts["latents"] > 0 and parts["residual"] > 0
+    assert parts["other"] == len(data) - counted
 
 
 def test_evaluation_pairs_skip_a_local_models_own_site():
