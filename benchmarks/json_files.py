@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,14 @@ def read_json(path: Path, default: Any) -> Any:
 
 
 def write_json(path: Path, doc: Any) -> None:
-    """Write ``doc`` to ``path`` through a temporary file, so a reader never sees half of it.
+    """Write ``doc`` to ``path`` whole or not at all (``medcodec.files.atomic.write_atomic``).
 
     numpy scalars are written as numbers and paths as strings; nan and infinity are refused.
     """
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False, default=_plain_value) + "\n")
-    os.replace(tmp, path)
+    from medcodec.files.atomic import write_atomic
+
+    text = json.dumps(doc, indent=1, allow_nan=False, default=_plain_value) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text), force=True)
 
 
 def _plain_value(value: Any) -> Any:
