@@ -152,10 +152,11 @@ def center_crop(vol: BenchVolume, shape: tuple[int, int, int]) -> BenchVolume:
     """The central ``shape`` block of ``vol`` (each axis clipped to the volume's size).
 
     Used by ``--quick``: results on crops are smoke-test numbers, not comparable to full runs.
+    The crop is ``medcodec.volume.center_crop``'s.
     """
-    starts = [(n - min(n, s)) // 2 for n, s in zip(vol.array.shape, shape)]
-    sl = tuple(slice(b, b + min(n, s)) for b, n, s in zip(starts, vol.array.shape, shape))
-    array = np.ascontiguousarray(vol.array[sl])
+    from medcodec.volume import center_crop as center_crop_array
+
+    array = center_crop_array(vol.array, shape)
     if array.shape == vol.array.shape:
         return vol
     return replace(vol, array=array, source=f"{vol.source} [center crop {'x'.join(map(str, array.shape))}]")

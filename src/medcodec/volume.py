@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from .errors import InvalidInputError
 
-__all__ = ["Volume", "SUPPORTED_DTYPES", "as_volume"]
+__all__ = ["Volume", "SUPPORTED_DTYPES", "as_volume", "center_crop"]
 
 #: dtypes medcodec encodes, in the order of their stream codes (see docs/FORMAT.md).
 SUPPORTED_DTYPES: tuple[np.dtype, ...] = tuple(
@@ -104,3 +105,23 @@ def as_volume(data: Volume | np.ndarray) -> Volume:
     if arr is vol.array:
         return vol
     return Volume(arr, vol.spacing, vol.origin, vol.direction, dict(vol.metadata))
+
+
+def center_crop(array: np.ndarray, size: int | Sequence[int] | None) -> np.ndarray:
+    """The centred block of at most ``size`` voxels along each axis, C-contiguous.
+
+    ``size`` is one side for every axis, one side per axis (axes beyond it are kept whole),
+    or None for the whole array. An axis no longer than its side is kept whole; where the
+    surplus is odd, the extra voxel is dropped at the end. The result shares memory with
+    ``array`` only when that block is already contiguous in it.
+
+    Example:
+        >>> center_crop(np.arange(10), 4)
+        array([3, 4, 5, 6])
+    """
+    if size is None:
+        return np.ascontiguousarray(array)
+    sides = [int(size)] * array.ndim if isinstance(size, (int, np.integer)) else [int(s) for s in size]
+    starts = [max(0, (length - side) // 2) for length, side in zip(array.shape, sides)]
+    region = tuple(slice(start, start + min(side, length)) for start, side, length in zip(starts, sides, array.shape))
+    return np.ascontiguousarray(array[region])

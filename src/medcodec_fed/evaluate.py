@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from medcodec.volume import center_crop  # also medcodec_fed.sites' crop, through this module
+
 __all__ = ["center_crop", "evaluate_codec", "evaluate_float", "quality_to_gain", "reconstruct_float", "ssim3d"]
 
 
@@ -29,15 +31,6 @@ def quality_to_gain(quality: int) -> float:
     from medcodec.model.intnet import GAIN_ONE
 
     return quality_gain(quality) / GAIN_ONE
-
-
-def center_crop(array: np.ndarray, size: int | None) -> np.ndarray:
-    """The centred crop of side at most ``size`` along every axis (a copy); None: the whole array."""
-    if size is None:
-        return np.ascontiguousarray(array)
-    starts = [max(0, (s - size) // 2) for s in array.shape]
-    region = tuple(slice(st, st + min(size, s)) for st, s in zip(starts, array.shape))
-    return np.ascontiguousarray(array[region])
 
 
 @torch.no_grad()
