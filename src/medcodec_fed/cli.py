@@ -33,12 +33,17 @@ from typing import Any
 
 __all__ = ["main"]
 
-# CLI option -> RunConfig field, for the options that map one to one.
-_SETTINGS = (
-    "arch", "rounds", "local_steps", "local_epochs", "batch", "patch", "lr", "mu", "fraction", "dropout",
-    "aggregation", "trim", "max_samples", "seed", "threads", "quality", "eval_crop", "final_crop", "calib_patches",
-    "calib_size", "baselines", "init", "plots", "export",
-)  # fmt: skip
+# RunConfig fields whose options do not map one to one (NAME=VALUE lists, groups of names).
+_SPECIAL = frozenset({"site_dropout", "drill_hostile", "local_groups"})
+
+
+def _settings() -> tuple[str, ...]:
+    """RunConfig fields that are options of the same name (--local-steps -> local_steps)."""
+    from dataclasses import fields
+
+    from .config import RunConfig
+
+    return tuple(f.name for f in fields(RunConfig) if f.name not in _SPECIAL)
 
 
 # Options that choose sites and the run folder rather than training, with the types a TOML
@@ -184,7 +189,7 @@ def _gather(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str], d
     for key, value in other.items():
         if not isinstance(value, _OTHER_TYPES[key]) or isinstance(value, bool):
             raise ValueError(f"{args.config}: {key.replace('_', '-')} has the wrong type: {value!r}")
-    for name in _SETTINGS:
+    for name in _settings():
         value = getattr(args, name)
         if value is not None:
             settings[name] = value
