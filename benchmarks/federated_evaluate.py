@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .json_files import read_json, write_json
 
 __all__ = [
@@ -111,13 +109,11 @@ def prediction_psnr(model_path: str, volume, quality: int) -> float | None:
     the quality's gain, integer synthesis, mapping to voxels), for a volume that is one codec
     tile (None otherwise, or when the prediction is exact).
     """
-    import torch
 
     from medcodec.codec import integer_valued, quality_gain
     from medcodec.coding.intensity import normalize, to_voxels
     from medcodec.format.tiling import DEFAULT_TILE, pad_edge, tile_grid
     from medcodec.model.files import load_model
-    from medcodec.model.intnet import GAIN_ONE
 
     from .metrics import psnr
 
@@ -127,13 +123,8 @@ def prediction_psnr(model_path: str, volume, quality: int) -> float | None:
     codec_model = load_model(model_path)
     integer = voxels.dtype.kind != "f" or integer_valued(voxels)
     lo, hi, gain = float(voxels.min()), float(voxels.max()), quality_gain(quality)
-    padded = pad_edge(normalize(voxels, lo, hi), 8)
-    with torch.no_grad():
-        latents = codec_model.analysis(torch.from_numpy(np.ascontiguousarray(padded))[None, None])[0].numpy()
-    _, _, bound = codec_model.synthesis.first_layer_params(gain)
-    rounded = np.clip(np.round(latents.astype(np.float64) * (gain / GAIN_ONE)), -bound, bound).astype(np.int64)
-    depth, height, width = voxels.shape
-    prediction = codec_model.synthesis(rounded, gain)[:depth, :height, :width]
+    latents = codec_model.latents(pad_edge(normalize(voxels, lo, hi), 8), gain)
+    prediction = codec_model.synthesize(latents, gain, voxels.shape)
     return _finite_or_none(psnr(voxels, to_voxels(prediction, lo, hi, integer)))
 
 

@@ -407,15 +407,9 @@ def _encode_tile(
         digest = _digest(recon.astype(plan.dtype))
         return pack_tile(index, path, [section], digest), digest
     assert codec_model is not None
-    normalized_tile = pad_edge(normalize(x, plan.lo, plan.hi), 8)
-    import torch
-
-    with torch.no_grad():
-        y = codec_model.analysis(torch.from_numpy(np.ascontiguousarray(normalized_tile))[None, None])[0].numpy()
-    _, _, bound = codec_model.synthesis.first_layer_params(plan.gain_num)
-    y_hat = np.clip(np.round(y.astype(np.float64) * (plan.gain_num / GAIN_ONE)), -bound, bound).astype(np.int64)
+    y_hat = codec_model.latents(pad_edge(normalize(x, plan.lo, plan.hi), 8), plan.gain_num)
     latents = encode_groups(y_hat, _channel_groups(y_hat.shape), y_hat.shape[0])
-    o = codec_model.synthesis(y_hat, plan.gain_num)[: x.shape[0], : x.shape[1], : x.shape[2]]
+    o = codec_model.synthesize(y_hat, plan.gain_num, x.shape)
     pred = to_voxels(o, plan.lo, plan.hi, plan.integer)
     exceptions = b""
     n_buckets = buckets_for(o.size)
@@ -642,10 +636,9 @@ def _decode_learned(
     c = codec_model.synthesis.latent_channels
     lat_shape = (c, *(-(-s // 8) for s in shape))
     y_hat = decode_groups(latents, _channel_groups(lat_shape), c)
-    _, _, bound = codec_model.synthesis.first_layer_params(header.gain_num)
-    if y_hat.size and int(np.abs(y_hat).max()) > bound:
+    if y_hat.size and int(np.abs(y_hat).max()) > codec_model.latent_bound(header.gain_num):
         raise CorruptStreamError("latent values outside the model's exact range")
-    o = codec_model.synthesis(y_hat, header.gain_num)[: shape[0], : shape[1], : shape[2]]
+    o = codec_model.synthesize(y_hat, header.gain_num, shape)
     pred = to_voxels(o, header.lo, header.hi, integer)
     if not 1 <= n_buckets <= 64:
         raise CorruptStreamError("tile has an invalid context count")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelError, ModelMismatchError, ModelNotFoundError
+from ..format.fixedpoint import GAIN_ONE
 from .intnet import IntLayer, IntSynthesis
 from .network import Architecture, Autoencoder
 
@@ -86,6 +87,24 @@ class CodecModel:
             net.eval()
             self._analysis = net
         return self._analysis
+
+    def latents(self, normalized: np.ndarray, gain_num: int) -> np.ndarray:
+        """The integer latents of a volume normalized to [-1, 1] (sides multiples of 8) at gain
+        ``gain_num / GAIN_ONE``: the analysis transform, scaled, rounded and kept within the range
+        where the first synthesis layer is exact (encoder only)."""
+        with torch.no_grad():
+            y = self.analysis(torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))[None, None])
+        y = y[0].numpy().astype(np.float64) * (gain_num / GAIN_ONE)
+        bound = self.latent_bound(gain_num)
+        return np.clip(np.round(y), -bound, bound).astype(np.int64)
+
+    def latent_bound(self, gain_num: int) -> int:
+        """The largest |latent| the synthesis decodes exactly at this gain (a decoder refuses more)."""
+        return int(self.synthesis.first_layer_params(gain_num)[2])
+
+    def synthesize(self, latents: np.ndarray, gain_num: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The integer-exact synthesis of ``latents``, cropped to the volume's ``shape``."""
+        return self.synthesis(latents, gain_num)[: shape[0], : shape[1], : shape[2]]
 
 
 def save_model_file(arch: Architecture, tensors: dict[str, np.ndarray], meta: dict[str, Any], out_dir: Path) -> Path:
