@@ -54,6 +54,28 @@ def test_z_depth_follows_the_data():
     assert plan_tile(independent, 1, 0, 4000)[0] == 0
 
 
+def test_lossless_feedback_weights_take_the_scale_of_the_smallest_trial_coding():
+    rng = np.random.default_rng(11)
+    x = synthetic(shape=(12, 40, 36), seed=4).astype(np.int64) + rng.integers(-30, 31, (12, 40, 36))
+    lo, hi, n_fb = int(x.min()), int(x.max()), predictive.N_FEEDBACK
+    for t, h in predictive._levels(x.shape[0], 1):
+        fitted, _ = predictive._fit_level(x, t, h, 1, lo, hi)
+        tuned, _ = predictive._fit_level(x, t, h, 1, lo, hi, final=True)
+        assert np.array_equal(tuned.weights[:, :-n_fb], fitted.weights[:, :-n_fb])
+        full = fitted.weights[:, -n_fb:].copy()
+        keep = predictive._spread(t, predictive._DAMP_SLICES)
+        bits, chosen = {}, None
+        for num in predictive._DAMP_FACTORS:
+            fitted.weights[:, -n_fb:] = (full * num + 2) >> 2
+            bits[num] = predictive._trial_bits(x[keep], *predictive._z_neighbours(x, keep, h), fitted, lo, hi)
+            if chosen is None and np.array_equal(fitted.weights, tuned.weights):
+                chosen = num
+        assert chosen is not None and bits[chosen] == min(bits.values())
+    # Near-lossless levels keep their fitted feedback weights.
+    fitted, _ = predictive._fit_level(x, t, h, 3, lo, hi)
+    assert np.array_equal(predictive._fit_level(x, t, h, 3, lo, hi, final=True)[0].weights, fitted.weights)
+
+
 @pytest.fixture
 def numpy_loops(monkeypatch):
     """Run the coder's numpy reference loops instead of the compiled kernels."""
