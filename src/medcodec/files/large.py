@@ -33,7 +33,7 @@ from ..codec import (
 from ..coding.predictive import compiled as predictive_compiled
 from ..errors import CorruptStreamError, InvalidInputError, VolumeIOError
 from ..format.container import END, Chunk, Header, chunk_bytes, header_block, scan_stream
-from ..format.tile import TilePath
+from ..format.tile import DIGEST_BYTES, TilePath
 from ..volume import Volume
 from .atomic import write_atomic
 
@@ -222,8 +222,8 @@ def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model
             raise CorruptStreamError(f"stream holds {len(tiles_at)} tiles, its header announces {header.n_tiles}")
         stored = []
         for off, n in tiles_at:
-            f.seek(off + n - 32)
-            stored.append(f.read(32))
+            f.seek(off + n - DIGEST_BYTES)
+            stored.append(f.read(DIGEST_BYTES))
         _check_stored_digests(stored, header)
         metadata = {}
         if meta is not None:
