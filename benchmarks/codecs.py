@@ -31,6 +31,7 @@ import gzip
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -441,7 +442,7 @@ def baseline_settings(
             )
     if want(JPEGXL, _imagecodecs_missing("JPEGXL")):
         dec = imagecodecs.jpegxl_decode
-        lossless = lambda s: imagecodecs.jpegxl_encode(s, lossless=True, effort=JPEGXL_EFFORT)  # noqa: E731
+        lossless = partial(imagecodecs.jpegxl_encode, lossless=True, effort=JPEGXL_EFFORT)
         out.append(CodecSetting(JPEGXL, "lossless", "lossless", None, 0, SliceCodec(_fixed(lossless), dec)))
         for d in QUICK_JPEGXL_DISTANCES if quick else JPEGXL_DISTANCES:
             out.append(

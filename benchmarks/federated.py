@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(json_path, doc)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(render_markdown(doc))
+    Path(args.results).write_text(render_markdown(doc), encoding="utf-8")
     say(f"wrote {args.results} and {json_path}")
     for name, comparison in comparisons.items():
         if "holds" not in comparison:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 import medcodec
 from medcodec import InvalidInputError, Volume, VolumeIOError
+from medcodec.files.atomic import write_json
 from tests.conftest import synthetic
 
 GEOMETRY = dict(
@@ -55,6 +58,24 @@ def test_write_is_atomic_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "v.nii.gz"
     medcodec.write(synthetic(), path)
     assert [p.name for p in tmp_path.iterdir()] == ["v.nii.gz"]
+
+
+def test_json_records_are_written_whole_with_plain_values(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    doc = {"loss": float("nan"), "psnr": np.float32(41.5), "n": np.int64(3), "dir": tmp_path, "bpv": [1.0, -np.inf]}
+    write_json(path, doc)
+    assert json.loads(path.read_text()) == {
+        "loss": None,
+        "psnr": 41.5,
+        "n": 3,
+        "dir": str(tmp_path),
+        "bpv": [1.0, None],
+    }
+    with pytest.raises(TypeError):  # not JSON: nothing written, the old record kept
+        write_json(path, {"x": object()})
+    assert json.loads(path.read_text())["n"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_unknown_suffix_is_a_clear_error(tmp_path):

@@ -32,6 +32,7 @@ __all__ = [
     "check_update",
     "distance_bound",
     "fedavg",
+    "mean_metric",
     "median",
     "trimmed_mean",
     "update_distance",
@@ -166,6 +167,11 @@ def fedavg(updates: Sequence[SiteUpdate], *, max_samples: int | None = None) -> 
             acc += (w / total) * u.parameters[name].astype(np.float64)
         out[name] = acc.astype(np.float32)
     return out
+
+
+def mean_metric(values: Sequence[float]) -> float | None:
+    """The mean of the sites' values of a round metric (loss, PSNR, bpv), None when no site has one."""
+    return float(np.mean(values)) if len(values) else None
 
 
 def median(updates: Sequence[SiteUpdate]) -> dict[str, np.ndarray]:

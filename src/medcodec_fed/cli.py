@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,7 @@ def _run(args: argparse.Namespace) -> int:
     sites = _sites(folders, other, config.seed)
     print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} train, "
           f"{len(s.held_out) or 'last slices'} held out)" for s in sites), flush=True)  # fmt: skip
-    say = lambda line: print(line, flush=True)  # noqa: E731
+    say = partial(print, flush=True)
     out = Path(other["out"])
     created = not out.exists()
     try:

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .aggregate import Rejection, aggregate
+from medcodec.files.atomic import write_json
+
+from .aggregate import Rejection, aggregate, mean_metric
 from .config import LocalConfig, RunConfig
 from .evaluate import evaluate_codec, quality_to_gain
 from .local import build_model, drill_update, evaluate_site, model_arrays, train_site
@@ -45,7 +47,6 @@ from .runfolder import (
     load_checkpoint,
     metrics_doc,
     save_checkpoint,
-    write_json,
 )
 from .sites import Site, SiteData, held_out_volumes, load_site
 
@@ -118,10 +119,6 @@ def initial_parameters(config: RunConfig) -> dict[str, np.ndarray]:
 
 
 # --- the run ------------------------------------------------------------------------------
-
-
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
 
 
 def _round_line(rec: dict[str, Any], rounds: int, num_sites: int) -> str:
@@ -280,10 +277,10 @@ def _round(
         "train": train,
         "eval": evals,
         "global": {
-            "loss": _mean(losses),
-            "psnr": _mean([e["psnr"] for e in evals.values()]),
-            "bpv": _mean([e["bpv"] for e in evals.values()]),
-            "ssim": _mean([e["ssim"] for e in evals.values() if "ssim" in e]),
+            "loss": mean_metric(losses),
+            "psnr": mean_metric([e["psnr"] for e in evals.values()]),
+            "bpv": mean_metric([e["bpv"] for e in evals.values()]),
+            "ssim": mean_metric([e["ssim"] for e in evals.values() if "ssim" in e]),
         },
         "seconds": time.perf_counter() - t0,
     }

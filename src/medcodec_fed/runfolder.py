@@ -9,9 +9,7 @@ machines) write the same files, so a run's folder reads the same whichever ran i
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,6 @@ __all__ = [
     "load_checkpoint",
     "metrics_doc",
     "save_checkpoint",
-    "write_json",
 ]
 
 log = logging.getLogger("medcodec_fed")
@@ -88,22 +85,6 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, sites: Sequence[Si
     if saved["config"].get("threads") != config.threads:
         log.warning("resuming with %d threads instead of %d: float sums may differ in the last bits",
                     config.threads, saved["config"].get("threads"))  # fmt: skip
-
-
-def _clean(value: Any) -> Any:
-    # JSON has no NaN or infinity: a diverged site's loss is written as null.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    text = json.dumps(_clean(doc), indent=1, allow_nan=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), force=True)
 
 
 def metrics_doc(state: dict[str, Any], sites: Sequence[Site], config: RunConfig, **final: Any) -> dict[str, Any]:

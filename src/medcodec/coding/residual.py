@@ -91,9 +91,10 @@ def _log_bucket(a: np.ndarray, shift: int, n: int) -> np.ndarray:
 def _base_activity(o: np.ndarray, s: int) -> np.ndarray:
     """Local activity of ``o`` (sum of absolute central differences along z, y, x) on the stride-``s`` grid."""
     p = np.pad(o, 1, mode="edge")
-    at = lambda dz, dy, dx: p[
-        1 + dz : p.shape[0] - 1 + dz, 1 + dy : p.shape[1] - 1 + dy : s, 1 + dx : p.shape[2] - 1 + dx : s
-    ]  # noqa: E731
+
+    def at(dz: int, dy: int, dx: int) -> np.ndarray:
+        return p[1 + dz : p.shape[0] - 1 + dz, 1 + dy : p.shape[1] - 1 + dy : s, 1 + dx : p.shape[2] - 1 + dx : s]
+
     return np.abs(at(1, 0, 0) - at(-1, 0, 0)) + np.abs(at(0, 1, 0) - at(0, -1, 0)) + np.abs(at(0, 0, 1) - at(0, 0, -1))
 
 

@@ -2,19 +2,25 @@
 
 Streams and volume files (the command line, :func:`medcodec.write`, :mod:`medcodec.files.large`)
 go through :func:`write_atomic`, so an interruption or a failure never leaves a partial file
-under the final name, and an existing file is replaced only when asked.
+under the final name, and an existing file is replaced only when asked. Records (run folders,
+benchmark results) go through :func:`write_json`.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..errors import MedcodecError, OutputExistsError, VolumeIOError
 
-__all__ = ["write_atomic"]
+__all__ = ["write_atomic", "write_json"]
 
 
 def _new_file_mode() -> int:
@@ -79,3 +85,25 @@ def write_atomic(dest: Path, write: Callable[[Path], None], *, force: bool, suff
     except BaseException:  # includes KeyboardInterrupt: never leave a partial temp file
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as numbers, paths as strings and non-finite floats as None
+    (JSON has no NaN or infinity: a diverged loss is written as null)."""
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def write_json(dest: Path, doc: Any) -> None:
+    """Write the JSON document ``doc`` to ``dest`` whole or not at all, replacing any old one."""
+    text = json.dumps(_plain(doc), indent=1, allow_nan=False) + "\n"
+    write_atomic(Path(dest), lambda tmp: tmp.write_text(text, encoding="utf-8"), force=True)

@@ -66,7 +66,7 @@ from flwr.server.strategy import (
 )
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
-from ..aggregate import aggregate, check_update
+from ..aggregate import aggregate, check_update, mean_metric
 from ..config import RunConfig
 from ..messages import (
     GlobalModel,
@@ -297,10 +297,6 @@ def make_client_app(sites: Sequence[Site] | None = None) -> ClientApp:
 # --- the ServerApp -----------------------------------------------------------------------------
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
-
-
 class _Run:
     """The server's record of a run: rounds, sites seen, calibrations; writes the run folder."""
 
@@ -340,7 +336,9 @@ class _Run:
         return doc
 
     def write(self, next_round: int, **final: Any) -> dict[str, Any]:
-        from ..runfolder import CHECKPOINT, METRICS, save_checkpoint, write_json
+        from medcodec.files.atomic import write_json
+
+        from ..runfolder import CHECKPOINT, METRICS, save_checkpoint
 
         doc = self.doc(**final)
         state = {"version": 1, "engine": "flower", "config": self.config.to_dict(), "sites": doc["sites"],
@@ -488,10 +486,10 @@ class _FedAvg(FedAvg):
         evals = rec["eval"].values()
         losses = [rec["train"][s]["loss"] for s in rec["accepted"] if "loss" in rec["train"].get(s, {})]
         rec["global"] = {
-            "loss": _mean(losses),
-            "psnr": _mean([e["psnr"] for e in evals if "psnr" in e]),
-            "bpv": _mean([e["bpv"] for e in evals if "bpv" in e]),
-            "ssim": _mean([e["ssim"] for e in evals if "ssim" in e]),
+            "loss": mean_metric(losses),
+            "psnr": mean_metric([e["psnr"] for e in evals if "psnr" in e]),
+            "bpv": mean_metric([e["bpv"] for e in evals if "bpv" in e]),
+            "ssim": mean_metric([e["ssim"] for e in evals if "ssim" in e]),
         }
         rec["seconds"] = time.perf_counter() - self.round_started
         run.write(server_round + 1)
