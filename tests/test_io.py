@@ -64,7 +64,10 @@ def test_json_records_are_written_whole_with_plain_values(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text("old")
     doc = {"loss": float("nan"), "psnr": np.float32(41.5), "n": np.int64(3), "dir": tmp_path, "bpv": [1.0, -np.inf]}
-    write_json(path, doc)
+    with pytest.raises(ValueError):  # NaN is not JSON: refused unless asked to write null
+        write_json(path, doc)
+    assert path.read_text() == "old"
+    write_json(path, doc, nonfinite_as_null=True)
     assert json.loads(path.read_text()) == {
         "loss": None,
         "psnr": 41.5,

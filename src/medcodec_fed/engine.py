@@ -208,7 +208,7 @@ def run(
             state["history"].append(rec)
             state["next_round"] = r + 1
             save_checkpoint(ckpt_path, state)
-            write_json(out / METRICS, metrics_doc(state, sites, config))
+            write_json(out / METRICS, metrics_doc(state, sites, config), nonfinite_as_null=True)
             say(_round_line(rec, config.rounds, len(sites)))
         return _finish(state, sites, data, config, out, shared_names, gain, say)
     except BaseException:
@@ -326,7 +326,7 @@ def _finish(
         final=final,
         baselines=state["baselines"] if config.baselines else None,
     )  # fmt: skip
-    write_json(out / METRICS, doc)
+    write_json(out / METRICS, doc, nonfinite_as_null=True)
     if config.plots:
         from .plots import draw_all
 

@@ -87,23 +87,26 @@ def write_atomic(dest: Path, write: Callable[[Path], None], *, force: bool, suff
         raise
 
 
-def _plain(value: Any) -> Any:
-    """``value`` with numpy scalars as numbers, paths as strings and non-finite floats as None
-    (JSON has no NaN or infinity: a diverged loss is written as null)."""
+def _plain(value: Any, null: bool) -> Any:
+    """``value`` with numpy scalars as numbers, paths as strings and, where ``null``, non-finite
+    floats as None."""
     if isinstance(value, (np.floating, np.integer)):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
+    if null and isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v, null) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, null) for v in value]
     return value
 
 
-def write_json(dest: Path, doc: Any) -> None:
-    """Write the JSON document ``doc`` to ``dest`` whole or not at all, replacing any old one."""
-    text = json.dumps(_plain(doc), indent=1, allow_nan=False) + "\n"
+def write_json(dest: Path, doc: Any, *, nonfinite_as_null: bool = False) -> None:
+    """Write the JSON document ``doc`` to ``dest`` whole or not at all, replacing any old one.
+
+    JSON has no NaN or infinity: they are refused (ValueError), or written as null where
+    ``nonfinite_as_null`` (a run's records, where a diverged loss is a result to keep)."""
+    text = json.dumps(_plain(doc, nonfinite_as_null), indent=1, allow_nan=False) + "\n"
     write_atomic(Path(dest), lambda tmp: tmp.write_text(text, encoding="utf-8"), force=True)

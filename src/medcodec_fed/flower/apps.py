@@ -345,7 +345,7 @@ class _Run:
                  "next_round": next_round, "parameters": self.parameters, "local": {}, "history": self.history,
                  "baselines": None}  # fmt: skip
         save_checkpoint(self.out / CHECKPOINT, state)
-        write_json(self.out / METRICS, doc)
+        write_json(self.out / METRICS, doc, nonfinite_as_null=True)
         return doc
 
 
