@@ -37,3 +37,15 @@ def test_split():
     if find_data_dir() is None:
         pytest.skip("real data not found: set MEDCODEC_DATA or place the data at ../shared/data")
     return load_manifest(split="test")
+
+
+def _start_order(item: pytest.Item) -> int:
+    """Longest first: the Flower deployments wait on their links' polling, the simulations and the
+    real-data checks compute; started first, they overlap the many short tests on the other workers."""
+    if item.get_closest_marker("flower") is not None:
+        return 0 if "deployment" in item.nodeid else 1
+    return 2 if item.get_closest_marker("slow") is not None else 3
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_start_order)  # stable: within a group the files' own order
