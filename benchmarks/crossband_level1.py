@@ -2,9 +2,9 @@
 
     PYTHONPATH=src:. python -m benchmarks.crossband_level1 [--iterations 3000] [--hidden 32,32]
 
-Trains ``medcodec.training.crossband``'s float predictor on level 1 of train-split volumes
+Trains ``benchmarks.crossband_train``'s float predictor on level 1 of train-split volumes
 (:data:`TRAIN`, open loop: original low band), converts it to the integer net decoders would
-run (``medcodec.coding.crossband``), and codes 32×256×256 centre crops of every test-split
+run (``benchmarks.crossband_int``), and codes 32×256×256 centre crops of every test-split
 volume (fewer slices where it has fewer) at five base steps with ``benchmarks.crossband_loop``'s
 closed loop (in-plane levels only, ``z_levels`` 0): the plain coder, the float predictor and
 the integer one at level 1. Prints per crop the BD-rate of each against the plain coder and
@@ -21,13 +21,13 @@ import time
 import numpy as np
 import torch
 
+from benchmarks import crossband_int as cb
+from benchmarks import crossband_train as tr
 from benchmarks.bdrate import bd_rate
 from benchmarks.crossband_loop import PSNRS, _psnr, code
-from medcodec.coding import crossband as cb
 from medcodec.coding import lifting
 from medcodec.coding import transform as tc
 from medcodec.files.images import read
-from medcodec.training import crossband as tr
 from medcodec.training.datasets import load_manifest
 
 #: Train-split volumes and the slices used (thin-slice volumes, where the coder takes z levels, left out).

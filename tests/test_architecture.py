@@ -64,7 +64,6 @@ TORCH_AT_IMPORT = {
     "medcodec.model.network",
     "medcodec.training.train",
     "medcodec.training.export",
-    "medcodec.training.crossband",
     "medcodec_fed.local",
     "medcodec_fed.engine",
     "medcodec_fed.runfolder",

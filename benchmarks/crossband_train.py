@@ -1,12 +1,12 @@
-"""Training of the cross-band predictor and its conversion to the integer net decoders run.
+"""Training of the cross-band predictor and its conversion to the integer net a decoder would run.
 
 The float network (``TAPS → hidden → 3``, ReLU) sees the transform coder's own level-1
 decomposition (in-plane 9/7 lifting of ``(x - mid) << PRECISION_BITS``): the 7×7 low band
 around a position less its centre, divided by the training data's mean magnitude, and
 predicts the HL, LH and HH coefficients there in units of each band's mean magnitude. It is
 trained with an L1 loss (the coefficients' errors are Laplacian-like). :func:`to_integer`
-turns it into :class:`medcodec.coding.crossband.CrossBandNet`: weights rounded to
-:data:`~medcodec.coding.crossband.WEIGHT_LIMIT`, activations in units of 2**-ACT_BITS, the
+turns it into :class:`benchmarks.crossband_int.CrossBandNet`: weights rounded to
+:data:`~benchmarks.crossband_int.WEIGHT_LIMIT`, activations in units of 2**-ACT_BITS, the
 scales folded into the integer multipliers.
 """
 
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..coding import crossband as cb
-from ..coding import lifting
-from ..coding.transform import PRECISION_BITS
+from benchmarks import crossband_int as cb
+from medcodec.coding import lifting
+from medcodec.coding.transform import PRECISION_BITS
 
 __all__ = ["FloatCrossBand", "level_one_pairs", "fit", "to_integer"]
 

@@ -14,8 +14,9 @@ the network computes only with integers:
   rounded to nearest, and hidden values are clipped to [0, :data:`ACT_LIMIT`];
 * the last layer's output is in the coder's coefficient units.
 
-numpy only: decoding never loads torch. The float network and its training live in
-``medcodec.training.crossband``.
+numpy only, as a decoder's part would be. The float network and its training are in
+``benchmarks.crossband_train``; ``benchmarks.crossband_level1`` measures both in the coder's
+closed loop (ATTEMPTS.md, L5).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medcodec.coding import crossband as cb
-from medcodec.training import crossband as tr
+from benchmarks import crossband_int as cb
+from benchmarks import crossband_train as tr
 from tests.conftest import synthetic
 
 
