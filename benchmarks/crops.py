@@ -102,9 +102,13 @@ def main(argv: list[str] | None = None) -> None:
             ratios[d].append((bpv / ref, bpv / ref2))
             cells.append(f"d{d} {bpv:.3f} ({bpv / ref:.3f}/{bpv / ref2:.3f})")
         print(f"{name[:28]:28s} {str(a.shape):16s}", "  ".join(cells), f"encode {seconds:.1f} s", flush=True)
-    print("mean ratio to JPEG XL or JPEG-LS / to tomoz or SZ3:", "  ".join(
-        f"d{d} {statistics.fmean(r[0] for r in v):.3f}/{statistics.fmean(r[1] for r in v if not math.isnan(r[1])):.3f}"
-        for d, v in ratios.items()))  # fmt: skip
+    print(
+        "mean ratio to JPEG XL or JPEG-LS / to tomoz or SZ3:",
+        "  ".join(
+            f"d{d} {statistics.fmean(r[0] for r in v):.3f}/{statistics.fmean(r[1] for r in v if not math.isnan(r[1])):.3f}"
+            for d, v in ratios.items()
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     t0 = time.perf_counter()
     pairs = [tr.level_one_pairs(_integer(train[s], sl), PER_VOLUME, rng) for s, sl in TRAIN.items()]
-    model = tr.fit(np.concatenate([f for f, _ in pairs]), np.concatenate([y for _, y in pairs]), hidden,
-                   args.iterations)  # fmt: skip
+    model = tr.fit(
+        np.concatenate([f for f, _ in pairs]), np.concatenate([y for _, y in pairs]), hidden, args.iterations
+    )
     net = tr.to_integer(model)
     macs = sum(layer.weight.size for layer in net.layers)
     print(f"trained {hidden} in {time.perf_counter() - t0:.0f} s; {macs} multiply-adds per low-band position")

@@ -263,8 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     per_level, shared = train(args.iterations)
     print(f"trained in {time.perf_counter() - t0:.0f} s", flush=True)
     cost(shared)
-    variants = [(f"{kind} {name}", pr, lv) for kind, pr in (("per-level", per_level), ("shared", shared))
-                for name, lv in LEVEL_SETS.items()]  # fmt: skip
+    variants = [
+        (f"{kind} {name}", pr, lv)
+        for kind, pr in (("per-level", per_level), ("shared", shared))
+        for name, lv in LEVEL_SETS.items()
+    ]
     for crop in args.crops.split(","):
         x = _volume(*CROPS[crop], SIDE)
         peak = float(x.max() - x.min())

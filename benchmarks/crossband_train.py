@@ -84,9 +84,13 @@ def _network(hidden: tuple[int, ...]) -> torch.nn.Sequential:
 
 
 def fit(
-    features: np.ndarray, targets: np.ndarray, hidden: tuple[int, ...] = (32, 32), iterations: int = 3000,
-    batch: int = 4096, seed: int = 0,
-) -> FloatCrossBand:  # fmt: skip
+    features: np.ndarray,
+    targets: np.ndarray,
+    hidden: tuple[int, ...] = (32, 32),
+    iterations: int = 3000,
+    batch: int = 4096,
+    seed: int = 0,
+) -> FloatCrossBand:
     """Train the float predictor on (centred neighbourhood, coefficients) pairs with an L1 loss."""
     torch.manual_seed(seed)
     xs = torch.from_numpy(features.astype(np.float32))

@@ -218,28 +218,56 @@ def run(volumes: list[str], slices: int | None) -> None:
             raise AssertionError("medcodec.dicom.restore did not restore the files")
         about = dicom.info(ours)
         mb = size / 1e6
-        rows.append((vol, len(files), size, zstd19, j2k, jls, len(peer), len(ours), about.header_bytes,
-                     mb / t_peer, mb / t_peer_un, mb / t_pack, mb / t_unpack))  # fmt: skip
-        head_rows.append((vol.name, len(files), sum(len(h) for h in header_bytes(files)),
-                          header_coding(header_bytes(files)), report.get("metadata_bytes")))  # fmt: skip
+        rows.append(
+            (
+                vol,
+                len(files),
+                size,
+                zstd19,
+                j2k,
+                jls,
+                len(peer),
+                len(ours),
+                about.header_bytes,
+                mb / t_peer,
+                mb / t_peer_un,
+                mb / t_pack,
+                mb / t_unpack,
+            )
+        )
+        head_rows.append(
+            (
+                vol.name,
+                len(files),
+                sum(len(h) for h in header_bytes(files)),
+                header_coding(header_bytes(files)),
+                report.get("metadata_bytes"),
+            )
+        )
         print(f"{vol.name}: done", flush=True)
 
     def mb(n: int) -> str:
         return f"{n / 1e6:.3f}"
 
     print()
-    print("| study (one series) | files | files MB | zstd -19 | JPEG 2000 lossless | JPEG-LS lossless | tomoz.pack_dicom "
-          "| medcodec archive | archive / tomoz | archive / JPEG 2000 | archive / JPEG-LS |")  # fmt: skip
+    print(
+        "| study (one series) | files | files MB | zstd -19 | JPEG 2000 lossless | JPEG-LS lossless | tomoz.pack_dicom "
+        "| medcodec archive | archive / tomoz | archive / JPEG 2000 | archive / JPEG-LS |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     totals = np.zeros(6)
     for vol, n, size, z, j, l, peer, ours, *_ in rows:
         shape = "×".join(map(str, vol.array.shape))
         totals += (size, z, j, l, peer, ours)
-        print(f"| {vol.name} ({vol.modality}, {shape}) | {n} | {mb(size)} | {mb(z)} | {mb(j)} | {mb(l)} | {mb(peer)} "
-              f"| {mb(ours)} | {ours / peer:.3f} | {ours / j:.3f} | {ours / l:.3f} |")  # fmt: skip
+        print(
+            f"| {vol.name} ({vol.modality}, {shape}) | {n} | {mb(size)} | {mb(z)} | {mb(j)} | {mb(l)} | {mb(peer)} "
+            f"| {mb(ours)} | {ours / peer:.3f} | {ours / j:.3f} | {ours / l:.3f} |"
+        )
     size, z, j, l, peer, ours = totals
-    print(f"| **all** | {sum(r[1] for r in rows)} | {mb(size)} | {mb(z)} | {mb(j)} | {mb(l)} | {mb(peer)} | {mb(ours)} "
-          f"| {ours / peer:.3f} | {ours / j:.3f} | {ours / l:.3f} |")  # fmt: skip
+    print(
+        f"| **all** | {sum(r[1] for r in rows)} | {mb(size)} | {mb(z)} | {mb(j)} | {mb(l)} | {mb(peer)} | {mb(ours)} "
+        f"| {ours / peer:.3f} | {ours / j:.3f} | {ours / l:.3f} |"
+    )
     print()
     print(
         "| study | tomoz pack MB/s | tomoz unpack MB/s | medcodec pack MB/s | medcodec unpack MB/s | archive's header section |"
@@ -248,8 +276,10 @@ def run(volumes: list[str], slices: int | None) -> None:
     for vol, *_, head, p_pack, p_un, o_pack, o_un in rows:
         print(f"| {vol.name} | {p_pack:.1f} | {p_un:.1f} | {o_pack:.1f} | {o_un:.1f} | {head} B |")
     print()
-    print("| study | files | header bytes | one zstd -19 frame (the archive) | each alone, zstd -19 "
-          "| each with a trained dictionary (incl. the dictionary) | tomoz's metadata_bytes |")  # fmt: skip
+    print(
+        "| study | files | header bytes | one zstd -19 frame (the archive) | each alone, zstd -19 "
+        "| each with a trained dictionary (incl. the dictionary) | tomoz's metadata_bytes |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, n, raw, c, peer in head_rows:
         print(f"| {name} | {n} | {raw} | {c['one frame']} | {c['each alone']} | {c['dictionary'] or 'n/a'} | {peer} |")

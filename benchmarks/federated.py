@@ -77,10 +77,21 @@ class Settings:
         from medcodec_fed import RunConfig
 
         base = dict(
-            arch=self.arch, rounds=self.rounds, local_steps=self.local_steps, batch=self.batch, patch=self.patch,
-            lr=self.lr, seed=self.seed, threads=1, eval_crop=self.eval_crop, final_crop=self.eval_crop,
-            calib_patches=self.calib_patches, calib_size=self.calib_size, plots=False, export=True,
-        )  # fmt: skip
+            arch=self.arch,
+            rounds=self.rounds,
+            local_steps=self.local_steps,
+            batch=self.batch,
+            patch=self.patch,
+            lr=self.lr,
+            seed=self.seed,
+            threads=1,
+            eval_crop=self.eval_crop,
+            final_crop=self.eval_crop,
+            calib_patches=self.calib_patches,
+            calib_size=self.calib_size,
+            plots=False,
+            export=True,
+        )
         base.update(changes)
         return RunConfig(**base)
 
@@ -117,12 +128,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings(
-        arch=args.arch, rounds=args.rounds, local_steps=args.local_steps, batch=args.batch, patch=args.patch,
-        dropout=args.dropout, seed=args.seed, qualities=tuple(int(quality) for quality in args.qualities.split(",")),
-        crop=tuple(int(side) for side in args.crop.lower().split("x")), eval_crop=args.eval_crop,
-        calib_patches=args.calib_patches, calib_size=args.calib_size,
+        arch=args.arch,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        batch=args.batch,
+        patch=args.patch,
+        dropout=args.dropout,
+        seed=args.seed,
+        qualities=tuple(int(quality) for quality in args.qualities.split(",")),
+        crop=tuple(int(side) for side in args.crop.lower().split("x")),
+        eval_crop=args.eval_crop,
+        calib_patches=args.calib_patches,
+        calib_size=args.calib_size,
         noise_seed=None if args.noise_seed is None or args.noise_seed < 0 else args.noise_seed,
-    )  # fmt: skip
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,8 +108,11 @@ def experiments(points: Points, volumes: dict[str, dict[str, Any]], sites: Seque
         ):
             per_volume = bd_per_volume(points, ref, test, names)
             seed_variation[key] = {
-                "reference": ref, "test": test, "per_volume": per_volume, "mean": _mean_of_known(per_volume.values()),
-            }  # fmt: skip
+                "reference": ref,
+                "test": test,
+                "per_volume": per_volume,
+                "mean": _mean_of_known(per_volume.values()),
+            }
     all_local_only_pairs = [
         value for result in vs_local_only.values() for value in result["per_volume"].values() if value is not None
     ]

@@ -96,10 +96,13 @@ def measure_point(model_path: str, volume, quality: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     original = volume.array
     return {
-        "bytes": len(data), "bpv": bits_per_voxel(len(data), original.size),
-        "psnr": _finite_or_none(psnr(original, decoded)), "max_abs_error": max_abs_error(original, decoded),
-        "parts": stream_sections(data), "seconds": seconds,
-    }  # fmt: skip
+        "bytes": len(data),
+        "bpv": bits_per_voxel(len(data), original.size),
+        "psnr": _finite_or_none(psnr(original, decoded)),
+        "max_abs_error": max_abs_error(original, decoded),
+        "parts": stream_sections(data),
+        "seconds": seconds,
+    }
 
 
 def prediction_psnr(model_path: str, volume, quality: int) -> float | None:

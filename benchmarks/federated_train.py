@@ -100,9 +100,15 @@ def train_baselines(sites, config, out: Path, *, say: Say, local_only: bool = Tr
     steps_per_site = {site.name: local_training.steps_for(site_data[site.name]) * config.rounds for site in sites}
 
     def calibrate(params, site_index: int, site_name: str):
-        return calibrate_site(GlobalModel(config.arch, 0, params), site_name, site_data[site_name],
-                              patches=config.calib_patches, size=config.calib_size, seed=config.seed,
-                              site_index=site_index)  # fmt: skip
+        return calibrate_site(
+            GlobalModel(config.arch, 0, params),
+            site_name,
+            site_data[site_name],
+            patches=config.calib_patches,
+            size=config.calib_size,
+            seed=config.seed,
+            site_index=site_index,
+        )
 
     def export_and_record(name: str, params, activation_max, steps: int, seconds: float, cpu: float, meta) -> None:
         model = build_model(config.arch, params)

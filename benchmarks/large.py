@@ -54,15 +54,21 @@ def main(argv: list[str] | None = None) -> None:
         stream, out = Path(tmp) / "volume.mcz", Path(tmp) / "volume.nii"
         print(f"{shape[0]}×{shape[1]}×{shape[2]} int16, {raw / 1e9:.2f} GB raw, max_error={args.max_error}")
         for step in ("compress", "decompress"):
-            res = subprocess.run([sys.executable, "-c", _CHILD, step, str(src), str(stream), str(out), str(args.max_error)],
-                                 check=True, capture_output=True, encoding="utf-8")  # fmt: skip
+            res = subprocess.run(
+                [sys.executable, "-c", _CHILD, step, str(src), str(stream), str(out), str(args.max_error)],
+                check=True,
+                capture_output=True,
+                encoding="utf-8",
+            )
             seconds, peak = res.stdout.split()
             print(f"{step}: peak resident {peak} MB, {seconds} s, {raw / 1e6 / float(seconds):.1f} MB/s")
         print(f"stream {stream.stat().st_size / 1e6:.0f} MB ({8 * stream.stat().st_size / np.prod(shape):.3f} bpv)")
         decoded = np.memmap(out, dtype="<i2", mode="r", offset=352, shape=shape)
         original = np.load(src, mmap_mode="r")
-        worst = max(int(np.abs(decoded[z : z + 100].astype(np.int32) - original[z : z + 100]).max())
-                    for z in range(0, shape[0], 100))  # fmt: skip
+        worst = max(
+            int(np.abs(decoded[z : z + 100].astype(np.int32) - original[z : z + 100]).max())
+            for z in range(0, shape[0], 100)
+        )
         print(f"decoded .nii against the source: max error {worst}")
 
 

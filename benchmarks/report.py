@@ -8,17 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .bdrate import PSNR_RANGE, bd_rate, psnr_band, psnr_overlap, rate_at_psnr
-from .codecs import (
-    CODEC_ORDER,
-    JPEG2000,
-    JPEGLS,
-    JPEGXL,
-    JPEGXL_EFFORT,
-    MEDCODEC,
-    SZ3,
-    SZ3_ABS_BOUNDS,
-    TOMOZ,
-)
+from .codecs import CODEC_ORDER, JPEG2000, JPEGLS, JPEGXL, JPEGXL_EFFORT, MEDCODEC, SZ3, SZ3_ABS_BOUNDS, TOMOZ
 from .measure import Record
 
 __all__ = ["BD_PAIRS", "PSNR_TARGETS", "bd_rates", "render_results", "write_results"]

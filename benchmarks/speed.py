@@ -40,8 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-errors", default="0,2", help="comma-separated bounds (0: lossless)")
     p.add_argument("--qualities", default="40", help="comma-separated lossy qualities (40: the default)")
-    p.add_argument("--region-slices", type=int, default=0, metavar="N",
-                   help="instead: time a 64^3 region against a full decode of the CT repeated to N slices")  # fmt: skip
+    p.add_argument(
+        "--region-slices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: time a 64^3 region against a full decode of the CT repeated to N slices",
+    )
     args = p.parse_args(argv)
     src = next(e for e in load_manifest(split="test") if e.name.startswith("ct_abdomen_philips"))
     a = np.ascontiguousarray(medcodec.read(src.path).array[: args.slices])
@@ -97,9 +102,11 @@ def _region_speed(src, slices: int, repeats: int) -> None:
         raise SystemExit("region decode differs from the original")
     full = statistics.median(_timed(medcodec.decompress, data)[0] for _ in range(repeats))
     block = statistics.median(_timed(medcodec.decompress, data, region=region)[0] for _ in range(repeats))
-    print(f"{a.shape[0]}×{a.shape[1]}×{a.shape[2]} int16 lossless, {medcodec.info(data).n_tiles} tiles; region "
-          f"{tuple((r.start, r.stop) for r in region)} touches {seen[-1]} tiles: full decode {full:.2f} s, "
-          f"region {block:.3f} s ({full / block:.1f}× faster); load {_load():.2f}")  # fmt: skip
+    print(
+        f"{a.shape[0]}×{a.shape[1]}×{a.shape[2]} int16 lossless, {medcodec.info(data).n_tiles} tiles; region "
+        f"{tuple((r.start, r.stop) for r in region)} touches {seen[-1]} tiles: full decode {full:.2f} s, "
+        f"region {block:.3f} s ({full / block:.1f}× faster); load {_load():.2f}"
+    )
 
 
 if __name__ == "__main__":

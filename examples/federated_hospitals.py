@@ -54,13 +54,34 @@ def main(argv: list[str] | None = None) -> int:
         held = ", ".join(p.name for p in s.held_out)
         print(f"hospital {s.name}: trains on {len(s.train)} volumes, holds back {held}")
     if args.smoke:
-        config = RunConfig(arch="mc3d-xs", rounds=2, local_steps=5, batch=2, patch=32, eval_crop=32, final_crop=48,
-                           calib_patches=4, calib_size=32, baselines=not args.no_baselines, seed=args.seed,
-                           threads=args.threads)  # fmt: skip
+        config = RunConfig(
+            arch="mc3d-xs",
+            rounds=2,
+            local_steps=5,
+            batch=2,
+            patch=32,
+            eval_crop=32,
+            final_crop=48,
+            calib_patches=4,
+            calib_size=32,
+            baselines=not args.no_baselines,
+            seed=args.seed,
+            threads=args.threads,
+        )
     else:
-        config = RunConfig(arch=args.arch, rounds=args.rounds, local_steps=args.local_steps, batch=4, patch=32,
-                           mu=args.mu, eval_crop=64, final_crop=None, baselines=not args.no_baselines,
-                           seed=args.seed, threads=args.threads)  # fmt: skip
+        config = RunConfig(
+            arch=args.arch,
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+            batch=4,
+            patch=32,
+            mu=args.mu,
+            eval_crop=64,
+            final_crop=None,
+            baselines=not args.no_baselines,
+            seed=args.seed,
+            threads=args.threads,
+        )
     result = run(sites, config, args.out, resume=args.resume)
     print(json.dumps({"model": str(result.model), "final": result.metrics["final"]}, indent=1))
     return 0

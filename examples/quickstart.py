@@ -104,9 +104,11 @@ def main() -> None:
     volume = load_volume(path)
     a = volume.array
     size = f"{a.nbytes / 1e6:.1f} MB" if a.nbytes >= 1e6 else f"{a.nbytes / 1e3:.1f} kB"
-    print(f"{path.name}: {' x '.join(map(str, a.shape))} (z, y, x) {a.dtype}, "
-          f"spacing {' x '.join(f'{s:g}' for s in volume.spacing)} mm, "
-          f"range {a.min()}..{a.max()}, {size} raw")  # fmt: skip
+    print(
+        f"{path.name}: {' x '.join(map(str, a.shape))} (z, y, x) {a.dtype}, "
+        f"spacing {' x '.join(f'{s:g}' for s in volume.spacing)} mm, "
+        f"range {a.min()}..{a.max()}, {size} raw"
+    )
     print()
     print(f"{'mode':<29}{'ratio':>9}{'PSNR dB':>9}{'max err':>9}{'encode s':>10}{'decode s':>10}")
     modes = [

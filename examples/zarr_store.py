@@ -47,10 +47,15 @@ def main() -> None:
     for name, options in (("lossless", {"max_error": 0}), ("max_error_2", {"max_error": 2})):
         path = out / f"{name}.zarr"
         z = zarr.create_array(
-            zarr.storage.LocalStore(path), shape=vol.shape, chunks=(32, 256, 256), dtype=vol.dtype,
-            serializer=MedcodecZarr(**options), compressors=None, overwrite=True,
+            zarr.storage.LocalStore(path),
+            shape=vol.shape,
+            chunks=(32, 256, 256),
+            dtype=vol.dtype,
+            serializer=MedcodecZarr(**options),
+            compressors=None,
+            overwrite=True,
             attributes={"spacing": list(vol.spacing), "origin": list(vol.origin), "direction": list(vol.direction)},
-        )  # fmt: skip
+        )
         z[:] = vol.array
         back = zarr.open_array(zarr.storage.LocalStore(path), mode="r")
         part = back[region]
@@ -58,8 +63,10 @@ def main() -> None:
         import dask.array as da
 
         mean = float(da.from_zarr(back).mean().compute())
-        print(f"{name:12s} {store_size(path) / 1e6:7.2f} MB ({vol.array.nbytes / store_size(path):.2f}:1), "
-              f"region {part.shape} max error {err}, volume mean {mean:.3f} (original {vol.array.mean():.3f})")  # fmt: skip
+        print(
+            f"{name:12s} {store_size(path) / 1e6:7.2f} MB ({vol.array.nbytes / store_size(path):.2f}:1), "
+            f"region {part.shape} max error {err}, volume mean {mean:.3f} (original {vol.array.mean():.3f})"
+        )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,11 @@ def _chunk_payload(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 MUTATIONS: dict[str, Callable[[bytes, np.random.Generator], bytes]] = {
-    "flip": _flip, "truncate": _truncate, "header-field": _header_field, "chunk-payload": _chunk_payload,
-}  # fmt: skip
+    "flip": _flip,
+    "truncate": _truncate,
+    "header-field": _header_field,
+    "chunk-payload": _chunk_payload,
+}
 
 
 @dataclasses.dataclass
@@ -137,8 +140,10 @@ class Report:
     def summary(self) -> str:
         total = sum(self.outcomes.values())
         parts = ", ".join(f"{k}: {v}" for k, v in sorted(self.outcomes.items()))
-        return (f"{total} mutated streams ({', '.join(f'{k} {v}' for k, v in sorted(self.by_mutation.items()))}): "
-                f"{parts}; slowest decode {self.slowest_s:.2f} s; peak resident memory {self.peak_rss_mb:.0f} MB")  # fmt: skip
+        return (
+            f"{total} mutated streams ({', '.join(f'{k} {v}' for k, v in sorted(self.by_mutation.items()))}): "
+            f"{parts}; slowest decode {self.slowest_s:.2f} s; peak resident memory {self.peak_rss_mb:.0f} MB"
+        )
 
 
 def _decode(data: bytes, original: np.ndarray) -> tuple[str, str | None]:

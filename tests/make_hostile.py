@@ -28,10 +28,23 @@ def _volume() -> medcodec.Volume:
 
 def _header(**changes) -> Header:
     base = dict(
-        dtype="int16", mode="lossless", quality=0, shape=(1, 1, 1), spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
-        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), max_error=0.0, lo=0.0, hi=1.0, gain_num=1 << 16,
-        tile=(1, 1, 1), n_tiles=1, model_name="", model_sha256=bytes(32), voxel_sha256=bytes(32),
-    )  # fmt: skip
+        dtype="int16",
+        mode="lossless",
+        quality=0,
+        shape=(1, 1, 1),
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        max_error=0.0,
+        lo=0.0,
+        hi=1.0,
+        gain_num=1 << 16,
+        tile=(1, 1, 1),
+        n_tiles=1,
+        model_name="",
+        model_sha256=bytes(32),
+        voxel_sha256=bytes(32),
+    )
     base.update(changes)
     return Header(**base)
 
@@ -111,30 +124,61 @@ def corpus() -> dict[str, tuple[bytes, str, str]]:
     """name -> (stream, error class name, message fragment)."""
     good = medcodec.compress(_volume(), max_error=0)
     return {
-        "tile-count-blowup": (write_stream(_header(shape=(1, 65535, 65535), n_tiles=65535 * 65535), []),
-                              "CorruptStreamError", "its header announces 4294836225"),
-        "huge-tile": (write_stream(_header(shape=(512, 512, 512), tile=(512, 512, 512)), []),
-                      "CorruptStreamError", r"tile \(512, 512, 512\) exceeds 4194304 voxels"),
-        "missing-tile-chunks": (write_stream(_header(shape=(128, 512, 512), tile=(64, 256, 256), n_tiles=8), []),
-                                "CorruptStreamError", "stream holds 0 tiles, its header announces 8"),
-        "metadata-bomb-without-size": (_with_meta(_bomb((64 << 20) + 1)), "CorruptStreamError", "metadata chunk is damaged or over"),
-        "metadata-deep-nesting": (_with_meta(zstandard.ZstdCompressor().compress(b"[" * 100_000 + b"]" * 100_000)),
-                                  "CorruptStreamError", "not an object of strings"),
-        "metadata-not-strings": (_with_meta(zstandard.ZstdCompressor().compress(b'{"k": [1, 2]}')),
-                                 "CorruptStreamError", "not an object of strings"),
+        "tile-count-blowup": (
+            write_stream(_header(shape=(1, 65535, 65535), n_tiles=65535 * 65535), []),
+            "CorruptStreamError",
+            "its header announces 4294836225",
+        ),
+        "huge-tile": (
+            write_stream(_header(shape=(512, 512, 512), tile=(512, 512, 512)), []),
+            "CorruptStreamError",
+            r"tile \(512, 512, 512\) exceeds 4194304 voxels",
+        ),
+        "missing-tile-chunks": (
+            write_stream(_header(shape=(128, 512, 512), tile=(64, 256, 256), n_tiles=8), []),
+            "CorruptStreamError",
+            "stream holds 0 tiles, its header announces 8",
+        ),
+        "metadata-bomb-without-size": (
+            _with_meta(_bomb((64 << 20) + 1)),
+            "CorruptStreamError",
+            "metadata chunk is damaged or over",
+        ),
+        "metadata-deep-nesting": (
+            _with_meta(zstandard.ZstdCompressor().compress(b"[" * 100_000 + b"]" * 100_000)),
+            "CorruptStreamError",
+            "not an object of strings",
+        ),
+        "metadata-not-strings": (
+            _with_meta(zstandard.ZstdCompressor().compress(b'{"k": [1, 2]}')),
+            "CorruptStreamError",
+            "not an object of strings",
+        ),
         "dtype-relabelled-unsigned": (_relabelled("uint16"), "CorruptStreamError", "does not fit its dtype"),
         "spacing-zero": (_geometry(spacing=(0.0, 0.8, 3.0)), "CorruptStreamError", "geometry"),
         "origin-nan": (_geometry(origin=(float("nan"), 0.0, 0.0)), "CorruptStreamError", "geometry"),
-        "direction-singular": (_geometry(direction=(1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)), "CorruptStreamError", "geometry"),
+        "direction-singular": (
+            _geometry(direction=(1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)),
+            "CorruptStreamError",
+            "geometry",
+        ),
         "truncated": (good[: len(good) // 2], "TruncatedStreamError", ""),
         "header-crc": (good[:12] + bytes([good[12] ^ 1]) + good[13:], "CorruptStreamError", "header checksum mismatch"),
         "trailing-bytes": (good + b"\0" * 5, "CorruptStreamError", ""),
         # The transform path (format 4.0): words 3.. are the first band's step, offset, empty flag, weights.
         "transform-path-on-lossless": (_relabelled_path(good), "CorruptStreamError", "bad index, path"),
-        "transform-weight-over-limit": (_transform_params(_set(6, 1 << 21)), "CorruptStreamError", "context weights are out of range"),
-        "transform-step-zero": (_transform_params(_set(3, 0)), "CorruptStreamError", "band parameters are out of range"),
+        "transform-weight-over-limit": (
+            _transform_params(_set(6, 1 << 21)),
+            "CorruptStreamError",
+            "context weights are out of range",
+        ),
+        "transform-step-zero": (
+            _transform_params(_set(3, 0)),
+            "CorruptStreamError",
+            "band parameters are out of range",
+        ),
         "transform-step-tampered": (_transform_params(_set(3, 1 << 30)), "ChecksumError", "do not match"),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

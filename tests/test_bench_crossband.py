@@ -93,8 +93,12 @@ def test_training_lowers_the_l1_error_of_the_bands():
     ],
 )
 def test_a_layer_out_of_its_limits_is_refused(change):
-    layer = {"weight": np.ones((3, cb.TAPS), np.int64), "bias": np.zeros(3, np.int64), "mult": np.ones(3, np.int64),
-             "shift": 4}  # fmt: skip
+    layer = {
+        "weight": np.ones((3, cb.TAPS), np.int64),
+        "bias": np.zeros(3, np.int64),
+        "mult": np.ones(3, np.int64),
+        "shift": 4,
+    }
     layer.update(change)
     with pytest.raises(ValueError):
         cb.IntLinear(**layer)

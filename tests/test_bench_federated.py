@@ -109,13 +109,44 @@ def test_end_to_end_on_a_tiny_synthetic_federation(tmp_path):
             name = f"{split}_{site}_{i}.nii.gz"
             arr = synthetic((12, 40, 36), "int16", seed=seed)
             write(arr, data / name)
-            rows.append({"file": name, "split": split, "site": site, "modality": "CT", "dtype": "int16",
-                         "shape_zyx": list(arr.shape)})  # fmt: skip
+            rows.append(
+                {
+                    "file": name,
+                    "split": split,
+                    "site": site,
+                    "modality": "CT",
+                    "dtype": "int16",
+                    "shape_zyx": list(arr.shape),
+                }
+            )
     (data / "manifest.json").write_text(json.dumps(rows))
     out, md = tmp_path / "run", tmp_path / "RESULTS.md"
-    args = ["--out", str(out), "--data", str(data), "--results", str(md), "--rounds", "1", "--local-steps", "2",
-            "--batch", "1", "--patch", "16", "--eval-crop", "16", "--calib-patches", "1", "--calib-size", "16",
-            "--qualities", "20,60,80", "--crop", "8x24x24"]  # fmt: skip
+    args = [
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--results",
+        str(md),
+        "--rounds",
+        "1",
+        "--local-steps",
+        "2",
+        "--batch",
+        "1",
+        "--patch",
+        "16",
+        "--eval-crop",
+        "16",
+        "--calib-patches",
+        "1",
+        "--calib-size",
+        "16",
+        "--qualities",
+        "20,60,80",
+        "--crop",
+        "8x24x24",
+    ]
     assert federated.main(args) == 0
     doc = json.loads((out / "results.json").read_text())
     assert set(doc["models"]) == {

@@ -347,8 +347,7 @@ def test_unknown_model(sample: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "options",
-    [("--quality", "5", "--max-error", "2"), ("--lossless", "--max-error", "1"), ("--max-error", "-1")],
+    "options", [("--quality", "5", "--max-error", "2"), ("--lossless", "--max-error", "1"), ("--max-error", "-1")]
 )
 def test_bad_options_are_usage_errors(sample: Path, tmp_path: Path, options: tuple[str, ...]) -> None:
     proc = run_cli("compress", sample / "scan.nii.gz", "-o", tmp_path / "x.mcz", *options)
@@ -506,8 +505,14 @@ def test_compress_and_decompress_summaries_as_json(tmp_path: Path, capsys) -> No
 def test_metadata_can_be_stripped_or_anonymized(tmp_path: Path) -> None:
     from medcodec.files.privacy import identifying
 
-    meta = {"0010|0010": "Doe^Jane", "0010|0020": "12345", "0009|1001": "vendor private", "0008|0060": "CT",
-            "0028|0030": "0.7\\0.8", "descrip": "scan of Jane at St Elsewhere"}  # fmt: skip
+    meta = {
+        "0010|0010": "Doe^Jane",
+        "0010|0020": "12345",
+        "0009|1001": "vendor private",
+        "0008|0060": "CT",
+        "0028|0030": "0.7\\0.8",
+        "descrip": "scan of Jane at St Elsewhere",
+    }
     medcodec.write(medcodec.Volume(make_volume(1).array, metadata=meta), tmp_path / "scan.nrrd")
     stored = medcodec.read(tmp_path / "scan.nrrd").metadata
     assert (

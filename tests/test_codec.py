@@ -115,8 +115,13 @@ def test_extreme_integer_values():
 
 def test_geometry_and_metadata_round_trip():
     direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-    vol = Volume(synthetic(), spacing=(0.7, 0.7, 2.5), origin=(-120.25, 33.0, 7.125), direction=direction,
-                 metadata={"descrip": "test scan"})  # fmt: skip
+    vol = Volume(
+        synthetic(),
+        spacing=(0.7, 0.7, 2.5),
+        origin=(-120.25, 33.0, 7.125),
+        direction=direction,
+        metadata={"descrip": "test scan"},
+    )
     out = medcodec.decompress(medcodec.compress(vol, quality=50))
     assert out.spacing == vol.spacing and out.origin == vol.origin and out.direction == direction
     assert out.metadata == {"descrip": "test scan"}
@@ -169,7 +174,7 @@ def test_bad_options_are_clear_errors(kwargs, match):
         np.zeros((2, 4, 4), np.complex64),
         np.zeros((2, 4, 4), bool),
         np.zeros(5, np.int16),
-    ],  # fmt: skip
+    ],
 )
 def test_unsupported_volumes_are_rejected(array):
     with pytest.raises(InvalidInputError):

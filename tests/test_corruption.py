@@ -130,11 +130,23 @@ def test_a_header_announcing_billions_of_tiles_is_refused_before_building_them()
     from medcodec.format.container import Header, write_stream
 
     header = Header(
-        dtype="int16", mode="lossless", quality=0, shape=(1, 65535, 65535), spacing=(1.0, 1.0, 1.0),
-        origin=(0.0, 0.0, 0.0), direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), max_error=0.0,
-        lo=0.0, hi=1.0, gain_num=1 << 16, tile=(1, 1, 1), n_tiles=65535 * 65535, model_name="",
-        model_sha256=bytes(32), voxel_sha256=bytes(32),
-    )  # fmt: skip
+        dtype="int16",
+        mode="lossless",
+        quality=0,
+        shape=(1, 65535, 65535),
+        spacing=(1.0, 1.0, 1.0),
+        origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        max_error=0.0,
+        lo=0.0,
+        hi=1.0,
+        gain_num=1 << 16,
+        tile=(1, 1, 1),
+        n_tiles=65535 * 65535,
+        model_name="",
+        model_sha256=bytes(32),
+        voxel_sha256=bytes(32),
+    )
     data = write_stream(header, [])
     assert len(data) < 400
     with pytest.raises(CorruptStreamError, match="4294836225"):
@@ -166,10 +178,16 @@ def test_a_stream_relabelled_to_another_integer_dtype_is_refused():
         medcodec.decompress(write_stream(header, chunks))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("spacing", (0.0, 1.0, 1.0)), ("spacing", (1.0, -2.0, 1.0)), ("spacing", (1.0, 1.0, float("nan"))),
-    ("origin", (float("inf"), 0.0, 0.0)), ("direction", (1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("spacing", (0.0, 1.0, 1.0)),
+        ("spacing", (1.0, -2.0, 1.0)),
+        ("spacing", (1.0, 1.0, float("nan"))),
+        ("origin", (float("inf"), 0.0, 0.0)),
+        ("direction", (1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)),
+    ],
+)
 def test_impossible_geometry_is_refused_in_a_stream_and_in_a_volume(field, value):
     from medcodec.format.container import read_stream, write_stream
 

@@ -19,13 +19,7 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import (  # noqa: E402
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    MRImageStorage,
-    RLELossless,
-)
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MRImageStorage, RLELossless  # noqa: E402
 
 import medcodec  # noqa: E402
 from medcodec import cli, dicom  # noqa: E402
@@ -45,8 +39,17 @@ STUDY = "1.2.826.0.1.3680043.8.498.1"
 CT_SERIES, MR_SERIES = STUDY + ".1", STUDY + ".2"
 
 
-def image(k: int, pixels: np.ndarray, *, series: str = CT_SERIES, implicit: bool = False, z0: float = 0.0,
-          bits_stored: int | None = None, private: bool = False, modality: str = "CT") -> bytes:  # fmt: skip
+def image(
+    k: int,
+    pixels: np.ndarray,
+    *,
+    series: str = CT_SERIES,
+    implicit: bool = False,
+    z0: float = 0.0,
+    bits_stored: int | None = None,
+    private: bool = False,
+    modality: str = "CT",
+) -> bytes:
     """One slice as a DICOM file: slice ``k`` of a series, at z = z0 + 2.5 k mm."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage if modality == "CT" else MRImageStorage
@@ -127,8 +130,9 @@ def study_files() -> dict[str, bytes]:
     pad = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 5) + b"\x00" * 5  # odd trailing padding
     files = {f"ct/{9 - k:02d}.dcm": image(k, ct[k], private=True) for k in range(4)}
     files["ct/09.dcm"] = spliced(files["ct/09.dcm"], odd, pad)
-    files.update({f"mr/deep/er/im{k}": image(k, mr[k], series=MR_SERIES, implicit=True, modality="MR")
-                  for k in (2, 0, 1)})  # fmt: skip
+    files.update(
+        {f"mr/deep/er/im{k}": image(k, mr[k], series=MR_SERIES, implicit=True, modality="MR") for k in (2, 0, 1)}
+    )
     return files
 
 
@@ -149,8 +153,11 @@ def test_a_study_comes_back_byte_for_byte(tmp_path: Path) -> None:
         (MR_SERIES, 3, 15, 15, "uint8"),
     ]
     reasons = {f["path"]: f["reason"] for f in about.stored_files}
-    assert reasons == {"README.txt": "not DICOM", "reports/sr.dcm": "no pixel data",
-                       "rle.dcm": f"transfer syntax {RLELossless}"}  # fmt: skip
+    assert reasons == {
+        "README.txt": "not DICOM",
+        "reports/sr.dcm": "no pixel data",
+        "rle.dcm": f"transfer syntax {RLELossless}",
+    }
 
 
 def test_slices_are_coded_in_position_order_whatever_the_file_names(tmp_path: Path) -> None:
@@ -182,8 +189,13 @@ def test_images_the_codec_does_not_take_are_stored_whole() -> None:
     ds.NumberOfFrames, ds.PixelData = 2, ds.PixelData * 2
     frames = io.BytesIO()
     ds.save_as(frames)
-    files = [("rgb.dcm", rgb.getvalue()), ("frames.dcm", frames.getvalue()), ("cut.dcm", one[: len(one) - 9]),
-             ("half.dcm", one[: len(one) // 2 + 1]), ("head.dcm", one[:100])]  # fmt: skip
+    files = [
+        ("rgb.dcm", rgb.getvalue()),
+        ("frames.dcm", frames.getvalue()),
+        ("cut.dcm", one[: len(one) - 9]),
+        ("half.dcm", one[: len(one) // 2 + 1]),
+        ("head.dcm", one[:100]),
+    ]
     data = dicom.pack_files(files)
     assert {f["path"]: f["reason"] for f in dicom.info(data).stored_files} == {
         "rgb.dcm": "not monochrome",
@@ -198,10 +210,26 @@ def test_images_the_codec_does_not_take_are_stored_whole() -> None:
 #: Files pydicom ships in its wheel, written by many tools: images in every layout the archive
 #: codes, and what it stores whole (RLE, JPEG 2000, big endian, deflated, RGB, 1-bit, no file
 #: meta, truncated, bad VR, SR, RT plan and structure sets).
-PYDICOM_FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_padded.dcm",
-                 "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_truncated.dcm", "rtplan.dcm",
-                 "rtplan_truncated.dcm", "rtstruct.dcm", "reportsi.dcm", "nested_priv_SQ.dcm", "no_meta.dcm",
-                 "JPEG2000.dcm", "badVR.dcm", "SC_rgb_small_odd.dcm", "liver_1frame.dcm", "image_dfl.dcm"]  # fmt: skip
+PYDICOM_FILES = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_implicit.dcm",
+    "MR_small_padded.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_bigendian.dcm",
+    "MR_truncated.dcm",
+    "rtplan.dcm",
+    "rtplan_truncated.dcm",
+    "rtstruct.dcm",
+    "reportsi.dcm",
+    "nested_priv_SQ.dcm",
+    "no_meta.dcm",
+    "JPEG2000.dcm",
+    "badVR.dcm",
+    "SC_rgb_small_odd.dcm",
+    "liver_1frame.dcm",
+    "image_dfl.dcm",
+]
 
 
 def test_real_files_of_many_writers_come_back_byte_for_byte() -> None:
@@ -261,7 +289,10 @@ def test_lossy_output_is_valid_dicom_with_the_lossy_attributes(tmp_path: Path) -
         assert after.SOPInstanceUID != before.SOPInstanceUID == f"{CT_SERIES}.{k + 1}"
         assert after.file_meta.MediaStorageSOPInstanceUID == after.SOPInstanceUID
         assert (after.PatientName, after.SeriesInstanceUID, after[0x00091001].value) == (
-            before.PatientName, before.SeriesInstanceUID, before[0x00091001].value)  # fmt: skip
+            before.PatientName,
+            before.SeriesInstanceUID,
+            before[0x00091001].value,
+        )
         error = np.abs(after.pixel_array.astype(int) - ct[k])
         assert error.max() <= 3 and error.any()
 
@@ -305,8 +336,13 @@ def _archive_with(data: bytes, **change) -> bytes:
     p = archive.read_archive(data)
     heads = unzstd(bytes(p.sections[b"HEAD"][0]), 1 << 30)
     files = unzstd(bytes(p.sections[b"FILE"][0]), 1 << 30)
-    parts = {"series": p.series, "entries": p.entries, "heads": heads, "stored": files,
-             "streams": [bytes(s) for s in p.sections[b"VOLU"]]} | change  # fmt: skip
+    parts = {
+        "series": p.series,
+        "entries": p.entries,
+        "heads": heads,
+        "stored": files,
+        "streams": [bytes(s) for s in p.sections[b"VOLU"]],
+    } | change
     return archive.write_archive(**parts)
 
 
@@ -381,8 +417,10 @@ def test_sections_are_framed_as_documented() -> None:
 
 
 def test_several_archives_decompress_in_one_command(tmp_path: Path) -> None:
-    studies = {name: {"0.dcm": image(0, synthetic((1, 16, 16), "int16", seed=k)[0]), "n.txt": name.encode()}
-               for k, name in enumerate(("a", "b"))}  # fmt: skip
+    studies = {
+        name: {"0.dcm": image(0, synthetic((1, 16, 16), "int16", seed=k)[0]), "n.txt": name.encode()}
+        for k, name in enumerate(("a", "b"))
+    }
     for name, files in studies.items():
         write_tree(tmp_path / name, files)
         assert cli.main(["compress", str(tmp_path / name), "-q"]) == 0

@@ -80,8 +80,9 @@ def test_non_finite_updates_are_rejected_logged_and_never_averaged(method, caplo
     inf = _params(2.0)
     inf["prior.biases.0"][0] = np.inf
     with caplog.at_level(logging.WARNING, logger="medcodec_fed"):
-        got = aggregate(REFERENCE, [_update("a", _params(1.0), 5), _update("b", bad, 5), _update("c", inf, 5)],
-                        method=method)  # fmt: skip
+        got = aggregate(
+            REFERENCE, [_update("a", _params(1.0), 5), _update("b", bad, 5), _update("c", inf, 5)], method=method
+        )
     assert got.accepted == ("a",)
     assert [r.site for r in got.rejected] == ["b", "c"]
     assert "non-finite" in got.rejected[0].reason
@@ -139,8 +140,10 @@ def test_nothing_accepted_gives_no_parameters():
 
 def _honest(rng, k: int) -> list[dict[str, np.ndarray]]:
     """``k`` plausible updates: the reference plus a small, site-specific change."""
-    return [{n: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for n, v in REFERENCE.parameters.items()}
-            for _ in range(k)]  # fmt: skip
+    return [
+        {n: v + rng.normal(0, 0.01, v.shape).astype(np.float32) for n, v in REFERENCE.parameters.items()}
+        for _ in range(k)
+    ]
 
 
 @pytest.mark.parametrize("attack", ["1e30", "scaled"])
@@ -179,8 +182,11 @@ def test_a_round_of_tiny_updates_is_not_decided_by_noise():
     rng = np.random.default_rng(4)
     ups = []
     for site, sd in zip("abcd", [1e-7, 1e-7, 1e-7, 1e-5]):  # d is 100x the others, yet far below the floor
-        ups.append(_update(site, {n: v + rng.normal(0, sd, v.shape).astype(np.float32)
-                                  for n, v in REFERENCE.parameters.items()}, 2))  # fmt: skip
+        ups.append(
+            _update(
+                site, {n: v + rng.normal(0, sd, v.shape).astype(np.float32) for n, v in REFERENCE.parameters.items()}, 2
+            )
+        )
     assert aggregate(REFERENCE, ups).accepted == ("a", "b", "c", "d")
 
 

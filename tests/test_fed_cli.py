@@ -12,8 +12,24 @@ from medcodec.volume import Volume
 from medcodec_fed.cli import main
 from tests.conftest import drawn
 
-TINY = ["--arch", "mc3d-xs", "--local-steps", "1", "--batch", "2", "--patch", "16", "--eval-crop", "16",
-        "--calib-patches", "2", "--calib-size", "16", "--threads", "1"]  # fmt: skip
+TINY = [
+    "--arch",
+    "mc3d-xs",
+    "--local-steps",
+    "1",
+    "--batch",
+    "2",
+    "--patch",
+    "16",
+    "--eval-crop",
+    "16",
+    "--calib-patches",
+    "2",
+    "--calib-size",
+    "16",
+    "--threads",
+    "1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +52,21 @@ def site_dirs(tmp_path_factory):
 def cli_run(site_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     north, south = site_dirs
-    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--rounds", "2", "--seed", "4",
-            "--out", str(out), "--no-plots", *TINY]  # fmt: skip
+    argv = [
+        "run",
+        "--site",
+        f"north={north}",
+        "--site",
+        f"south={south}",
+        "--rounds",
+        "2",
+        "--seed",
+        "4",
+        "--out",
+        str(out),
+        "--no-plots",
+        *TINY,
+    ]
     return out, argv
 
 
@@ -97,8 +126,20 @@ def test_bad_invocations_exit_2(site_dirs, tmp_path, capsys):
 
 def test_an_existing_run_needs_resume(site_dirs, tmp_path, capsys):
     north, south = site_dirs
-    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--rounds", "1", "--out",
-            str(tmp_path / "o"), "--no-plots", "--no-export", *TINY]  # fmt: skip
+    argv = [
+        "run",
+        "--site",
+        f"north={north}",
+        "--site",
+        f"south={south}",
+        "--rounds",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-plots",
+        "--no-export",
+        *TINY,
+    ]
     assert main(argv) == 0
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
     assert main([*argv, "--resume"]) == 0
@@ -128,8 +169,19 @@ def test_an_unreadable_volume_is_a_one_line_error_and_leaves_no_folder(site_dirs
     shutil.copytree(north, broken)
     (broken / "scan1.nii.gz").write_bytes(b"this is not a volume")
     out = tmp_path / "runs" / "fed"
-    argv = ["run", "--site", f"north={north}", "--site", f"broken={broken}", "--rounds", "1", "--out", str(out),
-            "--no-plots", *TINY]  # fmt: skip
+    argv = [
+        "run",
+        "--site",
+        f"north={north}",
+        "--site",
+        f"broken={broken}",
+        "--rounds",
+        "1",
+        "--out",
+        str(out),
+        "--no-plots",
+        *TINY,
+    ]
     assert main(argv) == 8  # medcodec's exit code for a volume that cannot be read
     err = _one_line_error(capsys)
     assert "'broken'" in err and "scan1.nii.gz" in err
@@ -140,8 +192,12 @@ def test_a_wrongly_typed_toml_value_is_a_one_line_error_and_leaves_no_folder(sit
     north, _ = site_dirs
     out = tmp_path / "fed"
     toml = tmp_path / "run.toml"
-    for line, setting in [('rounds = "abc"', "rounds"), ("plots = 1", "plots"), ('local-groups = "prior.*"',
-                          "local_groups"), ("hold-out = 1.5", "hold-out")]:  # fmt: skip
+    for line, setting in [
+        ('rounds = "abc"', "rounds"),
+        ("plots = 1", "plots"),
+        ('local-groups = "prior.*"', "local_groups"),
+        ("hold-out = 1.5", "hold-out"),
+    ]:
         toml.write_text(f'out = "{out}"\n{line}\n[sites]\nnorth = "{north}"\n')
         assert main(["run", "--config", str(toml)]) == 2
         err = _one_line_error(capsys)
@@ -156,8 +212,18 @@ def test_a_refused_init_checkpoint_is_a_one_line_error_and_leaves_no_folder(site
     evil = tmp_path / "init.pt"
     torch.save({"model": {}, "x": _Payload(tmp_path / "pwned")}, evil)
     out = tmp_path / "fed"
-    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--init", str(evil), "--out", str(out),
-            *TINY]  # fmt: skip
+    argv = [
+        "run",
+        "--site",
+        f"north={north}",
+        "--site",
+        f"south={south}",
+        "--init",
+        str(evil),
+        "--out",
+        str(out),
+        *TINY,
+    ]
     assert main(argv) == 2
     err = _one_line_error(capsys)
     assert str(evil) in err and "refused" in err
@@ -166,8 +232,18 @@ def test_a_refused_init_checkpoint_is_a_one_line_error_and_leaves_no_folder(site
 
 def test_a_fault_drill_from_the_command_line_is_said_and_recorded(site_dirs, tmp_path, capsys):
     north, south = site_dirs
-    argv = ["run", "--site", f"north={north}", "--site", f"south={south}", "--rounds", "1", "--no-plots",
-            "--no-export", *TINY]  # fmt: skip
+    argv = [
+        "run",
+        "--site",
+        f"north={north}",
+        "--site",
+        f"south={south}",
+        "--rounds",
+        "1",
+        "--no-plots",
+        "--no-export",
+        *TINY,
+    ]
     assert main([*argv, "--out", str(tmp_path / "a"), "--drill-hostile", "south=loud"]) == 2
     assert main([*argv, "--out", str(tmp_path / "b"), "--drill-hostile", "west=nan"]) == 2
     err = capsys.readouterr().err

@@ -20,9 +20,18 @@ from tests.conftest import drawn
 
 # Tiny and fast: 2-3 sites of two 16x24x24 volumes, mc3d-xs, 1 local step of 2 patches of 16^3.
 TINY = RunConfig(
-    arch="mc3d-xs", rounds=3, local_steps=1, batch=2, patch=16, eval_crop=16, calib_patches=2, calib_size=16,
-    seed=0, threads=1, plots=False,
-)  # fmt: skip
+    arch="mc3d-xs",
+    rounds=3,
+    local_steps=1,
+    batch=2,
+    patch=16,
+    eval_crop=16,
+    calib_patches=2,
+    calib_size=16,
+    seed=0,
+    threads=1,
+    plots=False,
+)
 
 
 def _make_sites(root, n=2) -> list[Site]:
@@ -173,8 +182,9 @@ def test_resume_refuses_changed_settings(sites, tmp_path):
     with pytest.raises(ValueError, match="sites"):
         engine.run(sites[:1], replace(TINY, rounds=2, export=False), out, resume=True, say=_quiet)
     with pytest.raises(ValueError, match="drill_hostile"):
-        engine.run(sites, replace(TINY, rounds=2, export=False, drill_hostile={"site0": "nan"}), out, resume=True,
-                   say=_quiet)  # fmt: skip
+        engine.run(
+            sites, replace(TINY, rounds=2, export=False, drill_hostile={"site0": "nan"}), out, resume=True, say=_quiet
+        )
 
 
 def test_a_checkpoint_older_than_a_setting_resumes_with_its_default(sites, tmp_path):
@@ -235,8 +245,14 @@ def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypa
         update, local = real(current, site, *args, **kwargs)
         if site == "site1":
             params = {k: np.full_like(v, np.nan) for k, v in update.parameters.items()}
-            update = SiteUpdate(site=site, arch=update.arch, round=update.round, parameters=params,
-                                num_samples=update.num_samples, metrics=update.metrics)  # fmt: skip
+            update = SiteUpdate(
+                site=site,
+                arch=update.arch,
+                round=update.round,
+                parameters=params,
+                num_samples=update.num_samples,
+                metrics=update.metrics,
+            )
         return update, local
 
     monkeypatch.setattr(engine, "train_site", broken)
@@ -251,8 +267,9 @@ def test_a_broken_site_is_rejected_logged_and_left_out(sites, tmp_path, monkeypa
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)  # the run's thread count: float sums depend on it
     try:
-        good, _ = real(current, "site0", engine.load_site(sites[0], eval_crop=16), cfg.local_config(),
-                       seed=cfg.seed, site_index=0)  # fmt: skip
+        good, _ = real(
+            current, "site0", engine.load_site(sites[0], eval_crop=16), cfg.local_config(), seed=cfg.seed, site_index=0
+        )
     finally:
         torch.set_num_threads(threads)
     got = _checkpoint_params(tmp_path / "broken")

@@ -119,8 +119,10 @@ def test_a_calibration_carries_one_positive_range_per_hidden_synthesis_layer():
     assert n == len({k.split(".")[1] for k in parameter_spec(ARCH) if k.startswith("g_s.")}) - 1
     cal = SiteCalibration("a", ARCH, [1.0] * n)
     assert cal.activation_max == (1.0,) * n and {f.name for f in dataclasses.fields(cal)} == {
-        "site", "arch", "activation_max"
-    }  # fmt: skip
+        "site",
+        "arch",
+        "activation_max",
+    }
     for bad in ([1.0] * (n + 1), [0.0] * n, [float("nan")] * n, np.ones(n), "1,2,3", [np.ones(3)] * n, None):
         with pytest.raises(MessageError):
             SiteCalibration("a", ARCH, bad)  # type: ignore[arg-type]

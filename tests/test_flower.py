@@ -34,9 +34,18 @@ from medcodec_fed.messages import METRIC_NAMES, GlobalModel, SiteCalibration, pa
 from medcodec_fed.sites import Site  # noqa: E402
 
 TINY = RunConfig(
-    arch="mc3d-xs", rounds=2, local_steps=1, batch=2, patch=16, eval_crop=16, calib_patches=2, calib_size=16,
-    seed=0, threads=1, plots=False,
-)  # fmt: skip
+    arch="mc3d-xs",
+    rounds=2,
+    local_steps=1,
+    batch=2,
+    patch=16,
+    eval_crop=16,
+    calib_patches=2,
+    calib_size=16,
+    seed=0,
+    threads=1,
+    plots=False,
+)
 NAMES = sorted(parameter_spec(TINY.arch))
 
 
@@ -71,8 +80,13 @@ def _params(out) -> dict[str, np.ndarray]:
 
 
 def test_settings_round_trip_through_the_flower_run_config():
-    config = replace(TINY, site_dropout={"b": 0.25, "a": 1.0}, local_epochs=0.5, init="/x/ckpt.pt",
-                     drill_hostile={"c": "huge", "a": "samples"})  # fmt: skip
+    config = replace(
+        TINY,
+        site_dropout={"b": 0.25, "a": 1.0},
+        local_epochs=0.5,
+        init="/x/ckpt.pt",
+        drill_hostile={"c": "huge", "a": "samples"},
+    )
     options = flower.FlowerOptions(out="/runs/a", secagg=False, dp="server", dp_clipping_norm=0.5)
     table = flower.app_run_config(config, options)
     assert all(isinstance(v, (bool, int, float, str)) for v in table.values())  # Flower's run-config types
@@ -106,9 +120,13 @@ def test_settings_the_flower_engine_refuses():
     assert config.drill_hostile == drill.drill_hostile
     dp = flower.FlowerOptions(dp="client", dp_noise_multiplier=0.5, dp_clipping_norm=0.2, min_fit_clients=2)
     assert dp.dp_record() == {
-        "mode": "client", "wrapper": "flwr.server.strategy.DifferentialPrivacyClientSideFixedClipping",
-        "noise_multiplier": 0.5, "clipping_norm": 0.2, "num_sampled_clients": 2, "noise_stdev": 0.05,
-    }  # fmt: skip
+        "mode": "client",
+        "wrapper": "flwr.server.strategy.DifferentialPrivacyClientSideFixedClipping",
+        "noise_multiplier": 0.5,
+        "clipping_norm": 0.2,
+        "num_sampled_clients": 2,
+        "noise_stdev": 0.05,
+    }
 
 
 def test_the_app_folder_is_a_valid_flower_app(tmp_path):
@@ -119,12 +137,14 @@ def test_the_app_folder_is_a_valid_flower_app(tmp_path):
     ok, errors, warnings = validate_config(doc, check_module=True, project_dir=path.parent)
     assert ok and not warnings, (errors, warnings)
     assert doc["tool"]["flwr"]["app"]["components"] == {
-        "serverapp": "medcodec_fed.flower.apps:server_app", "clientapp": "medcodec_fed.flower.apps:client_app"
-    }  # fmt: skip
+        "serverapp": "medcodec_fed.flower.apps:server_app",
+        "clientapp": "medcodec_fed.flower.apps:client_app",
+    }
     assert flower.FLWR_REQUIREMENT in doc["project"]["dependencies"]
     assert flower.settings_from_run_config(doc["tool"]["flwr"]["app"]["config"]) == (
-        TINY, flower.FlowerOptions(out="/srv/run")
-    )  # fmt: skip
+        TINY,
+        flower.FlowerOptions(out="/srv/run"),
+    )
 
 
 def test_a_supernode_finds_its_site_in_its_node_config(sites):
@@ -156,8 +176,14 @@ def test_a_site_sends_only_parameters_a_count_and_named_scalars(sites):
     from medcodec_fed.local import train_site
     from medcodec_fed.sites import load_site
 
-    want, _ = train_site(GlobalModel(TINY.arch, 1, init), "site0", load_site(sites[0], eval_crop=16),
-                         TINY.local_config(), seed=TINY.seed, site_index=0)  # fmt: skip
+    want, _ = train_site(
+        GlobalModel(TINY.arch, 1, init),
+        "site0",
+        load_site(sites[0], eval_crop=16),
+        TINY.local_config(),
+        seed=TINY.seed,
+        site_index=0,
+    )
     assert all(np.array_equal(a, want.parameters[n]) for a, n in zip(arrays, NAMES))
 
 
@@ -182,8 +208,9 @@ def test_a_drill_site_sends_its_hostile_update_unscreened(kind, sites):
     config = replace(TINY, drill_hostile={"site2": kind})
     arrays, num, _ = apps._SiteClient(sites[2], 2).fit([init[n] for n in NAMES], _fit_config(config))
     current = GlobalModel(TINY.arch, 1, init)
-    honest, _ = train_site(current, "site2", load_site(sites[2], eval_crop=16), TINY.local_config(),
-                           seed=TINY.seed, site_index=2)  # fmt: skip
+    honest, _ = train_site(
+        current, "site2", load_site(sites[2], eval_crop=16), TINY.local_config(), seed=TINY.seed, site_index=2
+    )
     want = drill_update(honest, kind, current)  # what the in-process engine's site2 sends
     assert num == want.num_samples and (num == 2**63 - 1) == (kind == "samples")
     assert all(np.array_equal(a, want.parameters[n], equal_nan=True) for a, n in zip(arrays, NAMES))
@@ -224,8 +251,12 @@ def test_without_secagg_the_server_screens_and_averages_like_the_in_process_engi
     rng = np.random.default_rng(1)
     ups = {s: {n: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32) for n, v in init.items()} for s in "abc"}
     ups["c"]["g_a.0.bias"][0] = np.nan  # a broken site
-    results = [_fit_res(ups["b"], "b", 6), _fit_res(ups["a"], "a", 2), _fit_res(ups["c"], "c"),
-               _fit_res(ups["a"], "x", 2, voxels_of_slice_3=1.0)]  # fmt: skip
+    results = [
+        _fit_res(ups["b"], "b", 6),
+        _fit_res(ups["a"], "a", 2),
+        _fit_res(ups["c"], "c"),
+        _fit_res(ups["a"], "x", 2, voxels_of_slice_3=1.0),
+    ]
     params, _ = strategy.aggregate_fit(1, results, [RuntimeError("site d is offline")])
     rec = run.history[-1]
     assert rec["accepted"] == ["a", "b"] and rec["failures"] == ["site d is offline"]
@@ -246,8 +277,12 @@ def test_without_secagg_a_huge_finite_update_and_a_huge_count_are_screened_as_in
     rng = np.random.default_rng(2)
     ups = {s: {n: (v + rng.normal(0, 0.01, v.shape)).astype(np.float32) for n, v in init.items()} for s in "abc"}
     hostile = {n: np.full_like(v, 1e30) for n, v in init.items()}
-    results = [_fit_res(ups["a"], "a"), _fit_res(ups["b"], "b"), _fit_res(ups["c"], "c", 2**63 - 1),
-               _fit_res(hostile, "evil")]  # fmt: skip
+    results = [
+        _fit_res(ups["a"], "a"),
+        _fit_res(ups["b"], "b"),
+        _fit_res(ups["c"], "c", 2**63 - 1),
+        _fit_res(hostile, "evil"),
+    ]
     params, _ = strategy.aggregate_fit(1, results, [])
     rec = run.history[-1]
     assert rec["accepted"] == ["a", "b", "c"] and rec["capped"] == ["c"] and rec["num_samples"] == 6
@@ -317,10 +352,33 @@ def assert_matches_in_process(got: dict, want: dict, config: RunConfig, per_roun
 
 
 def _cli_argv(sites, out) -> list[str]:
-    return ["run", *(f"--site={s.name}={s.train[0].parent}" for s in sites), "--arch", TINY.arch,
-            "--rounds", str(TINY.rounds), "--local-steps", "1", "--batch", "2", "--patch", "16", "--eval-crop", "16",
-            "--calib-patches", "2", "--calib-size", "16", "--threads", "1", "--seed", "0", "--no-plots",
-            "--out", str(out)]  # fmt: skip
+    return [
+        "run",
+        *(f"--site={s.name}={s.train[0].parent}" for s in sites),
+        "--arch",
+        TINY.arch,
+        "--rounds",
+        str(TINY.rounds),
+        "--local-steps",
+        "1",
+        "--batch",
+        "2",
+        "--patch",
+        "16",
+        "--eval-crop",
+        "16",
+        "--calib-patches",
+        "2",
+        "--calib-size",
+        "16",
+        "--threads",
+        "1",
+        "--seed",
+        "0",
+        "--no-plots",
+        "--out",
+        str(out),
+    ]
 
 
 def test_the_cli_refuses_what_an_engine_cannot_do(sites, tmp_path, capsys):
@@ -339,17 +397,42 @@ def test_the_cli_refuses_what_an_engine_cannot_do(sites, tmp_path, capsys):
 def test_the_cli_writes_the_flower_app(tmp_path):
     from medcodec_fed.cli import main
 
-    assert main(["flower-app", str(tmp_path / "app"), "--arch", "mc3d-xs", "--rounds", "7", "--out", "/srv/run",
-                 "--dp", "client", "--dp-clipping-norm", "0.5", "--min-available-clients", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "flower-app",
+                str(tmp_path / "app"),
+                "--arch",
+                "mc3d-xs",
+                "--rounds",
+                "7",
+                "--out",
+                "/srv/run",
+                "--dp",
+                "client",
+                "--dp-clipping-norm",
+                "0.5",
+                "--min-available-clients",
+                "3",
+            ]
+        )
+        == 0
+    )
     table = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     config, options = flower.settings_from_run_config(table)
     assert (config.arch, config.rounds, options.out, options.dp, options.min_available_clients) == (
-        "mc3d-xs", 7, "/srv/run", "client", 3
-    )  # fmt: skip
+        "mc3d-xs",
+        7,
+        "/srv/run",
+        "client",
+        3,
+    )
     # the same settings from a TOML file, Flower options in a [flower] table
     run_toml = tmp_path / "run.toml"
-    run_toml.write_text('arch = "mc3d-xs"\nrounds = 7\nout = "/srv/run"\n[flower]\nsecagg = false\n'
-                        'min-available-clients = 3\n[sites]\na = "ignored"\n')  # fmt: skip
+    run_toml.write_text(
+        'arch = "mc3d-xs"\nrounds = 7\nout = "/srv/run"\n[flower]\nsecagg = false\n'
+        'min-available-clients = 3\n[sites]\na = "ignored"\n'
+    )
     assert main(["flower-app", str(tmp_path / "app2"), "--config", str(run_toml)]) == 0
     table = tomllib.loads((tmp_path / "app2" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     config, options = flower.settings_from_run_config(table)
@@ -362,8 +445,19 @@ def test_switching_the_engine_without_secagg_gives_the_in_process_result_bit_for
     from medcodec_fed.cli import main
 
     assert main(_cli_argv(sites, tmp_path / "in-process")) == 0
-    assert main([*_cli_argv(sites, tmp_path / "flower"), "--engine", "flower", "--no-secagg",
-                 "--min-available-clients", "3"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                *_cli_argv(sites, tmp_path / "flower"),
+                "--engine",
+                "flower",
+                "--no-secagg",
+                "--min-available-clients",
+                "3",
+            ]
+        )
+        == 0
+    )
     got, want = _params(tmp_path / "flower"), _params(tmp_path / "in-process")
     assert all(np.array_equal(got[k], want[k]) for k in want)
     docs = [json.loads((tmp_path / d / runfolder.METRICS).read_text()) for d in ("flower", "in-process")]
@@ -382,21 +476,29 @@ def test_simulation_with_secagg_recovers_a_site_that_drops_out_while_training(si
     for rec in result.metrics["rounds"]:
         assert rec["accepted"] == ["site0", "site1"] and rec["failures"] and not rec["kept_previous"]
     engine.run(sites, replace(config, export=False), tmp_path / "in-process", say=lambda _: None)
-    assert_matches_in_process(_params(tmp_path / "flower"), _params(tmp_path / "in-process"), config,
-                              secagg_tolerance(config, options, 2))  # fmt: skip
+    assert_matches_in_process(
+        _params(tmp_path / "flower"), _params(tmp_path / "in-process"), config, secagg_tolerance(config, options, 2)
+    )
 
 
 @pytest.mark.flower
 def test_simulation_with_secagg_and_client_side_dp_records_its_parameters(sites, tmp_path):
     # No noise and a clipping norm no update reaches: the DP path must not change the result.
-    options = flower.FlowerOptions(out=str(tmp_path / "flower"), secagg=True, min_available_clients=3,
-                                   dp="client", dp_noise_multiplier=0.0, dp_clipping_norm=1e6)  # fmt: skip
+    options = flower.FlowerOptions(
+        out=str(tmp_path / "flower"),
+        secagg=True,
+        min_available_clients=3,
+        dp="client",
+        dp_noise_multiplier=0.0,
+        dp_clipping_norm=1e6,
+    )
     result = flower.run_simulation(sites, TINY, options, say=lambda _: None)
     assert result.metrics["flower"]["dp"]["wrapper"].endswith("DifferentialPrivacyClientSideFixedClipping")
     assert result.metrics["flower"]["dp"]["noise_stdev"] == 0.0
     engine.run(sites, replace(TINY, export=False), tmp_path / "in-process", say=lambda _: None)
-    assert_matches_in_process(_params(tmp_path / "flower"), _params(tmp_path / "in-process"), TINY,
-                              secagg_tolerance(TINY, options, 3))  # fmt: skip
+    assert_matches_in_process(
+        _params(tmp_path / "flower"), _params(tmp_path / "in-process"), TINY, secagg_tolerance(TINY, options, 3)
+    )
 
 
 @pytest.mark.flower

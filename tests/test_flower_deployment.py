@@ -41,9 +41,18 @@ BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode, flwr of
 SRC = Path(flower.__file__).resolve().parents[2]  # src/medcodec_fed/flower/__init__.py -> src
 
 CFG = RunConfig(
-    arch="mc3d-xs", rounds=2, local_steps=1, batch=2, patch=16, eval_crop=16, calib_patches=2, calib_size=16,
-    seed=0, threads=1, plots=False,
-)  # fmt: skip
+    arch="mc3d-xs",
+    rounds=2,
+    local_steps=1,
+    batch=2,
+    patch=16,
+    eval_crop=16,
+    calib_patches=2,
+    calib_size=16,
+    seed=0,
+    threads=1,
+    plots=False,
+)
 # Three hospitals: one real training volume of a different site and modality each.
 VOLUMES = ("ct_abdomen_totalseg_example.nii.gz", "mr_body_totalseg_example.nii.gz", "mr_brain_bold_niivue.nii.gz")
 RUN_TIMEOUT = 420  # seconds for one federated run, a generous bound for a loaded machine
@@ -86,13 +95,24 @@ class Federation:
         self.home = root / "flwr-home"
         self.home.mkdir()
         self.port = _free_port()
-        self.env = dict(os.environ, FLWR_HOME=str(self.home), PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                        PYTHONPATH=os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
-                        PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8", LC_ALL="C.UTF-8", LANG="C.UTF-8")  # fmt: skip
+        self.env = dict(
+            os.environ,
+            FLWR_HOME=str(self.home),
+            PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            PYTHONPATH=os.pathsep.join([str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            PYTHONUNBUFFERED="1",
+            PYTHONIOENCODING="utf-8",
+            LC_ALL="C.UTF-8",
+            LANG="C.UTF-8",
+        )
         names = [f"site{i}" for i in range(len(folders))]
         nodes = [a for n in names for a in ("--node", n)]
-        subprocess.run(["bash", str(SCRIPT), str(self.creds), "--ip", "127.0.0.1", *nodes], check=True,
-                       capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            ["bash", str(SCRIPT), str(self.creds), "--ip", "127.0.0.1", *nodes],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         (self.home / "config.toml").write_text(
             '[superlink]\ndefault = "test"\n\n[superlink.test]\n'
             f'address = "127.0.0.1:{self.port}"\nroot-certificates = "{self.creds / "ca.crt"}"\n'
@@ -102,29 +122,73 @@ class Federation:
         log = self.root / f"{name}.log"
         self.logs[name] = log
         with log.open("wb") as f:  # the child keeps its own descriptor
-            self.procs[name] = subprocess.Popen([str(BIN / args[0]), *args[1:]], stdout=f, stderr=subprocess.STDOUT,
-                                                env=self.env, cwd=self.root, start_new_session=True)  # fmt: skip
+            self.procs[name] = subprocess.Popen(
+                [str(BIN / args[0]), *args[1:]],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=self.root,
+                start_new_session=True,
+            )
 
     def _flwr(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.root, capture_output=True,
-                              encoding="utf-8", errors="replace", timeout=timeout)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            env=self.env,
+            cwd=self.root,
+            capture_output=True,
+            encoding="utf-8",
+            errors="replace",
+            timeout=timeout,
+        )
 
     def start(self) -> None:
         """Start the SuperLink, register every SuperNode's key, start the SuperNodes, wait until all are online."""
         c = self.creds
-        self._start("superlink", ["flower-superlink", "--ssl-ca-certfile", str(c / "ca.crt"),
-                                  "--ssl-certfile", str(c / "server.pem"), "--ssl-keyfile", str(c / "server.key"),
-                                  "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-                                  "--host", "127.0.0.1", "--port", str(self.port)])  # fmt: skip
+        self._start(
+            "superlink",
+            [
+                "flower-superlink",
+                "--ssl-ca-certfile",
+                str(c / "ca.crt"),
+                "--ssl-certfile",
+                str(c / "server.pem"),
+                "--ssl-keyfile",
+                str(c / "server.key"),
+                "--enable-supernode-auth",
+                "--disable-runtime-dependency-installation",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+        )
         for i in range(len(self.folders)):
-            self._until(lambda i=i: self._flwr("supernode", "register", str(c / "supernodes" / f"site{i}.pub"),
-                                               "test").returncode == 0, 60, f"registering site{i}")  # fmt: skip
+            self._until(
+                lambda i=i: (
+                    self._flwr("supernode", "register", str(c / "supernodes" / f"site{i}.pub"), "test").returncode == 0
+                ),
+                60,
+                f"registering site{i}",
+            )
         for i, folder in enumerate(self.folders):
             node_config = f"data-dir='{folder}' site-name='site{i}' partition-id={i}"
-            self._start(f"site{i}", ["flower-supernode", "--root-certificates", str(c / "ca.crt"),
-                                     "--superlink", f"127.0.0.1:{self.port}",
-                                     "--auth-supernode-private-key", str(c / "supernodes" / f"site{i}"),
-                                     "--port", str(_free_port()), "--node-config", node_config])  # fmt: skip
+            self._start(
+                f"site{i}",
+                [
+                    "flower-supernode",
+                    "--root-certificates",
+                    str(c / "ca.crt"),
+                    "--superlink",
+                    f"127.0.0.1:{self.port}",
+                    "--auth-supernode-private-key",
+                    str(c / "supernodes" / f"site{i}"),
+                    "--port",
+                    str(_free_port()),
+                    "--node-config",
+                    node_config,
+                ],
+            )
         self._until(lambda: self.online() == len(self.folders), 90, "all SuperNodes online")
 
     def online(self) -> int:
@@ -139,8 +203,10 @@ class Federation:
         return sum(1 for n in nodes if isinstance(n, dict) and n.get("status") == "online")
 
     def submit(self, app: Path, overrides: dict) -> None:
-        pairs = " ".join(f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
-                         for k, v in overrides.items())  # fmt: skip
+        pairs = " ".join(
+            f"{k}={json.dumps(v) if isinstance(v, str) else str(v).lower() if isinstance(v, bool) else v}"
+            for k, v in overrides.items()
+        )
         res = self._flwr("run", str(app), "test", "--run-config", pairs, timeout=120)
         assert res.returncode == 0, res.stdout + res.stderr
 

@@ -37,24 +37,41 @@ def test_tokens_round_trip_any_symbol(values):
     shape=st.tuples(st.integers(1, 4), st.integers(1, 12), st.integers(1, 12)),
     spacing=st.tuples(*[st.floats(1e-3, 1e3)] * 3),
     origin=st.tuples(*[st.floats(-1e6, 1e6)] * 3),
-    lo=st.integers(-(2**15), 2**15 - 1), span=st.integers(0, 2**16 - 1),
-)  # fmt: skip
+    lo=st.integers(-(2**15), 2**15 - 1),
+    span=st.integers(0, 2**16 - 1),
+)
 def test_headers_round_trip_through_the_container(shape, spacing, origin, lo, span):
     hi = min(lo + span, 2**15 - 1)
     header = Header(
-        dtype="int16", mode="lossless", quality=0, shape=shape, spacing=spacing, origin=origin,
-        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), max_error=0.0, lo=float(lo), hi=float(hi),
-        gain_num=1 << 16, tile=(64, 256, 256), n_tiles=1, model_name="", model_sha256=bytes(32), voxel_sha256=bytes(32),
-    )  # fmt: skip
+        dtype="int16",
+        mode="lossless",
+        quality=0,
+        shape=shape,
+        spacing=spacing,
+        origin=origin,
+        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+        max_error=0.0,
+        lo=float(lo),
+        hi=float(hi),
+        gain_num=1 << 16,
+        tile=(64, 256, 256),
+        n_tiles=1,
+        model_name="",
+        model_sha256=bytes(32),
+        voxel_sha256=bytes(32),
+    )
     back, chunks = read_stream(write_stream(header, []))
     assert back == header and chunks == []
 
 
 @_PROPERTY
 @given(
-    a=arrays(st.sampled_from([np.uint8, np.int16, np.int32]), st.tuples(st.integers(1, 3), st.integers(1, 10), st.integers(1, 10))),
+    a=arrays(
+        st.sampled_from([np.uint8, np.int16, np.int32]),
+        st.tuples(st.integers(1, 3), st.integers(1, 10), st.integers(1, 10)),
+    ),
     bound=st.sampled_from([0, 1, 3]),
-)  # fmt: skip
+)
 def test_any_small_integer_volume_round_trips_within_its_bound(a, bound):
     out = medcodec.decompress(medcodec.compress(a, max_error=bound)).array
     assert out.dtype == a.dtype and out.shape == a.shape

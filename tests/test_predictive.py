@@ -87,10 +87,16 @@ def numpy_loops(monkeypatch):
 
 
 @pytest.mark.skipif(not wavefront.AVAILABLE, reason="numba is not installed: only the numpy loops exist")
-@pytest.mark.parametrize(("shape", "d", "span"), [
-    ((9, 21, 17), 0, 300), ((9, 21, 17), 2, 300), ((33, 24, 40), 0, 4000), ((20, 30, 26), 3, 4000),
-    ((5, 9, 11), 0, 2**31),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("shape", "d", "span"),
+    [
+        ((9, 21, 17), 0, 300),
+        ((9, 21, 17), 2, 300),
+        ((33, 24, 40), 0, 4000),
+        ((20, 30, 26), 3, 4000),
+        ((5, 9, 11), 0, 2**31),
+    ],
+)
 def test_compiled_kernels_write_and_read_the_reference_loops_streams(numpy_loops, shape, d, span):
     rng = np.random.default_rng(sum(shape) + d)
     smooth = synthetic(shape=shape, seed=d).astype(np.int64)

@@ -32,8 +32,14 @@ def test_numcodecs_finds_the_codec_by_its_id_and_keeps_the_bound(volume):
 @pytest.mark.parametrize("bound", [0, 2])
 def test_a_zarr_v3_array_stores_its_chunks_with_medcodec_and_reopens(tmp_path, volume, bound):
     store = zarr.storage.LocalStore(tmp_path / "v.zarr")
-    z = zarr.create_array(store, shape=volume.shape, chunks=(12, 24, 20), dtype="int16",
-                          serializer=MedcodecZarr(max_error=bound), compressors=None)  # fmt: skip
+    z = zarr.create_array(
+        store,
+        shape=volume.shape,
+        chunks=(12, 24, 20),
+        dtype="int16",
+        serializer=MedcodecZarr(max_error=bound),
+        compressors=None,
+    )
     z[:] = volume
     back = zarr.open_array(zarr.storage.LocalStore(tmp_path / "v.zarr"), mode="r")
     assert back.metadata.to_dict()["codecs"][0] == {"name": "medcodec", "configuration": {"max_error": bound}}
@@ -48,8 +54,15 @@ def test_a_zarr_v3_array_stores_its_chunks_with_medcodec_and_reopens(tmp_path, v
 
 def test_a_zarr_v2_array_takes_the_numcodecs_codec_as_its_compressor(volume):
     store = zarr.storage.MemoryStore()
-    z = zarr.create_array(store, shape=volume.shape, chunks=(20, 20, 20), dtype="int16", zarr_format=2,
-                          compressors=Medcodec(max_error=1), filters=None)  # fmt: skip
+    z = zarr.create_array(
+        store,
+        shape=volume.shape,
+        chunks=(20, 20, 20),
+        dtype="int16",
+        zarr_format=2,
+        compressors=Medcodec(max_error=1),
+        filters=None,
+    )
     z[:] = volume
     assert np.abs(zarr.open_array(store, mode="r")[:].astype(np.int64) - volume).max() <= 1
 
@@ -63,8 +76,14 @@ def test_conflicting_options_are_refused():
 
 def test_a_region_read_through_a_dask_cluster_equals_the_original(tmp_path, volume):
     distributed = pytest.importorskip("distributed")
-    z = zarr.create_array(zarr.storage.LocalStore(tmp_path / "v.zarr"), shape=volume.shape, chunks=(10, 20, 18),
-                          dtype="int16", serializer=MedcodecZarr(), compressors=None)  # fmt: skip
+    z = zarr.create_array(
+        zarr.storage.LocalStore(tmp_path / "v.zarr"),
+        shape=volume.shape,
+        chunks=(10, 20, 18),
+        dtype="int16",
+        serializer=MedcodecZarr(),
+        compressors=None,
+    )
     z[:] = volume
     with distributed.LocalCluster(
         n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None

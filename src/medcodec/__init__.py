@@ -42,10 +42,19 @@ if TYPE_CHECKING:
 # The codec pulls in torch; it is imported on first use so that `medcodec --help`
 # and `import medcodec` for I/O alone stay fast (PEP 562).
 _LAZY = {
-    "DEFAULT_QUALITY": "codec", "compress": "codec", "decode": "codec", "decompress": "codec",
-    "encode": "codec", "info": "codec", "StreamInfo": "format.container", "DEFAULT_MODEL": "model.files",
-    "list_models": "model.files", "load_model": "model.files", "codec": None, "dicom": None,
-}  # fmt: skip
+    "DEFAULT_QUALITY": "codec",
+    "compress": "codec",
+    "decode": "codec",
+    "decompress": "codec",
+    "encode": "codec",
+    "info": "codec",
+    "StreamInfo": "format.container",
+    "DEFAULT_MODEL": "model.files",
+    "list_models": "model.files",
+    "load_model": "model.files",
+    "codec": None,
+    "dicom": None,
+}
 
 
 def __getattr__(name: str):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError, MedcodecError
+from .errors import InvalidInputError, MedcodecError, VolumeIOError
 from .files.images import VOLUME_SUFFIXES
 from .format.container import STREAM_SUFFIX
 
@@ -91,20 +91,39 @@ def plan_jobs(inputs: list[tuple[Path, Path]], out_dir: str | None, default: Cal
 
 def _run_one(command: Callable[[argparse.Namespace], int], args: argparse.Namespace, job: Job) -> dict[str, Any]:
     start = time.perf_counter()
-    one = argparse.Namespace(**{**vars(args), "input": str(job.source), "output": str(job.output),
-                                "quiet": True, "json": False})  # fmt: skip
+    one = argparse.Namespace(
+        **{**vars(args), "input": str(job.source), "output": str(job.output), "quiet": True, "json": False}
+    )
     try:
         job.output.parent.mkdir(parents=True, exist_ok=True)
         command(one)
     except MedcodecError as exc:
-        return {"file": str(job.source), "output": str(job.output), "ok": False, "error": type(exc).__name__,
-                "message": " ".join(str(exc).split()), "exit_code": exc.exit_code}  # fmt: skip
+        return {
+            "file": str(job.source),
+            "output": str(job.output),
+            "ok": False,
+            "error": type(exc).__name__,
+            "message": " ".join(str(exc).split()),
+            "exit_code": exc.exit_code,
+        }
     except OSError as exc:
-        return {"file": str(job.source), "output": str(job.output), "ok": False, "error": "VolumeIOError",
-                "message": str(exc), "exit_code": 8}  # fmt: skip
+        return {
+            "file": str(job.source),
+            "output": str(job.output),
+            "ok": False,
+            "error": VolumeIOError.__name__,
+            "message": str(exc),
+            "exit_code": VolumeIOError.exit_code,
+        }
     source_bytes = _size(job.source)
-    return {"file": str(job.source), "output": str(job.output), "ok": True, "input_bytes": source_bytes,
-            "output_bytes": _size(job.output), "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+    return {
+        "file": str(job.source),
+        "output": str(job.output),
+        "ok": True,
+        "input_bytes": source_bytes,
+        "output_bytes": _size(job.output),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def _size(path: Path) -> int:
@@ -113,9 +132,15 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def run_jobs(command: Callable[[argparse.Namespace], int], args: argparse.Namespace, jobs: list[Job],
-             *, workers: int = 1, scheduler: str | None = None,
-             on_done: Callable[[dict[str, Any], int, int], None] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_jobs(
+    command: Callable[[argparse.Namespace], int],
+    args: argparse.Namespace,
+    jobs: list[Job],
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    on_done: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> list[dict[str, Any]]:
     """Run ``command`` (a single-file CLI command) for every job; one record per job, in job order."""
     records: list[dict[str, Any] | None] = [None] * len(jobs)
 

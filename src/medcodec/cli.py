@@ -50,9 +50,13 @@ __all__ = ["main", "build_parser", "default_compress_output", "default_decompres
 _NAMED_SUFFIXES = (*VOLUME_SUFFIXES, ".dcm")
 
 _EXIT_CODES = "\n".join(
-    ["exit codes:", *(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()), "",
-     "Set MEDCODEC_DEBUG=1 to see the traceback of an error."]
-)  # fmt: skip
+    [
+        "exit codes:",
+        *(f"  {code:<4} {meaning}" for code, meaning in EXIT_CODES.items()),
+        "",
+        "Set MEDCODEC_DEBUG=1 to see the traceback of an error.",
+    ]
+)
 
 
 # --------------------------------------------------------------------------- paths
@@ -161,8 +165,10 @@ def _run_batch(command: Callable[[argparse.Namespace], int], args: argparse.Name
     jobs = plan_jobs(list(find_inputs(args.inputs, recursive=args.recursive, command=name)), args.output, default)
     if name == "decompress":
         jobs = [Job(j.source, _beside_if_taken(j.output, force=args.force)) for j in jobs]
-        jobs = [Job(j.source, _folder_if_taken(j.output, force=args.force)) if _is_archive_file(j.source) else j
-                for j in jobs]  # fmt: skip
+        jobs = [
+            Job(j.source, _folder_if_taken(j.output, force=args.force)) if _is_archive_file(j.source) else j
+            for j in jobs
+        ]
     if not jobs:
         raise InvalidInputError(f"no inputs to {name} in {', '.join(args.inputs)}")
 
@@ -399,10 +405,20 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     if args.json:
         header = info(data)
         file_size = source.stat().st_size if source.is_file() else None
-        _print_json({"file": args.input, "output": "-" if to_stdout else str(dest), "mode": header.mode,
-                     "max_error": header.max_error, "quality": header.quality, "raw_bytes": volume.array.nbytes,
-                     "input_file_bytes": file_size, "stream_bytes": len(data),
-                     "seconds": round(time.perf_counter() - start, 3)}, to_stderr=to_stdout)  # fmt: skip
+        _print_json(
+            {
+                "file": args.input,
+                "output": "-" if to_stdout else str(dest),
+                "mode": header.mode,
+                "max_error": header.max_error,
+                "quality": header.quality,
+                "raw_bytes": volume.array.nbytes,
+                "input_file_bytes": file_size,
+                "stream_bytes": len(data),
+                "seconds": round(time.perf_counter() - start, 3),
+            },
+            to_stderr=to_stdout,
+        )
     elif not args.quiet:
         header = info(data)
         raw = volume.array.nbytes
@@ -444,22 +460,42 @@ def _compress_large(args, source: Path, dest: Path, max_error, keep, start: floa
 
     progress = _Progress("compressing", enabled=not args.quiet)
     try:
-        header = compress_file(source, dest, quality=args.quality, max_error=max_error, model=args.model,
-                               progress=progress, force=args.force, metadata=keep)  # fmt: skip
+        header = compress_file(
+            source,
+            dest,
+            quality=args.quality,
+            max_error=max_error,
+            model=args.model,
+            progress=progress,
+            force=args.force,
+            metadata=keep,
+        )
     finally:
         progress.close()
     import numpy as np
 
     size, raw = dest.stat().st_size, math.prod(header.shape) * np.dtype(header.dtype).itemsize
     if args.json:
-        _print_json({"file": args.input, "output": str(dest), "mode": header.mode, "max_error": header.max_error,
-                     "quality": header.quality if header.mode == "lossy" else None, "raw_bytes": raw,
-                     "input_file_bytes": source.stat().st_size, "stream_bytes": size,
-                     "seconds": round(time.perf_counter() - start, 3), "out_of_core": True})  # fmt: skip
+        _print_json(
+            {
+                "file": args.input,
+                "output": str(dest),
+                "mode": header.mode,
+                "max_error": header.max_error,
+                "quality": header.quality if header.mode == "lossy" else None,
+                "raw_bytes": raw,
+                "input_file_bytes": source.stat().st_size,
+                "stream_bytes": size,
+                "seconds": round(time.perf_counter() - start, 3),
+                "out_of_core": True,
+            }
+        )
     elif not args.quiet:
-        print(f"{args.input} -> {dest}: {_human_size(raw)} -> {_human_size(size)} ({_ratio(raw, size)} against raw "
-              f"voxels), {_describe_mode(header.mode, header.max_error, header.quality)}, slab by slab, "
-              f"{time.perf_counter() - start:.1f} s")  # fmt: skip
+        print(
+            f"{args.input} -> {dest}: {_human_size(raw)} -> {_human_size(size)} ({_ratio(raw, size)} against raw "
+            f"voxels), {_describe_mode(header.mode, header.max_error, header.quality)}, slab by slab, "
+            f"{time.perf_counter() - start:.1f} s"
+        )
     return 0
 
 
@@ -514,9 +550,17 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     _write_volume(volume, dest, suffix, force=args.force, write=write)
 
     if args.json:
-        _print_json({"file": args.input, "output": str(dest), "stream_bytes": len(data), "raw_bytes": volume.array.nbytes,
-                     "shape": list(volume.shape), "dtype": str(volume.dtype),
-                     "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+        _print_json(
+            {
+                "file": args.input,
+                "output": str(dest),
+                "stream_bytes": len(data),
+                "raw_bytes": volume.array.nbytes,
+                "shape": list(volume.shape),
+                "dtype": str(volume.dtype),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
     elif not args.quiet:
         elapsed = time.perf_counter() - start
         print(
@@ -554,16 +598,32 @@ def _cmd_test(args: argparse.Namespace) -> int:
             else:
                 vol = decompress(data, model=args.model)
         except MedcodecError as exc:
-            record = {"file": name, "ok": False, "error": type(exc).__name__, "message": " ".join(str(exc).split()),
-                      "exit_code": exc.exit_code}  # fmt: skip
+            record = {
+                "file": name,
+                "ok": False,
+                "error": type(exc).__name__,
+                "message": " ".join(str(exc).split()),
+                "exit_code": exc.exit_code,
+            }
             worst = worst or exc.exit_code
         else:
             if _is_archive_head(data[:16]):
-                record = {"file": name, "ok": True, "kind": "dicom-archive", "files": archive.files,
-                          "series": len(archive.series), "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+                record = {
+                    "file": name,
+                    "ok": True,
+                    "kind": "dicom-archive",
+                    "files": archive.files,
+                    "series": len(archive.series),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
             else:
-                record = {"file": name, "ok": True, "shape": list(vol.shape), "dtype": str(vol.dtype),
-                          "seconds": round(time.perf_counter() - start, 3)}  # fmt: skip
+                record = {
+                    "file": name,
+                    "ok": True,
+                    "shape": list(vol.shape),
+                    "dtype": str(vol.dtype),
+                    "seconds": round(time.perf_counter() - start, 3),
+                }
         records.append(record)
         if not args.json and (not record["ok"] or not args.quiet):
             if record["ok"] and "files" in record:
@@ -686,10 +746,22 @@ def _compress_study(args: argparse.Namespace, source: Path, start: float) -> int
         write_atomic(dest, _write_bytes(data), force=args.force)
     a = info(data)
     if args.json:
-        _print_json({"file": args.input, "output": "-" if to_stdout else str(dest), "kind": "dicom-archive",
-                     "mode": a.mode, "files": a.files, "images": a.images, "series": len(a.series),
-                     "stored": a.stored, "input_file_bytes": a.file_bytes, "archive_bytes": a.archive_bytes,
-                     "seconds": round(time.perf_counter() - start, 3)}, to_stderr=to_stdout)  # fmt: skip
+        _print_json(
+            {
+                "file": args.input,
+                "output": "-" if to_stdout else str(dest),
+                "kind": "dicom-archive",
+                "mode": a.mode,
+                "files": a.files,
+                "images": a.images,
+                "series": len(a.series),
+                "stored": a.stored,
+                "input_file_bytes": a.file_bytes,
+                "archive_bytes": a.archive_bytes,
+                "seconds": round(time.perf_counter() - start, 3),
+            },
+            to_stderr=to_stdout,
+        )
     elif not args.quiet:
         print(
             f"{args.input} -> {'stdout' if to_stdout else dest}: {a.files} files ({a.images} images in "
@@ -730,12 +802,22 @@ def _decompress_study(args: argparse.Namespace, source: Path, start: float) -> i
     written = unpack(data, dest, force=args.force, model=args.model)
     total = sum(p.stat().st_size for p in written)
     if args.json:
-        _print_json({"file": args.input, "output": str(dest), "kind": "dicom-archive", "files": len(written),
-                     "archive_bytes": len(data), "output_bytes": total,
-                     "seconds": round(time.perf_counter() - start, 3)})  # fmt: skip
+        _print_json(
+            {
+                "file": args.input,
+                "output": str(dest),
+                "kind": "dicom-archive",
+                "files": len(written),
+                "archive_bytes": len(data),
+                "output_bytes": total,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
     elif not args.quiet:
-        print(f"{args.input} -> {dest}{os.sep}: {len(written)} files, {_human_size(len(data))} -> "
-              f"{_human_size(total)}, {time.perf_counter() - start:.1f} s")  # fmt: skip
+        print(
+            f"{args.input} -> {dest}{os.sep}: {len(written)} files, {_human_size(len(data))} -> "
+            f"{_human_size(total)}, {time.perf_counter() - start:.1f} s"
+        )
     return 0
 
 
@@ -761,19 +843,24 @@ def _info_study(args: argparse.Namespace, source: Path, data: bytes) -> int:
         ("mode", a.mode),
         ("files", f"{a.files}: {a.images} images in {len(a.series)} series, {a.stored} stored whole"),
         ("file bytes", f"{_human_size(a.file_bytes)} ({a.file_bytes} bytes)"),
-        ("archive", f"{_human_size(a.archive_bytes)} ({a.archive_bytes} bytes), {_ratio(a.file_bytes, a.archive_bytes)}"),
+        (
+            "archive",
+            f"{_human_size(a.archive_bytes)} ({a.archive_bytes} bytes), {_ratio(a.file_bytes, a.archive_bytes)}",
+        ),
         ("headers", f"{_human_size(a.header_bytes)} compressed"),
         ("stored", f"{_human_size(a.stored_bytes)} compressed"),
-    ]  # fmt: skip
+    ]
     width = max(len(key) for key, _ in rows) + 1
     for key, value in rows:
         print(f"{key + ':':<{width}} {value}")
     for i, s in enumerate(a.series):
         label = " ".join(x for x in (s.modality, repr(s.description) if s.description else "") if x)
         pixels = s.files * s.rows * s.columns * (1 if s.dtype.endswith("int8") else 2)
-        print(f"series {i}: {label + ', ' if label else ''}{s.files} files ({_human_size(s.file_bytes)}), "
-              f"{s.rows} x {s.columns} {s.dtype}, {s.mode}, pixels {_human_size(pixels)} -> "
-              f"{_human_size(s.stream_bytes)} ({s.uid or 'no Series Instance UID'})")  # fmt: skip
+        print(
+            f"series {i}: {label + ', ' if label else ''}{s.files} files ({_human_size(s.file_bytes)}), "
+            f"{s.rows} x {s.columns} {s.dtype}, {s.mode}, pixels {_human_size(pixels)} -> "
+            f"{_human_size(s.stream_bytes)} ({s.uid or 'no Series Instance UID'})"
+        )
     for f in a.stored_files:
         print(f"stored: {f['path']} ({_human_size(f['size'])}): {f['reason']}")
     return 0
@@ -809,36 +896,55 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=help_text, description=help_text, epilog=_EXIT_CODES,
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_EXIT_CODES,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+        )
 
     p = add("compress", "Compress a volume file into a .mcz file, or a DICOM study folder into a .mcd archive.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="volume files (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM study folder (any number of "
-                        "series, nested folders): one .mcd archive that restores every file byte for byte, "
-                        "lossless unless --quality or --max-error is given")  # fmt: skip
-    p.add_argument("-o", "--output", metavar="OUT",
-                   help="output file or folder (default: INPUT with its extension replaced by .mcz, a folder "
-                        "INPUT.mcd; - for stdout); with several inputs, a folder that mirrors them")  # fmt: skip
-    p.add_argument("--as-volume", action="store_true",
-                   help="read a DICOM series folder as one volume into a .mcz (the default in a batch: several "
-                        "inputs, -r, -j, --scheduler) instead of archiving its files")  # fmt: skip
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="volume files (.nii, .nii.gz, .nrrd, .mha, .mhd) or a DICOM study folder (any number of "
+        "series, nested folders): one .mcd archive that restores every file byte for byte, "
+        "lossless unless --quality or --max-error is given",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="output file or folder (default: INPUT with its extension replaced by .mcz, a folder "
+        "INPUT.mcd; - for stdout); with several inputs, a folder that mirrors them",
+    )
+    p.add_argument(
+        "--as-volume",
+        action="store_true",
+        help="read a DICOM series folder as one volume into a .mcz (the default in a batch: several "
+        "inputs, -r, -j, --scheduler) instead of archiving its files",
+    )
     _add_batch(p, "volume files and DICOM series folders")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
-        "--quality", type=int, metavar="Q",
+        "--quality",
+        type=int,
+        metavar="Q",
         help="lossy quality 1-100 (default mode, default 40): guarantees PSNR >= 20 + Q/2 dB over max - min",
-    )  # fmt: skip
+    )
     mode.add_argument(
         "--max-error", type=_max_error, metavar="D", help="near-lossless: every voxel within +-D of the original"
     )
     mode.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
     privacy = p.add_mutually_exclusive_group()
     privacy.add_argument("--strip-metadata", action="store_true", help="store no metadata (header fields, DICOM tags)")
-    privacy.add_argument("--anonymize", action="store_true",
-                         help="drop identifying metadata: patient, institution and visit DICOM tags, private tags, "
-                              "NIfTI free text (medcodec.files.privacy lists them)")  # fmt: skip
+    privacy.add_argument(
+        "--anonymize",
+        action="store_true",
+        help="drop identifying metadata: patient, institution and visit DICOM tags, private tags, "
+        "NIfTI free text (medcodec.files.privacy lists them)",
+    )
     _add_common(p, model_help="model name or weights file (default: the built-in model)")
     p.set_defaults(func=_batch_or_one(_cmd_compress))
 
@@ -846,22 +952,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="FILE", help="compressed .mcz files (- reads stdin) or .mcd archives")
     _add_batch(p, ".mcz files")
     p.add_argument(
-        "-o", "--output", metavar="OUT",
+        "-o",
+        "--output",
+        metavar="OUT",
         help="output volume file, format from its ending: .nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd "
         "(default: FILE with .mcz replaced by .nii.gz); for a .mcd archive, the folder that receives its files "
         "(default: FILE without .mcd, or FILE.decoded where that exists)",
-    )  # fmt: skip
-    p.add_argument("--format", choices=("nii.gz", "nii", "nrrd", "mha"), default=None,
-                   help="format of the default output name (default nii.gz); -o NAME picks it from NAME's ending")  # fmt: skip
+    )
+    p.add_argument(
+        "--format",
+        choices=("nii.gz", "nii", "nrrd", "mha"),
+        default=None,
+        help="format of the default output name (default nii.gz); -o NAME picks it from NAME's ending",
+    )
     squeeze = p.add_mutually_exclusive_group()
-    squeeze.add_argument("--compress-output", dest="compress_output", action="store_const", const=True, default=None,
-                         help="ask the volume format for its own compression (default: only .nii.gz)")  # fmt: skip
-    squeeze.add_argument("--no-compress-output", dest="compress_output", action="store_const", const=False,
-                         help="write the volume uncompressed (a .nii.gz stays gzip framed, level 0 is not offered)")  # fmt: skip
-    p.add_argument("--model-dir", action="append", default=[], metavar="DIR",
-                   help="a folder of model files, searched by name (repeatable; also MEDCODEC_MODEL_PATH)")  # fmt: skip
-    p.add_argument("--region", type=_region, metavar="Z0:Z1,Y0:Y1,X0:X1",
-                   help="decode only this block (voxel indices, ends exclusive, any part may be empty: ':')")  # fmt: skip
+    squeeze.add_argument(
+        "--compress-output",
+        dest="compress_output",
+        action="store_const",
+        const=True,
+        default=None,
+        help="ask the volume format for its own compression (default: only .nii.gz)",
+    )
+    squeeze.add_argument(
+        "--no-compress-output",
+        dest="compress_output",
+        action="store_const",
+        const=False,
+        help="write the volume uncompressed (a .nii.gz stays gzip framed, level 0 is not offered)",
+    )
+    p.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of model files, searched by name (repeatable; also MEDCODEC_MODEL_PATH)",
+    )
+    p.add_argument(
+        "--region",
+        type=_region,
+        metavar="Z0:Z1,Y0:Y1,X0:X1",
+        help="decode only this block (voxel indices, ends exclusive, any part may be empty: ':')",
+    )
     _add_common(p, model_help="model name or weights file (default: the one the stream names)")
     p.set_defaults(func=_batch_or_one(_cmd_decompress))
 

@@ -45,13 +45,7 @@ from .coding.transform import analyse as analyse_transform
 from .coding.transform import choose_base, choose_z_levels
 from .coding.transform import code_tile as code_transform
 from .coding.transform import decode_tile as decode_transform
-from .errors import (
-    ChecksumError,
-    CorruptStreamError,
-    InvalidInputError,
-    MedcodecError,
-    UnsupportedVersionError,
-)
+from .errors import ChecksumError, CorruptStreamError, InvalidInputError, MedcodecError, UnsupportedVersionError
 from .format.container import (
     FLAG_INTEGER_VALUED,
     FLAG_PALETTE,
@@ -332,16 +326,26 @@ class _Coding:
     def header(self) -> Header:
         plan, codec_model, vol, quality = self.plan, self.codec_model, self.vol, self.quality
         return Header(
-            dtype=str(self.dtype), mode=plan.mode,
+            dtype=str(self.dtype),
+            mode=plan.mode,
             quality=quality if quality is not None else (DEFAULT_QUALITY if plan.mode == "lossy" else 0),
-            shape=self.shape, spacing=vol.spacing, origin=vol.origin, direction=vol.direction,
-            max_error=plan.bound, lo=plan.lo, hi=plan.hi, gain_num=plan.gain_num, tile=DEFAULT_TILE, n_tiles=len(self.grid),
-            model_name=codec_model.name if codec_model else "", model_sha256=bytes.fromhex(codec_model.sha256) if codec_model else bytes(32),
+            shape=self.shape,
+            spacing=vol.spacing,
+            origin=vol.origin,
+            direction=vol.direction,
+            max_error=plan.bound,
+            lo=plan.lo,
+            hi=plan.hi,
+            gain_num=plan.gain_num,
+            tile=DEFAULT_TILE,
+            n_tiles=len(self.grid),
+            model_name=codec_model.name if codec_model else "",
+            model_sha256=bytes.fromhex(codec_model.sha256) if codec_model else bytes(32),
             voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
             flags=(FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0)
             | (FLAG_PALETTE if plan.palette else 0)
             | (FLAG_TRANSFORM if plan.mse else 0),
-        )  # fmt: skip
+        )
 
 
 def _transform_budgets(plan: _Plan, grid: list, voxels) -> tuple[_Plan, list[tuple[float, int] | None]]:
@@ -744,14 +748,22 @@ def info(data: bytes) -> StreamInfo:
         keys = None
     return StreamInfo(
         format_version=f"{version[0]}.{version[1]}",
-        shape=header.shape, dtype=header.dtype, spacing=header.spacing, origin=header.origin,
-        direction=header.direction, mode=header.mode,
+        shape=header.shape,
+        dtype=header.dtype,
+        spacing=header.spacing,
+        origin=header.origin,
+        direction=header.direction,
+        mode=header.mode,
         max_error=header.max_error,
         quality=header.quality if header.mode == "lossy" else None,
-        model_name=header.model_name, model_sha256=header.model_sha256.hex(), tile_shape=header.tile,
-        n_tiles=header.n_tiles, compressed_bytes=len(data), raw_bytes=int(np.prod(header.shape)) * dtype.itemsize,
+        model_name=header.model_name,
+        model_sha256=header.model_sha256.hex(),
+        tile_shape=header.tile,
+        n_tiles=header.n_tiles,
+        compressed_bytes=len(data),
+        raw_bytes=int(np.prod(header.shape)) * dtype.itemsize,
         metadata_keys=keys,
-    )  # fmt: skip
+    )
 
 
 #: Aliases in the style of other codec libraries.

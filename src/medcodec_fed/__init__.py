@@ -44,15 +44,29 @@ __all__ = [
 ]
 
 _HOME = {
-    "Aggregate": "aggregate", "Rejection": "aggregate", "aggregate": "aggregate", "fedavg": "aggregate",
-    "median": "aggregate", "trimmed_mean": "aggregate",
-    "GlobalModel": "messages", "SiteUpdate": "messages", "SiteEvaluation": "messages", "MessageError": "messages",
-    "LocalConfig": "local", "train_site": "local", "evaluate_site": "local",
+    "Aggregate": "aggregate",
+    "Rejection": "aggregate",
+    "aggregate": "aggregate",
+    "fedavg": "aggregate",
+    "median": "aggregate",
+    "trimmed_mean": "aggregate",
+    "GlobalModel": "messages",
+    "SiteUpdate": "messages",
+    "SiteEvaluation": "messages",
+    "MessageError": "messages",
+    "LocalConfig": "local",
+    "train_site": "local",
+    "evaluate_site": "local",
     "RunConfig": "config",
-    "RunResult": "engine", "run": "engine",
-    "Site": "sites", "SiteData": "sites", "load_site": "sites", "sites_from_manifest": "sites",
-    "split_collection": "sites", "dirichlet_partition": "sites",
-}  # fmt: skip
+    "RunResult": "engine",
+    "run": "engine",
+    "Site": "sites",
+    "SiteData": "sites",
+    "load_site": "sites",
+    "sites_from_manifest": "sites",
+    "split_collection": "sites",
+    "dirichlet_partition": "sites",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -252,8 +252,13 @@ def aggregate(
     capped = tuple(u.site for u, w in zip(accepted, weights) if w != u.num_samples)
     for u in accepted:
         if u.site in capped:
-            log.warning("round %d: site %r reports %d samples; counted as %d (max_samples)",
-                        reference.round, u.site, u.num_samples, max_samples)  # fmt: skip
+            log.warning(
+                "round %d: site %r reports %d samples; counted as %d (max_samples)",
+                reference.round,
+                u.site,
+                u.num_samples,
+                max_samples,
+            )
     if method == "fedavg":
         params = fedavg(accepted, max_samples=max_samples)
     elif method == "median":

@@ -58,8 +58,12 @@ def run_baselines(
     say(f"baseline: centralized, {total} steps on the pooled training volumes")
     seed = derive_seed(config.seed, 0, 0, Purpose.CENTRALIZED)
     central = build_model(config.arch, train_baseline(config, pooled, total, seed, 0))
-    out: dict[str, Any] = {"rounds": config.rounds, "steps": {"centralized": total, "local_only": per_site},
-                           "centralized": {}, "local_only": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "rounds": config.rounds,
+        "steps": {"centralized": total, "local_only": per_site},
+        "centralized": {},
+        "local_only": {},
+    }
     for i, s in enumerate(sites):
         out["centralized"][s.name] = evaluate_float(central, data[s.name].eval_crops, gain)
         say(f"baseline: local-only {s.name}, {per_site[s.name]} steps")

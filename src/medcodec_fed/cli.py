@@ -58,16 +58,22 @@ _FLOWER = ("secagg", "dp", "dp_noise_multiplier", "dp_clipping_norm", "min_fit_c
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="medcodec-fed", description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+        prog="medcodec-fed",
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+    )
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run or resume a federated training")
     r.add_argument("--config", metavar="TOML", help="settings file (top-level keys as below, [sites] name = folder)")
     r.add_argument("--out", help="run folder (checkpoint.pt, metrics.json, model file, plots)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    r.add_argument("--engine", choices=("in-process", "flower"), default="in-process",
-                   help="in-process (default): every site in this process; flower: Flower's simulation")  # fmt: skip
+    r.add_argument(
+        "--engine",
+        choices=("in-process", "flower"),
+        default="in-process",
+        help="in-process (default): every site in this process; flower: Flower's simulation",
+    )
     g = r.add_argument_group("sites")
     g.add_argument("--site", action="append", metavar="NAME=DIR", help="a site and its folder of volumes (repeat)")
     g.add_argument(
@@ -77,8 +83,9 @@ def _parser() -> argparse.ArgumentParser:
         const="",
         help="sites from the data manifest's train split (default folder: MEDCODEC_DATA or ../shared/data)",
     )
-    g.add_argument("--partition", choices=("site", "modality", "dirichlet"),
-                   help="how --data is split into sites (default: site)")  # fmt: skip
+    g.add_argument(
+        "--partition", choices=("site", "modality", "dirichlet"), help="how --data is split into sites (default: site)"
+    )
     g.add_argument("--num-sites", type=int, help="sites of a Dirichlet partition")
     g.add_argument("--alpha", type=float, help="Dirichlet concentration (small: more non-IID; default 0.5)")
     g.add_argument("--hold-out", type=int, help="volumes each site holds back for evaluation (default 1)")
@@ -120,34 +127,54 @@ def _add_settings(r: argparse.ArgumentParser) -> None:
     a.add_argument("--site-dropout", action="append", metavar="NAME=P", help="per-site dropout probability (repeat)")
     a.add_argument("--aggregation", choices=("fedavg", "median", "trimmed-mean"))
     a.add_argument("--trim", type=float, help="fraction trimmed at each end by trimmed-mean")
-    a.add_argument("--max-samples", type=int,
-                   help="largest sample count a site is weighted with (default: local-steps x batch)")  # fmt: skip
-    a.add_argument("--local-group", action="append", metavar="PATTERN",
-                   help="parameters that stay at each site, e.g. 'prior.*' (repeat)")  # fmt: skip
+    a.add_argument(
+        "--max-samples", type=int, help="largest sample count a site is weighted with (default: local-steps x batch)"
+    )
+    a.add_argument(
+        "--local-group",
+        action="append",
+        metavar="PATTERN",
+        help="parameters that stay at each site, e.g. 'prior.*' (repeat)",
+    )
     from .config import DRILL_KINDS  # the standard library only: --help stays instant
 
     d = r.add_argument_group("fault drill (a rehearsal of the defences, never a real run)")
-    d.add_argument("--drill-hostile", action="append", metavar="NAME=KIND",
-                   help=f"site NAME sends a hostile update of KIND ({', '.join(DRILL_KINDS)}) every round; "
-                   "recorded in metrics.json and the model file (repeat)")  # fmt: skip
+    d.add_argument(
+        "--drill-hostile",
+        action="append",
+        metavar="NAME=KIND",
+        help=f"site NAME sends a hostile update of KIND ({', '.join(DRILL_KINDS)}) every round; "
+        "recorded in metrics.json and the model file (repeat)",
+    )
     e = r.add_argument_group("evaluation and output")
     e.add_argument("--quality", type=int, help="fixed quality of every evaluation (default 50)")
     e.add_argument("--eval-crop", type=int, help="crop side of the per-round evaluation (default 64)")
     e.add_argument("--final-crop", type=int, help="crop side of the final codec evaluation (default: whole volumes)")
     e.add_argument("--calib-patches", type=int)
     e.add_argument("--calib-size", type=int)
-    e.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=None,
-                   help="also train centralized and local-only models for comparison")  # fmt: skip
+    e.add_argument(
+        "--baselines",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also train centralized and local-only models for comparison",
+    )
     e.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None)
     e.add_argument("--export", action=argparse.BooleanOptionalAction, default=None, help="write the codec model file")
 
 
 def _add_flower_options(r: argparse.ArgumentParser) -> None:
     f = r.add_argument_group("Flower engine (TOML: a [flower] table)")
-    f.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
-                   help="secure aggregation with SecAgg+: the server sees only the sum (default: on)")  # fmt: skip
-    f.add_argument("--dp", choices=("off", "client", "server"),
-                   help="central DP: client-side clipping (works with SecAgg+) or server-side")  # fmt: skip
+    f.add_argument(
+        "--secagg",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="secure aggregation with SecAgg+: the server sees only the sum (default: on)",
+    )
+    f.add_argument(
+        "--dp",
+        choices=("off", "client", "server"),
+        help="central DP: client-side clipping (works with SecAgg+) or server-side",
+    )
     f.add_argument("--dp-noise-multiplier", type=float)
     f.add_argument("--dp-clipping-norm", type=float, help="L2 bound of each site's update")
     f.add_argument("--min-fit-clients", type=int, help="sites needed to train a round (default 2)")
@@ -230,8 +257,14 @@ def _sites(folders: dict[str, str], other: dict[str, Any], seed: int) -> list:
     if "num_sites" not in other:
         raise ValueError("--partition dirichlet needs --num-sites")
     entries = load_manifest(Path(data_dir) if data_dir else None, split="train")
-    return split_collection([e.path for e in entries], [e.site for e in entries], int(other["num_sites"]),
-                            alpha=float(other.get("alpha", 0.5)), seed=seed, hold_out=hold_out)  # fmt: skip
+    return split_collection(
+        [e.path for e in entries],
+        [e.site for e in entries],
+        int(other["num_sites"]),
+        alpha=float(other.get("alpha", 0.5)),
+        seed=seed,
+        hold_out=hold_out,
+    )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -245,8 +278,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.engine == "in-process" and given:  # a TOML [flower] table is simply not used in process
         raise ValueError(f"{', '.join(given)}: Flower options need --engine flower")
     sites = _sites(folders, other, config.seed)
-    print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} train, "
-          f"{len(s.held_out) or 'last slices'} held out)" for s in sites), flush=True)  # fmt: skip
+    print(
+        f"{len(sites)} sites: "
+        + ", ".join(f"{s.name} ({len(s.train)} train, {len(s.held_out) or 'last slices'} held out)" for s in sites),
+        flush=True,
+    )
     say = partial(print, flush=True)
     out = Path(other["out"])
     created = not out.exists()

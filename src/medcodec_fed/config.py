@@ -304,6 +304,8 @@ def load_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, str]]:
     sites = doc.pop("sites", {})
     if not isinstance(sites, dict):
         raise ValueError(f"{path}: [sites] must be a table of name = folder")
-    resolved = {str(k): str((path.parent / str(v)).resolve()) if not Path(str(v)).is_absolute() else str(v)
-                for k, v in sites.items()}  # fmt: skip
+    resolved = {
+        str(k): str((path.parent / str(v)).resolve()) if not Path(str(v)).is_absolute() else str(v)
+        for k, v in sites.items()
+    }
     return doc, resolved

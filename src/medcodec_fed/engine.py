@@ -191,12 +191,16 @@ def run(
         else:
             params = initial_parameters(config)
             state = {
-                "version": CHECKPOINT_VERSION, "config": config.to_dict(), "sites": [s.describe() for s in sites],
-                "next_round": 1, "parameters": params,
+                "version": CHECKPOINT_VERSION,
+                "config": config.to_dict(),
+                "sites": [s.describe() for s in sites],
+                "next_round": 1,
+                "parameters": params,
                 # Each site's personalized parameters start from the initial model's.
                 "local": {s: {k: params[k].copy() for k in local_names} for s in names},
-                "history": [], "baselines": None,
-            }  # fmt: skip
+                "history": [],
+                "baselines": None,
+            }
         data = {s.name: load_site(s, eval_crop=config.eval_crop) for s in sites}
         out.mkdir(parents=True, exist_ok=True)  # only once the inputs are readable
         if config.drill():
@@ -310,8 +314,10 @@ def _finish(
             final[s.name] = metrics
             if sl is not None:
                 slices[s.name] = sl
-            say(f"final {s.name}: ratio {metrics['ratio']:.2f}  bpv {metrics['bpv']:.4f}"
-                + (f"  psnr {metrics['psnr']:.2f} dB" if "psnr" in metrics else ""))  # fmt: skip
+            say(
+                f"final {s.name}: ratio {metrics['ratio']:.2f}  bpv {metrics['bpv']:.4f}"
+                + (f"  psnr {metrics['psnr']:.2f} dB" if "psnr" in metrics else "")
+            )
     if config.baselines:
         from .baselines import run_baselines
 
@@ -319,13 +325,15 @@ def _finish(
             state["baselines"] = run_baselines(state, sites, data, config, gain, say=say)
             save_checkpoint(out / CHECKPOINT, state)
     doc = metrics_doc(
-        state, sites, config,
+        state,
+        sites,
+        config,
         model=model_path.name if model_path else None,
         modelfile_sha256=file_sha256(model_path) if model_path else None,
         site_models={n: str(p.relative_to(out)) for n, p in site_models.items()},
         final=final,
         baselines=state["baselines"] if config.baselines else None,
-    )  # fmt: skip
+    )
     write_json(out / METRICS, doc, nonfinite_as_null=True)
     if config.plots:
         from .plots import draw_all

@@ -121,8 +121,12 @@ def evaluate_codec(
         if slices is None:
             z = a.shape[0] // 2
             slices = (vol.array[z].astype(np.float32), out[z].astype(np.float32))
-    metrics = {"ratio": raw / max(stream, 1), "bpv": 8.0 * stream / max(voxels, 1), "max_abs_error": max_err,
-               "voxels": voxels}  # fmt: skip
+    metrics = {
+        "ratio": raw / max(stream, 1),
+        "bpv": 8.0 * stream / max(voxels, 1),
+        "max_abs_error": max_err,
+        "voxels": voxels,
+    }
     if psnrs:
         metrics["psnr"] = float(np.mean(psnrs))
     if ssims:

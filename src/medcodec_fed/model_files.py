@@ -94,10 +94,17 @@ def export_run_models(
     params = state["parameters"]
     global_model = GlobalModel(config.arch, 0, params)
     calibrations = [  # each at its site, on its own training volumes
-        calibrate_site(global_model, s.name, data[s.name], patches=config.calib_patches, size=config.calib_size,
-                       seed=config.seed, site_index=i)
+        calibrate_site(
+            global_model,
+            s.name,
+            data[s.name],
+            patches=config.calib_patches,
+            size=config.calib_size,
+            seed=config.seed,
+            site_index=i,
+        )
         for i, s in enumerate(sites)
-    ]  # fmt: skip
+    ]
     model = build_model(config.arch, params)
     act_max = combine_calibrations(calibrations, config.arch)
     path = export_model(model, out, activation_max=act_max, meta=model_meta(config, sites))
@@ -106,11 +113,21 @@ def export_run_models(
         shared = GlobalModel(config.arch, 0, {k: params[k] for k in shared_names})
         for i, s in enumerate(sites):
             local = state["local"][s.name]
-            own = calibrate_site(shared, s.name, data[s.name], patches=config.calib_patches, size=config.calib_size,
-                                 seed=config.seed, site_index=i, local_state=local)  # fmt: skip
+            own = calibrate_site(
+                shared,
+                s.name,
+                data[s.name],
+                patches=config.calib_patches,
+                size=config.calib_size,
+                seed=config.seed,
+                site_index=i,
+                local_state=local,
+            )
             meta = model_meta(config, sites, site=s.name)
             site_models[s.name] = export_model(
-                build_model(config.arch, shared.parameters, local), out / "sites" / s.name,
-                activation_max=list(own.activation_max), meta=meta,
-            )  # fmt: skip
+                build_model(config.arch, shared.parameters, local),
+                out / "sites" / s.name,
+                activation_max=list(own.activation_max),
+                meta=meta,
+            )
     return path, site_models

@@ -89,10 +89,17 @@ def plot_ratio(metrics: dict[str, Any], path: Path) -> Path | None:
     bars = ax.bar(names, [final[n]["ratio"] for n in names], color="tab:blue")
     for b, n in zip(bars, names):
         if "psnr" in final[n]:
-            ax.annotate(f"{final[n]['psnr']:.1f} dB", (b.get_x() + b.get_width() / 2, b.get_height()),
-                        ha="center", va="bottom", fontsize=7)  # fmt: skip
-    ax.set(ylabel="compression ratio (raw / stream)",
-           title=f"Final model through the codec, quality {metrics['config']['quality']}")  # fmt: skip
+            ax.annotate(
+                f"{final[n]['psnr']:.1f} dB",
+                (b.get_x() + b.get_width() / 2, b.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    ax.set(
+        ylabel="compression ratio (raw / stream)",
+        title=f"Final model through the codec, quality {metrics['config']['quality']}",
+    )
     ax.tick_params(axis="x", rotation=30, labelsize=7)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
@@ -128,8 +135,13 @@ def plot_comparison(metrics: dict[str, Any], path: Path) -> Path | None:
     for k, (kind, color) in enumerate(kinds):
         vals = base.get(kind, {})
         for ax, key in ((a1, "psnr"), (a2, "bpv")):
-            ax.bar(x + (k - 1) * 0.27, [vals.get(n, {}).get(key, np.nan) for n in names], 0.27,
-                   color=color, label=kind.replace("_", "-"))  # fmt: skip
+            ax.bar(
+                x + (k - 1) * 0.27,
+                [vals.get(n, {}).get(key, np.nan) for n in names],
+                0.27,
+                color=color,
+                label=kind.replace("_", "-"),
+            )
     a1.set(ylabel="PSNR (dB)", title="Federated vs centralized vs local-only: PSNR")
     a2.set(ylabel="bits per voxel", title="... and rate at the same quality")
     for a in (a1, a2):

@@ -74,8 +74,7 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, sites: Sequence[Si
     now = config.to_dict()
     # A setting newer than the checkpoint (drill_hostile, ...) had its default's effect there.
     was = {**RunConfig(arch=config.arch).to_dict(), **saved["config"]}
-    diffs = [f"{k}: {was.get(k)!r} -> {now[k]!r}" for k in now
-             if k not in RESUMABLE_KEYS and was.get(k) != now[k]]  # fmt: skip
+    diffs = [f"{k}: {was.get(k)!r} -> {now[k]!r}" for k in now if k not in RESUMABLE_KEYS and was.get(k) != now[k]]
     if [s.describe() for s in sites] != saved["sites"]:
         diffs.append("the sites (names or volumes) differ")
     if diffs:
@@ -83,8 +82,11 @@ def check_resumable(saved: dict[str, Any], config: RunConfig, sites: Sequence[Si
     if saved["next_round"] > config.rounds + 1:
         raise ValueError(f"the checkpoint already holds {saved['next_round'] - 1} rounds; --rounds is {config.rounds}")
     if saved["config"].get("threads") != config.threads:
-        log.warning("resuming with %d threads instead of %d: float sums may differ in the last bits",
-                    config.threads, saved["config"].get("threads"))  # fmt: skip
+        log.warning(
+            "resuming with %d threads instead of %d: float sums may differ in the last bits",
+            config.threads,
+            saved["config"].get("threads"),
+        )
 
 
 def metrics_doc(state: dict[str, Any], sites: Sequence[Site], config: RunConfig, **final: Any) -> dict[str, Any]:

@@ -108,11 +108,7 @@ def list_volumes(folder: str | os.PathLike) -> list[Path]:
 
 
 def sites_from_manifest(
-    data_dir: str | os.PathLike | None = None,
-    *,
-    split: str = "train",
-    group_by: str = "site",
-    hold_out: int = 1,
+    data_dir: str | os.PathLike | None = None, *, split: str = "train", group_by: str = "site", hold_out: int = 1
 ) -> list[Site]:
     """One site per value of ``group_by`` ("site" or "modality") among the ``split`` volumes.
 

@@ -216,5 +216,19 @@ if AVAILABLE:
                     sgn[start[c]] = neg[i]
                     start[c] += 1
             s_at += m
-        return (tok_sym, run_key[:runs], run_len[:runs], front_runs, lo_v[:n_lo], lo_b[:n_lo], front_lo,
-                hi_v[:n_hi], hi_b[:n_hi], front_hi, sgn[:s_at], srun_key[:sruns], srun_len[:sruns], front_sruns)  # fmt: skip
+        return (
+            tok_sym,
+            run_key[:runs],
+            run_len[:runs],
+            front_runs,
+            lo_v[:n_lo],
+            lo_b[:n_lo],
+            front_lo,
+            hi_v[:n_hi],
+            hi_b[:n_hi],
+            front_hi,
+            sgn[:s_at],
+            srun_key[:sruns],
+            srun_len[:sruns],
+            front_sruns,
+        )

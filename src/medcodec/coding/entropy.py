@@ -84,9 +84,15 @@ def encode_groups(values: np.ndarray, groups: np.ndarray, n_groups: int) -> byte
     esc = np.concatenate(escapes) if escapes else np.zeros(0, np.int64)
     esc_bytes = zc.compress(esc.astype("<i8").tobytes()) if esc.size else b""
     return b"".join(
-        [struct.pack("<I", len(tbl)), tbl, struct.pack("<I", len(esc_bytes)), esc_bytes,
-         struct.pack("<I", len(words) // 4), words]
-    )  # fmt: skip
+        [
+            struct.pack("<I", len(tbl)),
+            tbl,
+            struct.pack("<I", len(esc_bytes)),
+            esc_bytes,
+            struct.pack("<I", len(words) // 4),
+            words,
+        ]
+    )
 
 
 class _Reader:

@@ -46,9 +46,24 @@ __all__ = ["encode_tile", "decode_tile", "compiled", "tokens", "untokens", "N_BU
 
 #: In-plane causal neighbours (dy, dx), decodable in wavefront order t = 2y + x.
 INPLANE = (
-    (0, -1), (-1, 0), (-1, -1), (-1, 1), (0, -2), (-2, 0), (-1, -2), (-2, -1), (-2, 1),
-    (0, -3), (-3, 0), (-2, -2), (-2, 2), (-1, -3), (-3, -1), (-3, 1), (-2, -3),
-)  # fmt: skip
+    (0, -1),
+    (-1, 0),
+    (-1, -1),
+    (-1, 1),
+    (0, -2),
+    (-2, 0),
+    (-1, -2),
+    (-2, -1),
+    (-2, 1),
+    (0, -3),
+    (-3, 0),
+    (-2, -2),
+    (-2, 2),
+    (-1, -3),
+    (-3, -1),
+    (-3, 1),
+    (-2, -3),
+)
 #: The first N_FEEDBACK in-plane neighbours' quantized residuals are prediction features too (bias feedback).
 N_FEEDBACK = 4
 #: The first N_ERR_CONTEXT in-plane neighbours' |residuals| enter the coding context.
@@ -314,8 +329,9 @@ def _spread(t: np.ndarray, n: int) -> np.ndarray:
     return t if t.size <= n else t[np.unique(np.linspace(0, t.size - 1, n).round().astype(np.int64))]
 
 
-def _fit_level(x: np.ndarray, t: np.ndarray, h: int, step: int, lo: int, hi: int,
-               samples: int = _FIT_SAMPLES, final: bool = False) -> tuple[_Level, float]:  # fmt: skip
+def _fit_level(
+    x: np.ndarray, t: np.ndarray, h: int, step: int, lo: int, hi: int, samples: int = _FIT_SAMPLES, final: bool = False
+) -> tuple[_Level, float]:
     """Fit level ``(t, h)`` of tile ``x`` (original voxels); returns its parameters and an estimate of its bits.
 
     A spread of at most _FIT_SLICES of its slices carries the statistics; all of them (and
@@ -338,8 +354,15 @@ def _trial_bits(x: np.ndarray, zm, zp, lv: _Level, lo: int, hi: int) -> float:
         n = x.size
         bucket, tok, nraw = (np.empty(n, np.uint8) for _ in range(3))
         counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
-        k.encode_level(x, *_kernel_args(planes, lv, _geometry(planes, lo, hi, 0)), bucket, tok, nraw,
-                       np.empty(n, np.uint32), counts)  # fmt: skip
+        k.encode_level(
+            x,
+            *_kernel_args(planes, lv, _geometry(planes, lo, hi, 0)),
+            bucket,
+            tok,
+            nraw,
+            np.empty(n, np.uint32),
+            counts,
+        )
     else:
         counts = _code_level_numpy(x, planes, lv, lo, hi, 0)[0].reshape(N_BUCKETS, MAX_TOKENS)
     total = counts.sum(axis=1, keepdims=True)
@@ -395,8 +418,13 @@ def _fit(
     # Weights per class, fitted on differences to the base prediction.
     f = f.transpose(0, 2, 1).reshape(-1, f.shape[1])
     target = (orig[:, pos] - base).ravel()
-    probe = _Level(fill, act_thr, _class_weights(f, target, cls, N_FEEDBACK),
-                   np.zeros(_n_contexts(has_z), np.int64), np.zeros((N_BUCKETS, 2), np.int64))  # fmt: skip
+    probe = _Level(
+        fill,
+        act_thr,
+        _class_weights(f, target, cls, N_FEEDBACK),
+        np.zeros(_n_contexts(has_z), np.int64),
+        np.zeros((N_BUCKETS, 2), np.int64),
+    )
     # The neighbours' residuals under those weights, then weights that also see them.
     near = pos[None, :] + planes.off[:N_ERR_CONTEXT, None]
     pred, _ = planes.predict(near.ravel(), probe, lo, hi)

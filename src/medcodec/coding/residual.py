@@ -154,9 +154,15 @@ class _Phase:
 
 
 def _traverse(
-    pred: np.ndarray, o: np.ndarray, d: float, integer: bool, lo: float, hi: float, levels: int,
+    pred: np.ndarray,
+    o: np.ndarray,
+    d: float,
+    integer: bool,
+    lo: float,
+    hi: float,
+    levels: int,
     code: Callable[[int, tuple, np.ndarray | _Phase, np.ndarray], tuple[np.ndarray, np.ndarray]],
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """Visit the phases in decoding order and return the reconstruction (int64 or float64).
 
     ``code(k, targets, base_prediction_or_phase, activity)`` returns the phase's symbols and
@@ -182,9 +188,16 @@ def _traverse(
 
 
 def encode_residual(
-    x: np.ndarray, pred: np.ndarray, o: np.ndarray, d: float, integer: bool, lo: float, hi: float,
-    n_buckets: int, levels: int = LEVELS,
-) -> tuple[bytes, np.ndarray]:  # fmt: skip
+    x: np.ndarray,
+    pred: np.ndarray,
+    o: np.ndarray,
+    d: float,
+    integer: bool,
+    lo: float,
+    hi: float,
+    n_buckets: int,
+    levels: int = LEVELS,
+) -> tuple[bytes, np.ndarray]:
     """Code ``x`` around ``pred`` within ``d``; returns the residual section and the reconstruction."""
     parts: list[bytes] = []
 
@@ -211,9 +224,16 @@ def encode_residual(
 
 
 def decode_residual(
-    data: bytes, pred: np.ndarray, o: np.ndarray, d: float, integer: bool, lo: float, hi: float,
-    n_buckets: int, levels: int = LEVELS,
-) -> np.ndarray:  # fmt: skip
+    data: bytes,
+    pred: np.ndarray,
+    o: np.ndarray,
+    d: float,
+    integer: bool,
+    lo: float,
+    hi: float,
+    n_buckets: int,
+    levels: int = LEVELS,
+) -> np.ndarray:
     """Invert :func:`encode_residual`; returns the reconstruction (int64 or float64)."""
     pos = 0
 

@@ -354,8 +354,22 @@ def _all_contexts(bc: cf.BandCoder) -> tuple[np.ndarray, np.ndarray]:
         return bc.contexts(np.arange(bc.flat.size))
     n = bc.flat.size
     bucket, sctx, order = (np.empty(n, np.int64) for _ in range(3))
-    k.front_contexts(np.arange(n), bc.flat, bc.mag, bc.sign, bc.off, bc.external, bc.weights, cf.THRESHOLDS,
-                     cf.C_SCALE, cf.FEATURE_LIMIT, bucket, sctx, order, np.zeros(cf.N_BUCKETS, np.int64))  # fmt: skip
+    k.front_contexts(
+        np.arange(n),
+        bc.flat,
+        bc.mag,
+        bc.sign,
+        bc.off,
+        bc.external,
+        bc.weights,
+        cf.THRESHOLDS,
+        cf.C_SCALE,
+        cf.FEATURE_LIMIT,
+        bucket,
+        sctx,
+        order,
+        np.zeros(cf.N_BUCKETS, np.int64),
+    )
     return bucket, sctx
 
 
@@ -461,8 +475,9 @@ def _decode_band_compiled(k, bc: cf.BandCoder, coder, tok_models: list | None, s
     for f in range(bc.n_fronts):
         idx = bc.front(f)
         n = idx.size
-        k.front_contexts(idx, bc.flat, bc.mag, bc.sign, bc.off, ext, w, thr, cf.C_SCALE, cf.FEATURE_LIMIT,
-                         bucket, sctx, order, sizes)  # fmt: skip
+        k.front_contexts(
+            idx, bc.flat, bc.mag, bc.sign, bc.off, ext, w, thr, cf.C_SCALE, cf.FEATURE_LIMIT, bucket, sctx, order, sizes
+        )
         start = 0
         for b in np.flatnonzero(sizes).tolist():
             size = int(sizes[b])
@@ -473,8 +488,9 @@ def _decode_band_compiled(k, bc: cf.BandCoder, coder, tok_models: list | None, s
         n_lo, n_hi = k.front_raw_sizes(sym, order, n, tok, lo_sizes, hi_sizes, cf.DIRECT_BITS, cf.MANTISSA_BITS)
         lo_vals = coder.decode(symbols.UNIFORM, lo_sizes[:n_lo]) if n_lo else empty
         hi_vals = coder.decode(symbols.UNIFORM, hi_sizes[:n_hi]) if n_hi else empty
-        nz = k.front_magnitudes(n, tok, lo_vals, hi_vals, sctx, cf.DIRECT_BITS, cf.MANTISSA_BITS, mags,
-                                sign_order, sign_sizes)  # fmt: skip
+        nz = k.front_magnitudes(
+            n, tok, lo_vals, hi_vals, sctx, cf.DIRECT_BITS, cf.MANTISSA_BITS, mags, sign_order, sign_sizes
+        )
         neg = np.empty(nz, np.int32)
         start = 0
         for c in np.flatnonzero(sign_sizes).tolist():

@@ -164,8 +164,7 @@ if AVAILABLE:
         return ((tok - (1 << DIRECT_BITS)) >> MANTISSA_BITS) + DIRECT_BITS - MANTISSA_BITS
 
     @_compiled
-    def encode_level(xt, recon, err, zm, zp, off, zoff, g, weights, act_thr, ctx_w,
-                     bucket, tok, nraw, raw, counts):  # fmt: skip
+    def encode_level(xt, recon, err, zm, zp, off, zoff, g, weights, act_thr, ctx_w, bucket, tok, nraw, raw, counts):
         """Code a whole level: the symbols of every voxel in coding order, and their token counts.
 
         ``xt`` holds the level's original voxels (B, h, w); ``bucket``/``tok``/``nraw``/``raw``
@@ -239,13 +238,21 @@ if AVAILABLE:
             front_hi[f] = nh
             a += m
         # Copies, so that the callers keep only what is used.
-        return (sorted_tok, run_bucket[:nr_runs].astype(np.uint8), run_len[:nr_runs].copy(), front_runs,
-                lo_vals[:nl].copy(), lo_bits[:nl].copy(), front_lo, hi_vals[:nh].copy(), hi_bits[:nh].copy(),
-                front_hi)  # fmt: skip
+        return (
+            sorted_tok,
+            run_bucket[:nr_runs].astype(np.uint8),
+            run_len[:nr_runs].copy(),
+            front_runs,
+            lo_vals[:nl].copy(),
+            lo_bits[:nl].copy(),
+            front_lo,
+            hi_vals[:nh].copy(),
+            hi_bits[:nh].copy(),
+            front_hi,
+        )
 
     @_compiled
-    def front_predict(t, recon, err, zm, zp, off, zoff, g, weights, act_thr, ctx_w,
-                      pred, order, sizes):  # fmt: skip
+    def front_predict(t, recon, err, zm, zp, off, zoff, g, weights, act_thr, ctx_w, pred, order, sizes):
         """Predict wavefront ``t`` of every slice; ``order`` groups its voxels by bucket (stable),
         ``sizes`` counts them per bucket. Returns the number of voxels."""
         n_slices = recon.shape[0]

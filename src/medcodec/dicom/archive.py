@@ -25,9 +25,21 @@ from ..errors import ChecksumError, CorruptStreamError, InvalidInputError, Trunc
 from ..format.container import read_header
 
 __all__ = [
-    "ARCHIVE_MAGIC", "ARCHIVE_VERSION", "ARCHIVE_SUFFIX", "ArchiveInfo", "SeriesInfo", "RestoredFile", "Series",
-    "Entry", "is_archive", "write_archive", "read_archive", "archive_info", "restore_files", "check_path",
-]  # fmt: skip
+    "ARCHIVE_MAGIC",
+    "ARCHIVE_VERSION",
+    "ARCHIVE_SUFFIX",
+    "ArchiveInfo",
+    "SeriesInfo",
+    "RestoredFile",
+    "Series",
+    "Entry",
+    "is_archive",
+    "write_archive",
+    "read_archive",
+    "archive_info",
+    "restore_files",
+    "check_path",
+]
 
 ARCHIVE_MAGIC = b"\x89MCD\r\n\x1a\n"
 ARCHIVE_VERSION = (1, 0)
@@ -157,10 +169,7 @@ def write_archive(
         stored: Each stored file whole.
         streams: One medcodec stream per series.
     """
-    index = {
-        "series": [asdict(s) for s in series],
-        "files": [_entry_fields(e) for e in entries],
-    }
+    index = {"series": [asdict(s) for s in series], "files": [_entry_fields(e) for e in entries]}
     text = json.dumps(index, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     parts = [_section(b"INDX", _zstd(text)), _section(b"HEAD", _zstd(heads)), _section(b"FILE", _zstd(stored))]
     parts += [_section(b"VOLU", s) for s in streams]
@@ -314,17 +323,25 @@ def archive_info(data: bytes) -> ArchiveInfo:
             s.mode,
             sum(e.size for e in images if e.series == i),
             len(p.sections[b"VOLU"][i]),
-        )  # fmt: skip
+        )
         for i, s in enumerate(p.series)
     ]
     modes = {s.mode for s in p.series}
     return ArchiveInfo(
-        format_version=f"{p.version[0]}.{p.version[1]}", files=len(p.entries), images=len(images),
-        stored=len(stored), mode=next(iter(modes)) if len(modes) == 1 else "mixed" if modes else "lossless",
-        file_bytes=sum(e.size for e in p.entries), archive_bytes=p.size,
-        header_bytes=len(p.sections[b"HEAD"][0]), stored_bytes=len(p.sections[b"FILE"][0]), series=per_series,
-        stored_files=[{"path": e.path, "size": e.size, "reason": e.reason} for e in sorted(stored, key=lambda e: e.path)],
-    )  # fmt: skip
+        format_version=f"{p.version[0]}.{p.version[1]}",
+        files=len(p.entries),
+        images=len(images),
+        stored=len(stored),
+        mode=next(iter(modes)) if len(modes) == 1 else "mixed" if modes else "lossless",
+        file_bytes=sum(e.size for e in p.entries),
+        archive_bytes=p.size,
+        header_bytes=len(p.sections[b"HEAD"][0]),
+        stored_bytes=len(p.sections[b"FILE"][0]),
+        series=per_series,
+        stored_files=[
+            {"path": e.path, "size": e.size, "reason": e.reason} for e in sorted(stored, key=lambda e: e.path)
+        ],
+    )
 
 
 def _value_range(s: Series) -> tuple[int, int]:

@@ -119,8 +119,17 @@ def _image_of(ds, path: str, data: bytes) -> _Image | str:
     except (TypeError, ValueError):
         instance = None
     key = (str(ds.get("SeriesInstanceUID", "")), rows, columns, dtype, bits_stored)
-    return _Image(path, data, offset, key, bits_stored, str(ds.get("Modality", "")),
-                  str(ds.get("SeriesDescription", "")), position, instance)  # fmt: skip
+    return _Image(
+        path,
+        data,
+        offset,
+        key,
+        bits_stored,
+        str(ds.get("Modality", "")),
+        str(ds.get("SeriesDescription", "")),
+        position,
+        instance,
+    )
 
 
 def _cut_short(ds, data: bytes) -> bool:
@@ -215,8 +224,17 @@ def pack_files(
         volume = np.stack([_pixels(im, dtype, lossless=lossless) for im in group])
         stream = compress(Volume(volume), quality=quality, max_error=0 if lossless else max_error, model=model)
         frame = volume[0].nbytes
-        s = Series(key[0], key[1], key[2], len(group), dtype, stream_info(stream).mode, key[4],
-                   group[0].modality, group[0].description)  # fmt: skip
+        s = Series(
+            key[0],
+            key[1],
+            key[2],
+            len(group),
+            dtype,
+            stream_info(stream).mode,
+            key[4],
+            group[0].modality,
+            group[0].description,
+        )
         for k, im in enumerate(group):
             entries.append(Entry(im.path, len(im.data), hashlib.sha256(im.data).hexdigest(), len(series), k, im.offset))
             heads.append(im.data[: im.offset] + im.data[im.offset + frame :])

@@ -124,8 +124,13 @@ def _open_source(path: Path) -> tuple[_Source, Volume]:
     shape = (dims[3], dims[2], dims[1])
     meta = file_metadata(reader)
     dtype = np.dtype(_NIFTI_DTYPES[code]).newbyteorder(order)
-    geometry = Volume(np.zeros((1, 1, 1), dtype.newbyteorder("=")), reader.GetSpacing(), reader.GetOrigin(),
-                      reader.GetDirection(), meta)  # fmt: skip
+    geometry = Volume(
+        np.zeros((1, 1, 1), dtype.newbyteorder("=")),
+        reader.GetSpacing(),
+        reader.GetOrigin(),
+        reader.GetDirection(),
+        meta,
+    )
     return _Source(path, shape, dtype, offset), geometry
 
 
@@ -138,9 +143,17 @@ def readable(path: str | os.PathLike) -> bool:
     return True
 
 
-def compress_file(source: str | os.PathLike, dest: str | os.PathLike, *, quality: int | None = None,
-                  max_error: float | None = None, model: str | None = None, progress: Progress | None = None,
-                  force: bool = False, metadata: Callable[[dict], dict] | None = None) -> Header:  # fmt: skip
+def compress_file(
+    source: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    quality: int | None = None,
+    max_error: float | None = None,
+    model: str | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+    metadata: Callable[[dict], dict] | None = None,
+) -> Header:
     """Compress a volume file too large for memory into a stream file; options as :func:`medcodec.compress`.
 
     Args:
@@ -200,8 +213,14 @@ def _nifti_header(vol: Volume, shape: tuple[int, int, int], dtype: np.dtype) -> 
     return bytes(h)
 
 
-def decompress_file(source: str | os.PathLike, dest: str | os.PathLike, *, model: str | None = None,
-                    progress: Progress | None = None, force: bool = False) -> Header:  # fmt: skip
+def decompress_file(
+    source: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    model: str | None = None,
+    progress: Progress | None = None,
+    force: bool = False,
+) -> Header:
     """Decode a stream file into an uncompressed ``.nii`` (or ``.npy``) a z-slab at a time.
 
     Returns:

@@ -18,9 +18,22 @@ from ..errors import CorruptStreamError, TruncatedStreamError, UnsupportedVersio
 from ..volume import SUPPORTED_DTYPES, geometry_problem
 
 __all__ = [
-    "MAGIC", "FORMAT_VERSION", "PALETTE_VERSION", "READ_MAJORS", "FLAG_INTEGER_VALUED", "FLAG_PALETTE", "FLAG_TRANSFORM", "TRANSFORM_VERSION", "Header", "Chunk", "StreamInfo", "write_stream",
-    "read_header", "read_stream", "MODES",
-]  # fmt: skip
+    "MAGIC",
+    "FORMAT_VERSION",
+    "PALETTE_VERSION",
+    "READ_MAJORS",
+    "FLAG_INTEGER_VALUED",
+    "FLAG_PALETTE",
+    "FLAG_TRANSFORM",
+    "TRANSFORM_VERSION",
+    "Header",
+    "Chunk",
+    "StreamInfo",
+    "write_stream",
+    "read_header",
+    "read_stream",
+    "MODES",
+]
 
 #: File name ending of a stream.
 STREAM_SUFFIX = ".mcz"
@@ -75,10 +88,21 @@ class Header:
     def pack(self) -> bytes:
         name = self.model_name.encode("ascii")
         fixed = _HEADER.pack(
-            _dtype_code(self.dtype), MODES.index(self.mode), self.quality, self.flags,
-            *self.shape, *self.spacing, *self.origin, *self.direction,
-            self.max_error, self.lo, self.hi, self.gain_num, *self.tile, self.n_tiles,
-        )  # fmt: skip
+            _dtype_code(self.dtype),
+            MODES.index(self.mode),
+            self.quality,
+            self.flags,
+            *self.shape,
+            *self.spacing,
+            *self.origin,
+            *self.direction,
+            self.max_error,
+            self.lo,
+            self.hi,
+            self.gain_num,
+            *self.tile,
+            self.n_tiles,
+        )
         return fixed + struct.pack("<B", len(name)) + name + self.model_sha256 + self.voxel_sha256
 
     @classmethod
@@ -102,11 +126,24 @@ class Header:
         except UnicodeDecodeError:
             raise CorruptStreamError("model name is not ASCII") from None
         h = cls(
-            dtype=str(SUPPORTED_DTYPES[dtype_code]), mode=MODES[mode], quality=quality,
-            shape=tuple(f[4:7]), spacing=tuple(f[7:10]), origin=tuple(f[10:13]), direction=tuple(f[13:22]),
-            max_error=f[22], lo=f[23], hi=f[24], gain_num=f[25], tile=tuple(f[26:29]), n_tiles=f[29],
-            model_name=name, model_sha256=rest[n : n + 32], voxel_sha256=rest[n + 32 :], flags=flags,
-        )  # fmt: skip
+            dtype=str(SUPPORTED_DTYPES[dtype_code]),
+            mode=MODES[mode],
+            quality=quality,
+            shape=tuple(f[4:7]),
+            spacing=tuple(f[7:10]),
+            origin=tuple(f[10:13]),
+            direction=tuple(f[13:22]),
+            max_error=f[22],
+            lo=f[23],
+            hi=f[24],
+            gain_num=f[25],
+            tile=tuple(f[26:29]),
+            n_tiles=f[29],
+            model_name=name,
+            model_sha256=rest[n : n + 32],
+            voxel_sha256=rest[n + 32 :],
+            flags=flags,
+        )
         h.validate()
         return h
 

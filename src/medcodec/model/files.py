@@ -236,8 +236,9 @@ def model_dirs(extra: Sequence[str | os.PathLike] = ()) -> list[Path]:
     return [WEIGHTS_DIR, *(Path(p) for p in extra), *(Path(p) for p in env)]
 
 
-def model_for_stream(name: str, sha256: str, model: str | os.PathLike | None,
-                     dirs: Sequence[str | os.PathLike] = ()) -> CodecModel:  # fmt: skip
+def model_for_stream(
+    name: str, sha256: str, model: str | os.PathLike | None, dirs: Sequence[str | os.PathLike] = ()
+) -> CodecModel:
     """The model a stream names, checked against its SHA-256.
 
     Args:

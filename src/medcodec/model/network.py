@@ -83,11 +83,14 @@ class Autoencoder(nn.Module):
         a0, a1, a2 = arch.analysis
         s0, s1, s2 = arch.synthesis
         self.g_a = nn.Sequential(
-            _conv(1, a0, 5, 2), nn.LeakyReLU(0.1),
-            _conv(a0, a1, 3, 2), nn.LeakyReLU(0.1),
-            _conv(a1, a2, 3, 2), nn.LeakyReLU(0.1),
+            _conv(1, a0, 5, 2),
+            nn.LeakyReLU(0.1),
+            _conv(a0, a1, 3, 2),
+            nn.LeakyReLU(0.1),
+            _conv(a1, a2, 3, 2),
+            nn.LeakyReLU(0.1),
             _conv(a2, arch.latent, 3, 1),
-        )  # fmt: skip
+        )
         # Few channels where resolution is high: the full-resolution output comes from a
         # pixel shuffle of a half-resolution layer, which keeps decoding fast on CPUs.
         self.g_s = nn.Sequential(

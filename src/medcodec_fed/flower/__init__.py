@@ -31,9 +31,16 @@ if TYPE_CHECKING:
     )
 
 _APPS = {
-    "SiteDropout", "UpdateRefused", "client_app", "make_client_app", "make_server_app", "run_simulation", "serve",
-    "server_app", "site_from_node_config",
-}  # fmt: skip
+    "SiteDropout",
+    "UpdateRefused",
+    "client_app",
+    "make_client_app",
+    "make_server_app",
+    "run_simulation",
+    "serve",
+    "server_app",
+    "site_from_node_config",
+}
 
 __all__ = [
     "FLWR_REQUIREMENT",

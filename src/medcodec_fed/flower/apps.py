@@ -233,8 +233,15 @@ class _SiteClient(NumPyClient):
         evaluation = evaluate_site(current, self.site.name, data, quality_to_gain(run.quality))
         metrics: dict[str, Any] = {_SITE: self.site.name, **evaluation.metrics}
         if config.get(_CALIBRATE):
-            cal = calibrate_site(current, self.site.name, data, patches=run.calib_patches, size=run.calib_size,
-                                 seed=run.seed, site_index=self.index)  # fmt: skip
+            cal = calibrate_site(
+                current,
+                self.site.name,
+                data,
+                patches=run.calib_patches,
+                size=run.calib_size,
+                seed=run.seed,
+                site_index=self.index,
+            )
             metrics.update({f"{_ACT}{i}": v for i, v in enumerate(cal.activation_max)})
         voxels = int(evaluation.metrics.get("voxels", 1))
         return float(evaluation.metrics.get("mse", 0.0)), max(voxels, 1), metrics
@@ -315,10 +322,24 @@ class _Run:
     def record(self, round_: int) -> dict[str, Any]:
         if not self.history or self.history[-1]["round"] != round_:
             # kept_previous until an aggregate is accepted (SecAgg+ may halt before aggregate_fit runs)
-            self.history.append({"round": round_, "sampled": [], "dropped": [], "accepted": [], "rejected": [],
-                                 "kept_previous": True, "num_samples": 0, "capped": [], "train": {}, "eval": {},
-                                 "global": {}, "seconds": 0.0, "failures": [],
-                                 "secagg": self.options.secagg})  # fmt: skip
+            self.history.append(
+                {
+                    "round": round_,
+                    "sampled": [],
+                    "dropped": [],
+                    "accepted": [],
+                    "rejected": [],
+                    "kept_previous": True,
+                    "num_samples": 0,
+                    "capped": [],
+                    "train": {},
+                    "eval": {},
+                    "global": {},
+                    "seconds": 0.0,
+                    "failures": [],
+                    "secagg": self.options.secagg,
+                }
+            )
         return self.history[-1]
 
     def doc(self, **final: Any) -> dict[str, Any]:
@@ -341,9 +362,17 @@ class _Run:
         from ..runfolder import CHECKPOINT, METRICS, save_checkpoint
 
         doc = self.doc(**final)
-        state = {"version": 1, "engine": "flower", "config": self.config.to_dict(), "sites": doc["sites"],
-                 "next_round": next_round, "parameters": self.parameters, "local": {}, "history": self.history,
-                 "baselines": None}  # fmt: skip
+        state = {
+            "version": 1,
+            "engine": "flower",
+            "config": self.config.to_dict(),
+            "sites": doc["sites"],
+            "next_round": next_round,
+            "parameters": self.parameters,
+            "local": {},
+            "history": self.history,
+            "baselines": None,
+        }
         save_checkpoint(self.out / CHECKPOINT, state)
         write_json(self.out / METRICS, doc, nonfinite_as_null=True)
         return doc
@@ -435,8 +464,16 @@ class _FedAvg(FedAvg):
                 metrics = {k: v for k, v in rec["train"][site].items() if k != "num_samples"}
                 try:
                     arrays = _arrays(run.names, parameters_to_ndarrays(res.parameters))
-                    updates.append(SiteUpdate(site=site, arch=run.config.arch, round=server_round, parameters=arrays,
-                                              num_samples=int(res.num_examples), metrics=metrics))  # fmt: skip
+                    updates.append(
+                        SiteUpdate(
+                            site=site,
+                            arch=run.config.arch,
+                            round=server_round,
+                            parameters=arrays,
+                            num_samples=int(res.num_examples),
+                            metrics=metrics,
+                        )
+                    )
                 except MessageError as exc:
                     rec["rejected"].append({"site": site, "reason": f"malformed update: {exc}"})
                     log.warning("round %d: rejected the update from site %r: %s", server_round, site, exc)
@@ -519,10 +556,17 @@ def _strategy(run: _Run, initial: dict[str, np.ndarray]):
     dp = run.options.dp_record()
     if dp is None:
         return inner
-    wrapper = (DifferentialPrivacyClientSideFixedClipping if run.options.dp == "client"
-               else DifferentialPrivacyServerSideFixedClipping)  # fmt: skip
-    return wrapper(inner, noise_multiplier=dp["noise_multiplier"], clipping_norm=dp["clipping_norm"],
-                   num_sampled_clients=dp["num_sampled_clients"])  # fmt: skip
+    wrapper = (
+        DifferentialPrivacyClientSideFixedClipping
+        if run.options.dp == "client"
+        else DifferentialPrivacyServerSideFixedClipping
+    )
+    return wrapper(
+        inner,
+        noise_multiplier=dp["noise_multiplier"],
+        clipping_norm=dp["clipping_norm"],
+        num_sampled_clients=dp["num_sampled_clients"],
+    )
 
 
 class _SecAggPlus(SecAggPlusWorkflow):
@@ -577,8 +621,9 @@ def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, ou
     initial = initial_parameters(config)
     run = _Run(config, options, out, say)
     run.parameters = dict(initial)
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=config.rounds),
-                           strategy=_strategy(run, initial))  # fmt: skip
+    legacy = LegacyContext(
+        context=context, config=ServerConfig(num_rounds=config.rounds), strategy=_strategy(run, initial)
+    )
     fit_workflow = None
     if options.secagg:
         fit_workflow = _SecAggPlus(
@@ -608,9 +653,14 @@ def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, ou
         act_max = combine_calibrations(sorted(run.calibrations, key=lambda c: c.site), config.arch)
         model_path = export_model(build_model(config.arch, run.parameters), out, activation_max=act_max, meta=meta)
         say(f"model: {model_path}")
-    doc = run.write(config.rounds + 1, model=model_path.name if model_path else None,
-                    model_sha256=file_sha256(model_path) if model_path else None, site_models={}, final={},
-                    baselines=None)  # fmt: skip
+    doc = run.write(
+        config.rounds + 1,
+        model=model_path.name if model_path else None,
+        model_sha256=file_sha256(model_path) if model_path else None,
+        site_models={},
+        final={},
+        baselines=None,
+    )
     if config.plots:
         from ..plots import draw_all
 
@@ -620,10 +670,7 @@ def _serve(grid, context: Context, config: RunConfig, options: FlowerOptions, ou
 
 
 def make_server_app(
-    config: RunConfig | None = None,
-    options: FlowerOptions | None = None,
-    *,
-    say: Callable[[str], None] = print,
+    config: RunConfig | None = None, options: FlowerOptions | None = None, *, say: Callable[[str], None] = print
 ) -> ServerApp:
     """The ServerApp; with ``config``/``options`` it ignores the run config (simulation from Python)."""
     app = ServerApp()
@@ -686,8 +733,12 @@ def run_simulation(
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": max(2, len(sites)), "num_gpus": 0, "logging_level": "error", "log_to_driver": False},
     }
-    flower_run_simulation(server_app=make_server_app(config, options, say=say), client_app=make_client_app(sites),
-                          num_supernodes=len(sites), backend_config=backend)  # fmt: skip
+    flower_run_simulation(
+        server_app=make_server_app(config, options, say=say),
+        client_app=make_client_app(sites),
+        num_supernodes=len(sites),
+        backend_config=backend,
+    )
     metrics = out / METRICS
     doc = json.loads(metrics.read_text(encoding="utf-8")) if metrics.is_file() else {}
     if not doc.get("model") and config.export:
