@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RADIUS", "TAPS", "CrossBandNet", "IntLinear", "neighbourhoods"]
+__all__ = ["RADIUS", "TAPS", "CrossBandNet", "IntLinear", "neighbourhoods", "centred_neighbourhoods"]
 
 RADIUS = 3
 TAPS = (2 * RADIUS + 1) ** 2
@@ -102,8 +102,7 @@ class CrossBandNet:
         return out
 
     def _inputs(self, plane: np.ndarray) -> np.ndarray:
-        f = neighbourhoods(np.clip(plane, -LOW_LIMIT, LOW_LIMIT))
-        f -= f[:, TAPS // 2 : TAPS // 2 + 1]
+        f = centred_neighbourhoods(np.clip(plane, -LOW_LIMIT, LOW_LIMIT))
         return np.clip((f * self.input_mult + (1 << (SHIFT - 1))) >> SHIFT, -INPUT_LIMIT, INPUT_LIMIT)
 
 
@@ -117,3 +116,9 @@ def neighbourhoods(plane: np.ndarray) -> np.ndarray:
         for j in range(2 * r + 1):
             f[:, :, i * (2 * r + 1) + j] = p[i : i + h, j : j + w]
     return f.reshape(h * w, TAPS)
+
+
+def centred_neighbourhoods(plane: np.ndarray) -> np.ndarray:
+    """:func:`neighbourhoods` less each one's centre: what the predictor sees (it ignores the local mean)."""
+    f = neighbourhoods(plane)
+    return f - f[:, TAPS // 2 : TAPS // 2 + 1]

@@ -77,8 +77,7 @@ def _float_predict(model: tr.FloatCrossBand):
         out = np.empty((3, z, h, w), np.int64)
         with torch.no_grad():
             for k in range(z):
-                f = cb.neighbourhoods(ll[k])
-                f = torch.from_numpy((f - f[:, cb.TAPS // 2 : cb.TAPS // 2 + 1]).astype(np.float32))
+                f = torch.from_numpy(cb.centred_neighbourhoods(ll[k]).astype(np.float32))
                 out[:, k] = np.rint(model(f).double().numpy()).astype(np.int64).T.reshape(3, h, w)
         return out
 

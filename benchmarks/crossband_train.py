@@ -53,9 +53,8 @@ def level_one_pairs(x: np.ndarray, per_volume: int, rng: np.random.Generator) ->
     take = max(1, per_volume // x.shape[0])
     fs, ys = [], []
     for k in range(x.shape[0]):
-        f = cb.neighbourhoods(low[k])
+        f = cb.centred_neighbourhoods(low[k])
         f = f.reshape(low.shape[1], low.shape[2], cb.TAPS)[:h, :w].reshape(-1, cb.TAPS)
-        f = f - f[:, cb.TAPS // 2 : cb.TAPS // 2 + 1]
         y = np.stack([b[k, :h, :w].ravel() for b in bands], -1)
         at = rng.choice(f.shape[0], min(take, f.shape[0]), replace=False)
         fs.append(f[at])

@@ -56,8 +56,7 @@ def test_the_integer_net_follows_the_float_one():
     model = _model(2, (16, 16))
     net = tr.to_integer(model)
     low = _low(3)
-    f = cb.neighbourhoods(low[0])
-    f = f - f[:, cb.TAPS // 2 : cb.TAPS // 2 + 1]
+    f = cb.centred_neighbourhoods(low[0])
     with torch.no_grad():
         want = model(torch.from_numpy(f.astype(np.float32))).double().numpy().T.reshape(3, *low.shape[1:])
     got = net.predict(low)[:, 0]
