@@ -4,7 +4,7 @@ Golden streams pin the format: every future version must decode them to the
 recorded checksums. Only add new ones; never regenerate existing ones unless the
 format's major version changes.
 
-    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0, 3.0 and 4.0 streams
+    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 to 4.1 streams
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _add_stream(record: dict, name: str, vol: medcodec.Volume, kwargs: dict, ver
         return
     data = medcodec.compress(vol, **kwargs)
     (HERE / f"golden-{name}.mcz").write_bytes(data)
-    decoded = medcodec.decompress(data).array
+    decoded = medcodec.decompress(data, tables=kwargs.get("tables")).array
     record["streams"][name] = {
         "file": f"golden-{name}.mcz",
         "voxels_sha256": hashlib.sha256(decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()).hexdigest(),
@@ -99,8 +99,27 @@ def add_format_4() -> None:
     record = json.loads((HERE / "golden.json").read_text())
     thick = medcodec.Volume(golden_volume(), spacing=(0.8, 0.8, 3.0), origin=(-10.0, 20.0, 5.5))
     iso = medcodec.Volume(iso_volume(), spacing=(1.0, 1.0, 1.0))
-    _add_stream(record, "v4-lossy-q60", thick, {"quality": 60}, "4.0")
-    _add_stream(record, "v4-lossy-iso-q50", iso, {"quality": 50}, "4.0")
+    _add_stream(record, "v4-lossy-q60", thick, {"quality": 60, "tables": "none"}, "4.0")
+    _add_stream(record, "v4-lossy-iso-q50", iso, {"quality": 50, "tables": "none"}, "4.0")
+    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def add_format_4_1() -> None:
+    """Add the format 4.1 streams (transform tiles whose tables refer to a table prior) and the
+    test prior they name, trained on a volume of their own; existing entries stay."""
+    from medcodec.coding.priors import save_prior
+    from medcodec.training.tables import volume_counts
+
+    record = json.loads((HERE / "golden.json").read_text())
+    if "tables" not in record:
+        rng = np.random.default_rng(20261205)
+        train = (iso_volume().astype(np.int32) + rng.integers(-40, 40, (20, 40, 36))).astype(np.int16)
+        record["tables"] = save_prior(volume_counts(train, (40, 60, 80)), {"purpose": "golden streams"}, HERE).name
+    tables = str(HERE / record["tables"])
+    thick = medcodec.Volume(golden_volume(), spacing=(0.8, 0.8, 3.0), origin=(-10.0, 20.0, 5.5))
+    iso = medcodec.Volume(iso_volume(), spacing=(1.0, 1.0, 1.0))
+    _add_stream(record, "v41-lossy-q60", thick, {"quality": 60, "tables": tables}, "4.1")
+    _add_stream(record, "v41-lossy-iso-q40", iso, {"quality": 40, "tables": tables}, "4.1")
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
@@ -135,3 +154,4 @@ if __name__ == "__main__":
     add_format_2()
     add_format_3()
     add_format_4()
+    add_format_4_1()

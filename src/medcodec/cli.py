@@ -393,7 +393,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
         volume.metadata = keep(volume.metadata)
     progress = _Progress("compressing", enabled=not args.quiet)
     try:
-        data = compress(volume, quality=args.quality, max_error=max_error, model=args.model, progress=progress)
+        data = compress(
+            volume, quality=args.quality, max_error=max_error, model=args.model, tables=args.tables, progress=progress
+        )
     finally:
         progress.close()
     if to_stdout:
@@ -466,6 +468,7 @@ def _compress_large(args, source: Path, dest: Path, max_error, keep, start: floa
             quality=args.quality,
             max_error=max_error,
             model=args.model,
+            tables=args.tables,
             progress=progress,
             force=args.force,
             metadata=keep,
@@ -532,7 +535,7 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
 
         progress = _Progress("decompressing", enabled=not args.quiet)
         try:
-            decompress_file(source, dest, model=args.model, progress=progress, force=args.force)
+            decompress_file(source, dest, model=args.model, tables=args.tables, progress=progress, force=args.force)
         finally:
             progress.close()
         if not args.quiet:
@@ -541,7 +544,9 @@ def _cmd_decompress(args: argparse.Namespace) -> int:
     data = _read_bytes(source)  # "-": stdin
     progress = _Progress("decompressing", enabled=not args.quiet)
     try:
-        volume = decompress(data, model=args.model, progress=progress, region=args.region, model_dirs=args.model_dir)
+        volume = decompress(
+            data, model=args.model, tables=args.tables, progress=progress, region=args.region, model_dirs=args.model_dir
+        )
     finally:
         progress.close()
     compress_output = getattr(args, "compress_output", None)
@@ -1021,6 +1026,12 @@ def _add_batch(p: argparse.ArgumentParser, what: str) -> None:
 
 def _add_common(p: argparse.ArgumentParser, *, model_help: str) -> None:
     p.add_argument("--model", metavar="NAME_OR_PATH", help=model_help)
+    p.add_argument(
+        "--tables",
+        metavar="NAME_OR_PATH",
+        help="table prior of lossy integer streams: a name or .mct file, 'none' to send every table "
+        "(default: the shipped one when compressing, the one the stream names when decompressing)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as a JSON object")
     p.add_argument("-f", "--force", action="store_true", help="overwrite the output if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr and no summary on stdout")

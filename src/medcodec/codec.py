@@ -40,6 +40,7 @@ from .coding.intensity import normalize, to_voxels
 from .coding.predictive import compiled as predictive_compiled
 from .coding.predictive import decode_tile as decode_predictive
 from .coding.predictive import encode_tile as encode_predictive
+from .coding.priors import TablePrior, load_prior, prior_for_stream
 from .coding.residual import LEVELS, buckets_for, decode_residual, encode_residual
 from .coding.transform import analyse as analyse_transform
 from .coding.transform import choose_base, choose_z_levels
@@ -231,6 +232,7 @@ def compress(
     quality: int | None = None,
     max_error: float | None = None,
     model: str | None = None,
+    tables: str | os.PathLike | None = None,
     progress: Progress | None = None,
 ) -> bytes:
     """Compress a volume to a medcodec stream.
@@ -244,6 +246,8 @@ def compress(
         max_error: Guaranteed bound on every voxel's absolute error, in the volume's units;
             0 means lossless (bit-exact). For integer volumes its floor is used.
         model: Model name or path to a ``.mcw`` file; default: the shipped model.
+        tables: Table prior of the transform coder (lossy integer volumes): a name or path to
+            a ``.mct`` file, ``"none"`` to send every frequency table; default: the shipped one.
         progress: Called as ``progress(done_tiles, total_tiles)`` after each tile.
 
     Returns:
@@ -259,7 +263,7 @@ def compress(
     arr = vol.array
     scan = _Scan()
     scan.add(arr)
-    coding = _Coding.start(vol, arr.shape, arr.dtype, scan, quality, max_error, model)
+    coding = _Coding.start(vol, arr.shape, arr.dtype, scan, quality, max_error, model, tables)
     chunks = coding.leading_chunks()
     for payload in coding.tiles(lambda t: arr[t], progress):
         chunks.append(Chunk(b"TILE", payload))
@@ -276,11 +280,12 @@ class _Coding:
     quality: int | None
     plan: _Plan
     codec_model: CodecModel | None
+    prior: TablePrior | None
     grid: list
     digests: list[bytes]
 
     @classmethod
-    def start(cls, vol: Volume, shape, dtype, scan: _Scan, quality, max_error, model) -> _Coding:
+    def start(cls, vol: Volume, shape, dtype, scan: _Scan, quality, max_error, model, tables=None) -> _Coding:
         plan = _plan(np.dtype(dtype), scan, quality, max_error)
         # Only float arithmetic runs the network; a model the caller names is checked all the same.
         codec_model = None
@@ -290,8 +295,11 @@ class _Coding:
 
             loaded = load_model(model)
             codec_model = loaded if network else None
+        # A prior the caller names is checked even where no tile will use it.
+        prior = load_prior(tables) if plan.mse or tables is not None else None
+        grid = tile_grid(tuple(shape), DEFAULT_TILE)
         return cls(
-            vol, tuple(shape), np.dtype(dtype), quality, plan, codec_model, tile_grid(tuple(shape), DEFAULT_TILE), []
+            vol, tuple(shape), np.dtype(dtype), quality, plan, codec_model, prior if plan.mse else None, grid, []
         )
 
     def leading_chunks(self) -> list[Chunk]:
@@ -313,7 +321,7 @@ class _Coding:
         if plan.mse:
             plan, budgets = _transform_budgets(plan, grid, voxels)
         encoded = _tile_map(
-            lambda i: _encode_tile(i, voxels(grid[i]), plan, codec_model, budgets[i]),
+            lambda i: _encode_tile(i, voxels(grid[i]), plan, codec_model, budgets[i], self.prior),
             range(len(grid)),
             parallel=codec_model is None,
         )
@@ -325,6 +333,7 @@ class _Coding:
 
     def header(self) -> Header:
         plan, codec_model, vol, quality = self.plan, self.codec_model, self.vol, self.quality
+        named = codec_model or self.prior
         return Header(
             dtype=str(self.dtype),
             mode=plan.mode,
@@ -339,8 +348,8 @@ class _Coding:
             gain_num=plan.gain_num,
             tile=DEFAULT_TILE,
             n_tiles=len(self.grid),
-            model_name=codec_model.name if codec_model else "",
-            model_sha256=bytes.fromhex(codec_model.sha256) if codec_model else bytes(32),
+            model_name=named.name if named else "",
+            model_sha256=bytes.fromhex(named.sha256) if named else bytes(32),
             voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
             flags=(FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0)
             | (FLAG_PALETTE if plan.palette else 0)
@@ -376,7 +385,12 @@ def _transform_budgets(plan: _Plan, grid: list, voxels) -> tuple[_Plan, list[tup
 
 
 def _encode_tile(
-    index: int, x: np.ndarray, plan: _Plan, codec_model: CodecModel | None, budget: tuple[float, int] | None = None
+    index: int,
+    x: np.ndarray,
+    plan: _Plan,
+    codec_model: CodecModel | None,
+    budget: tuple[float, int] | None = None,
+    prior: TablePrior | None = None,
 ) -> tuple[bytes, bytes]:
     if plan.palette:
         # The tile's distinct values in the order of their values, then each voxel's index into
@@ -399,7 +413,7 @@ def _encode_tile(
         if budget is not None:
             budget, z_levels = budget
             lo, hi = int(plan.lo), int(plan.hi)
-            coded = code_transform(x, lo, hi, z_levels, plan.base, budget)
+            coded = code_transform(x, lo, hi, z_levels, plan.base, budget, prior)
             if coded is not None:
                 path, (section, recon) = TilePath.TRANSFORM, coded
             # The predictive coder keeps the tile's share with every voxel within d: d * d * voxels <= share.
@@ -461,6 +475,7 @@ def decompress(
     data: bytes,
     *,
     model: str | None = None,
+    tables: str | os.PathLike | None = None,
     progress: Progress | None = None,
     region: Region | None = None,
     model_dirs: Sequence[str | os.PathLike] = (),
@@ -471,12 +486,14 @@ def decompress(
         data: The stream.
         model: Model path or name to use instead of the shipped one the stream names;
             its SHA-256 must equal the stream's.
+        tables: Table prior (path or name) to use instead of the one a transform stream
+            names; its SHA-256 must equal the stream's.
         progress: Called as ``progress(done_tiles, total_tiles)`` after each tile.
         region: Up to three slices (z, y, x) of unit step: decode only the tiles they
             touch and return that block, its origin moved to its first voxel. Every tile
             decoded is checked against its own checksum, and the stream's tile checksums
             against the header's.
-        model_dirs: Folders to search for the model a stream names, before those of
+        model_dirs: Folders to search for the model or table prior a stream names, before those of
             ``MEDCODEC_MODEL_PATH`` (the shipped models come first).
 
     Raises:
@@ -502,14 +519,10 @@ def decompress(
     integer = dtype.kind != "f"
     codec_model: CodecModel | None = None
     expected = _expected_path(header, integer)
-    learned = expected in (TilePath.LEARNED_INT, TilePath.LEARNED_FLOAT)
-    if learned:
-        from .model.files import model_for_stream
-
-        codec_model = model_for_stream(header.model_name, header.model_sha256.hex(), model, model_dirs)
+    codec_model, prior = _stream_models(header, expected, model, tables, model_dirs)
 
     def decode_one(i: int) -> tuple[np.ndarray, bytes]:
-        return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, codec_model)
+        return _decode_tile(i, tiles[i], tile_chunks[i].payload, header, expected, codec_model, prior)
 
     box = _region(region, header.shape)
     wanted = [i for i, t in enumerate(tiles) if all(s.start < b.stop and b.start < s.stop for s, b in zip(t, box))]
@@ -590,8 +603,28 @@ def _tile_map(fn: Callable[[int], Any], indices: range, parallel: bool) -> Itera
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _stream_models(
+    header: Header, expected: int, model, tables, dirs: Sequence[str | os.PathLike] = ()
+) -> tuple[CodecModel | None, TablePrior | None]:
+    """The model a learned stream names, or the table prior a transform stream names (checked
+    against the hashes the stream records)."""
+    if expected in (TilePath.LEARNED_INT, TilePath.LEARNED_FLOAT):
+        from .model.files import model_for_stream
+
+        return model_for_stream(header.model_name, header.model_sha256.hex(), model, dirs), None
+    if header.flags & FLAG_TRANSFORM and header.model_name:
+        return None, prior_for_stream(header.model_name, header.model_sha256.hex(), tables, dirs)
+    return None, None
+
+
 def _decode_tile(
-    i: int, tile, payload: bytes, header: Header, expected: int, codec_model: CodecModel | None
+    i: int,
+    tile,
+    payload: bytes,
+    header: Header,
+    expected: int,
+    codec_model: CodecModel | None,
+    prior: TablePrior | None = None,
 ) -> tuple[np.ndarray, bytes]:
     """Validate and decode tile chunk ``i``; returns its voxels and checksum.
 
@@ -618,7 +651,7 @@ def _decode_tile(
             lo, hi = int(header.lo), int(header.hi)
             recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
         elif path == TilePath.TRANSFORM:
-            recon = decode_transform(sections[0], shape, int(header.lo), int(header.hi)).astype(dtype)
+            recon = decode_transform(sections[0], shape, int(header.lo), int(header.hi), prior).astype(dtype)
         else:
             recon = _decode_learned(
                 header, codec_model, shape, path == TilePath.LEARNED_INT, levels, n_buckets, sections
@@ -670,10 +703,12 @@ def _expected_path(header: Header, integer_dtype: bool) -> TilePath:
         CorruptStreamError: The header's fields fit no path.
     """
     if integer_dtype or header.flags & FLAG_INTEGER_VALUED:
-        # Integer arithmetic: the predictive path names no model (format 1 streams used the learned one).
-        if header.model_name == "" and header.max_error > max(1.0, header.hi - header.lo):
+        # Integer arithmetic: the predictive path names no model (format 1 streams used the
+        # learned one); a transform stream names at most a table prior.
+        learned = header.model_name != "" and not header.flags & FLAG_TRANSFORM
+        if not learned and header.max_error > max(1.0, header.hi - header.lo):
             raise CorruptStreamError("header bound exceeds the intensity span of a predictive stream")
-        return TilePath.PREDICTIVE if header.model_name == "" else TilePath.LEARNED_INT
+        return TilePath.LEARNED_INT if learned else TilePath.PREDICTIVE
     if header.flags & FLAG_PALETTE:
         return TilePath.PALETTE  # the header's own rules tie it to lossless fractional floats
     if header.mode == "lossless" and header.model_name == "":

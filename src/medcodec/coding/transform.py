@@ -27,7 +27,7 @@ import zstandard
 
 from ..errors import CorruptStreamError, TruncatedStreamError
 from . import coefficients as cf
-from . import lifting, symbols
+from . import lifting, priors, symbols
 from .entropy import unzstd
 from .predictive import decode_tile as decode_predictive
 from .predictive import encode_tile as encode_predictive
@@ -231,10 +231,13 @@ def choose_base(analyses: list[Analysis], sse: float) -> float:
     return best if best is not None else base * 0.9
 
 
-def code_tile(x: np.ndarray, lo: int, hi: int, z_levels: int, base: float, sse: float):
+def code_tile(
+    x: np.ndarray, lo: int, hi: int, z_levels: int, base: float, sse: float, prior: priors.TablePrior | None = None
+):
     """Code an integer tile at base step ``base`` (smaller where needed) so that its sum of squared
     errors is at most ``sse``; returns the section and the reconstruction (int64), or None where
-    the transform cannot hold the bound (the caller codes the tile otherwise)."""
+    the transform cannot hold the bound (the caller codes the tile otherwise). With a ``prior``,
+    frequency-table rows may refer to it instead of being sent."""
     x = x.astype(np.int64)
     p, c = _coefficients(x, lo, hi, z_levels)
     norms, low_norm = lifting.band_norms(p)
@@ -254,7 +257,7 @@ def code_tile(x: np.ndarray, lo: int, hi: int, z_levels: int, base: float, sse: 
         qs, steps, q_low, low_step
     ):
         return None
-    return _write(p, qs, steps, offsets, q_low, low_step), recon
+    return _write(p, qs, steps, offsets, q_low, low_step, prior), recon
 
 
 def choose_z_levels(candidates: list[list[Analysis]], sse: float) -> list[Analysis]:
@@ -265,11 +268,13 @@ def choose_z_levels(candidates: list[list[Analysis]], sse: float) -> list[Analys
     return [min(c, key=lambda a: (a.bits(base), a.z_levels)) for c in candidates]
 
 
-def encode_tile(x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int) -> tuple[bytes, np.ndarray] | None:
+def encode_tile(
+    x: np.ndarray, mse: float, lo: int, hi: int, z_levels: int, prior: priors.TablePrior | None = None
+) -> tuple[bytes, np.ndarray] | None:
     """Code one integer tile on its own with a mean squared error at most ``mse`` (as
     :func:`code_tile`, the step chosen for this tile alone)."""
     base = choose_base([analyse(x, lo, hi, z_levels)], mse * x.size)
-    return code_tile(x, lo, hi, z_levels, base, mse * x.size)
+    return code_tile(x, lo, hi, z_levels, base, mse * x.size, prior)
 
 
 def _groups(p: lifting.Plan) -> list[int]:
@@ -290,12 +295,13 @@ def _groups(p: lifting.Plan) -> list[int]:
     return out
 
 
-def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
+def _statistics(p: lifting.Plan, qs, steps, offsets):
+    """Fit every band's context weights and count its tokens and signs per table group.
+
+    Returns the band parameters, each band's coder state (None for an empty band), and the
+    token and sign counts of every group."""
     parents = _parents(p)
-    low_lo, low_hi = int(q_low.min()), int(q_low.max())
-    # The low band is a few thousand values: one z depth spares the comparison of depths.
-    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi, z_levels=0)
-    params = [low_step, low_lo, low_hi]
+    params: list[int] = []
     coders: list[tuple[cf.BandCoder, np.ndarray, np.ndarray, int] | None] = []
     group = _groups(p)
     n_groups = max(group, default=-1) + 1
@@ -321,13 +327,71 @@ def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
         nz = mag > 0
         sign_counts[k] += np.bincount(sctx[nz] * 2 + (sign[nz] < 0), minlength=cf.N_SIGN_CONTEXTS * 2).reshape(-1, 2)
         coders.append((bc, bucket, sctx, k))
-    tables, tok_models, sign_models = [], [], []
+    return params, coders, tok_counts, sign_counts
+
+
+def group_keys(p: lifting.Plan) -> list[str]:
+    """Each table group's key in a table prior: ``L<level>`` for a level's shared tables,
+    ``L<level>-<zyx>`` (high-pass axes as bits) for a band with tables of its own."""
+    keys: dict[int, str] = {}
+    for b, g in zip(p.bands, _groups(p)):
+        if int(np.prod(b.shape)) >= OWN_TABLES:
+            keys[g] = f"L{b.level}-" + "".join("1" if h else "0" for h in b.high)
+        else:
+            keys.setdefault(g, f"L{b.level}")
+    return [keys[g] for g in range(len(keys))]
+
+
+def _cross_entropy(counts: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Bits to code each row of ``counts`` with the model of the same row of ``rows``."""
+    p = rows / np.maximum(rows.sum(axis=1, keepdims=True), 1)
+    with np.errstate(divide="ignore"):
+        logs = np.where(counts > 0, np.log2(np.where(p > 0, p, 1.0)), 0.0)
+    return -(counts * logs).sum(axis=1)
+
+
+def _with_prior(counts: np.ndarray, own: np.ndarray, prior: np.ndarray, bits_per_count: float):
+    """Per row, the prior's counts where they cost fewer bits than sending the row's own (an
+    encoder choice; the stream says which). Returns the rows both sides model with and the
+    values sent: a row of counts, or :data:`priors.PRIOR_ROW` alone for the prior's."""
+    gain = _cross_entropy(counts, own) + bits_per_count * np.count_nonzero(own, axis=1)
+    gain -= _cross_entropy(counts, prior)
+    take = (gain > 0) | (counts.sum(axis=1) == 0)
+    rows = np.where(take[:, None], prior, own)
+    sent = [np.array([priors.PRIOR_ROW]) if t else r for t, r in zip(take, own)]
+    return rows, np.concatenate(sent)
+
+
+def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int, prior: priors.TablePrior | None) -> bytes:
+    low_lo, low_hi = int(q_low.min()), int(q_low.max())
+    # The low band is a few thousand values: one z depth spares the comparison of depths.
+    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi, z_levels=0)
+    band_params, coders, tok_counts, sign_counts = _statistics(p, qs, steps, offsets)
+    params = [low_step, low_lo, low_hi, *band_params]
+    n_groups = len(tok_counts)
+    explicit = []
     for k in range(n_groups):
         used = np.flatnonzero(tok_counts[k].sum(axis=0))
         width = max(2, int(used.max()) + 1) if used.size else 0
         t = symbols.normalized(tok_counts[k][:, :width]) if width else np.zeros((cf.N_BUCKETS, 0), np.int64)
         s = symbols.normalized(sign_counts[k]) if width else np.zeros((cf.N_SIGN_CONTEXTS, 2), np.int64)
-        tables += [[width], t.ravel(), s.ravel()]
+        explicit.append((width, t, s))
+    zc = zstandard.ZstdCompressor(level=19)
+    keys = group_keys(p)
+    bits_per_count = 0.0
+    if prior is not None:
+        # What one nonzero count costs in the compressed tables: the price of sending a row.
+        sent = np.concatenate([np.concatenate([[w], t.ravel(), s.ravel()]) for w, t, s in explicit] or [[0]])
+        bits_per_count = 8 * len(zc.compress(sent.astype("<u2").tobytes())) / max(1, int(np.count_nonzero(sent)))
+    tables, tok_models, sign_models = [], [], []
+    for k, (width, t, s) in enumerate(explicit):
+        tables.append([width])
+        if width and prior is not None and keys[k] in prior.tokens:
+            t, sent_t = _with_prior(tok_counts[k][:, :width], t, prior.tokens[keys[k]][:, :width], bits_per_count)
+            s, sent_s = _with_prior(sign_counts[k], s, prior.signs[keys[k]], bits_per_count)
+            tables += [sent_t, sent_s]
+        else:
+            tables += [t.ravel(), s.ravel()]
         tok_models.append(symbols.models(t) if width else None)
         sign_models.append(symbols.models(s) if width else None)
     writer = symbols.Writer()
@@ -340,7 +404,6 @@ def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int) -> bytes:
             _emit_band_compiled(kernels, bc, q.ravel(), bucket, sctx, tok_models[k], sign_models[k], writer.items)
         else:
             _emit_band(bc, q.ravel(), bucket, sctx, tok_models[k], sign_models[k], writer.items)
-    zc = zstandard.ZstdCompressor(level=19)
     head = zc.compress(np.array(params, np.int64).astype("<i8").tobytes())
     table = zc.compress(np.concatenate(tables).astype("<u2").tobytes())
     words = writer.words().astype("<u4").tobytes()
@@ -528,8 +591,41 @@ def _decode_band(bc: cf.BandCoder, coder, tok_models: list | None, sign_models: 
         bc.store(idx, mag, sign)
 
 
-def decode_tile(data: bytes, shape: tuple[int, int, int], lo: int, hi: int) -> np.ndarray:
-    """Invert :func:`encode_tile`; returns the reconstruction (int64)."""
+def _read_tables(
+    rt: _Words, keys: list[str], prior: priors.TablePrior | None
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every group's token width, token rows and sign rows, prior rows filled in."""
+    out = []
+    for key in keys:
+        width = int(rt.take(1)[0])
+        if width and not 2 <= width <= cf.MAX_TOKENS:
+            raise CorruptStreamError("transform token table has an invalid width")
+        if not width:
+            t = np.zeros((cf.N_BUCKETS, 0), np.int64)
+            s = rt.take(2 * cf.N_SIGN_CONTEXTS).reshape(cf.N_SIGN_CONTEXTS, 2)
+        else:
+            t = _read_rows(rt, cf.N_BUCKETS, width, prior.tokens.get(key) if prior else None)
+            s = _read_rows(rt, cf.N_SIGN_CONTEXTS, 2, prior.signs.get(key) if prior else None)
+        if (t > symbols.COUNT_TOTAL).any() or (s > symbols.COUNT_TOTAL).any():
+            raise CorruptStreamError("transform frequency tables are invalid")
+        out.append((width, t, s))
+    return out
+
+
+def _read_rows(rt: _Words, n: int, width: int, prior_rows: np.ndarray | None) -> np.ndarray:
+    rows = np.empty((n, width), np.int64)
+    for b in range(n):
+        first = rt.take(1)
+        if first.size and first[0] == priors.PRIOR_ROW:
+            if prior_rows is None:
+                raise CorruptStreamError("transform tables refer to a table prior the stream does not name")
+            rows[b] = prior_rows[b, :width]
+        else:
+            rows[b] = np.concatenate([first, rt.take(width - 1)])
+    return rows
+
+
+def _table_words(data: bytes, shape: tuple[int, int, int]) -> tuple[lifting.Plan, _Words, int, int, int]:
     if len(data) < _HEAD.size:
         raise TruncatedStreamError("transform section ends inside its header")
     z_levels, n_head, n_table, n_low = _HEAD.unpack_from(data)
@@ -538,29 +634,43 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], lo: int, hi: int) -> n
     p = lifting.plan(shape, z_levels)
     if p.z_levels != z_levels:
         raise CorruptStreamError("transform section declares more z levels than the tile allows")
+    n_groups = len(group_keys(p))
+    at = _HEAD.size + n_head
+    max_table = n_groups * (1 + cf.N_BUCKETS * cf.MAX_TOKENS + 2 * cf.N_SIGN_CONTEXTS)
+    rt = _Words(np.frombuffer(unzstd(data[at : at + n_table], 2 * max_table), dtype="<u2").astype(np.int64))
+    return p, rt, n_head, n_table, n_low
+
+
+def section_tables(data: bytes, shape: tuple[int, int, int]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The frequency tables a transform section sends, per group: its prior key, token rows
+    (buckets x width) and sign rows (what a table prior trains on; the coded data is not read).
+
+    Raises:
+        CorruptStreamError: The section is damaged, or refers to a table prior.
+    """
+    p, rt, _, _, _ = _table_words(data, shape)
+    keys = group_keys(p)
+    return [(k, t, s) for k, (_, t, s) in zip(keys, _read_tables(rt, keys, None))]
+
+
+def decode_tile(
+    data: bytes, shape: tuple[int, int, int], lo: int, hi: int, prior: priors.TablePrior | None = None
+) -> np.ndarray:
+    """Invert :func:`encode_tile`; returns the reconstruction (int64). ``prior`` is the table
+    prior the stream names, if any."""
+    p, rt, n_head, n_table, n_low = _table_words(data, shape)
     group = _groups(p)
-    n_groups = max(group, default=-1) + 1
     at = _HEAD.size
     n_words = 3 + _WORDS_PER_BAND * len(p.bands)
     r = _Words(np.frombuffer(unzstd(data[at : at + n_head], 8 * n_words), dtype="<i8").astype(np.int64))
-    at += n_head
-    max_table = n_groups * (1 + cf.N_BUCKETS * cf.MAX_TOKENS + 2 * cf.N_SIGN_CONTEXTS)
-    rt = _Words(np.frombuffer(unzstd(data[at : at + n_table], 2 * max_table), dtype="<u2").astype(np.int64))
-    at += n_table
+    at += n_head + n_table
     low_step, low_lo, low_hi = (int(v) for v in r.take(3))
     if not 1 <= low_step <= MAX_STEP or not -LOW_LIMIT <= low_lo <= low_hi <= LOW_LIMIT:
         raise CorruptStreamError("transform low band parameters are out of range")
     q_low = decode_predictive(data[at : at + n_low], tuple(s.stop for s in p.low), 0, low_lo, low_hi)
     at += n_low
     tok_models, sign_models = [], []
-    for _ in range(n_groups):
-        width = int(rt.take(1)[0])
-        if width and not 2 <= width <= cf.MAX_TOKENS:
-            raise CorruptStreamError("transform token table has an invalid width")
-        t = rt.take(cf.N_BUCKETS * width).reshape(cf.N_BUCKETS, width)
-        s = rt.take(2 * cf.N_SIGN_CONTEXTS).reshape(cf.N_SIGN_CONTEXTS, 2)
-        if (t > symbols.COUNT_TOTAL).any() or (s > symbols.COUNT_TOTAL).any():
-            raise CorruptStreamError("transform frequency tables are invalid")
+    for width, t, s in _read_tables(rt, group_keys(p), prior):
         tok_models.append(symbols.models(t) if width else None)
         sign_models.append(symbols.models(s) if width else None)
     body = data[at:]

@@ -28,6 +28,7 @@ from ..codec import (
     _expected_path,
     _parse_metadata,
     _Scan,
+    _stream_models,
     _tile_map,
 )
 from ..coding.predictive import compiled as predictive_compiled
@@ -150,6 +151,7 @@ def compress_file(
     quality: int | None = None,
     max_error: float | None = None,
     model: str | None = None,
+    tables: str | os.PathLike | None = None,
     progress: Progress | None = None,
     force: bool = False,
     metadata: Callable[[dict], dict] | None = None,
@@ -173,7 +175,8 @@ def compress_file(
     for z in range(0, src.shape[0], step):
         scan.add(src.slab(z, min(src.shape[0], z + step)))
         src._cache.clear()  # the first pass keeps nothing
-    coding = _Coding.start(geometry, src.shape, src.dtype.newbyteorder("="), scan, quality, max_error, model)
+    dtype = src.dtype.newbyteorder("=")
+    coding = _Coding.start(geometry, src.shape, dtype, scan, quality, max_error, model, tables)
 
     def write(tmp: Path) -> None:
         placeholder = len(header_block(coding.header()))
@@ -218,6 +221,7 @@ def decompress_file(
     dest: str | os.PathLike,
     *,
     model: str | None = None,
+    tables: str | os.PathLike | None = None,
     progress: Progress | None = None,
     force: bool = False,
 ) -> Header:
@@ -252,11 +256,7 @@ def decompress_file(
 
     dtype = np.dtype(header.dtype)
     expected = _expected_path(header, dtype.kind != "f")
-    codec_model = None
-    if header.model_name:
-        from ..model.files import model_for_stream
-
-        codec_model = model_for_stream(header.model_name, header.model_sha256.hex(), model)
+    codec_model, prior = _stream_models(header, expected, model, tables)
     grid = tile_grid(header.shape, header.tile)
     vol = Volume(np.zeros((1, 1, 1), dtype), header.spacing, header.origin, header.direction, metadata)
     plane = header.shape[1] * header.shape[2]
@@ -288,7 +288,7 @@ def decompress_file(
                 parallel = expected == TilePath.PREDICTIVE and predictive_compiled() and _WORKERS > 1
                 decoded = _tile_map(
                     lambda k, ids=ids: _decode_tile(
-                        ids[k], grid[ids[k]], payload(ids[k]), header, expected, codec_model
+                        ids[k], grid[ids[k]], payload(ids[k]), header, expected, codec_model, prior
                     ),
                     range(len(ids)),
                     parallel,

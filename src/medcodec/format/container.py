@@ -26,6 +26,7 @@ __all__ = [
     "FLAG_PALETTE",
     "FLAG_TRANSFORM",
     "TRANSFORM_VERSION",
+    "PRIOR_VERSION",
     "Header",
     "Chunk",
     "StreamInfo",
@@ -43,6 +44,8 @@ FORMAT_VERSION = (2, 0)
 PALETTE_VERSION = (3, 0)
 #: The version of streams whose tiles may use the transform coder (path 5): major version 4 adds only that.
 TRANSFORM_VERSION = (4, 0)
+#: Transform streams whose frequency tables may refer to a table prior (named in the model fields).
+PRIOR_VERSION = (4, 1)
 #: Major versions this decoder reads: 1 (the learned paths only), 2 (adds the predictive path),
 #: 3 (the palette path) and 4 (the transform path).
 READ_MAJORS = (1, 2, 3, 4)
@@ -175,7 +178,7 @@ class Header:
             or self.model_name
         ):
             raise CorruptStreamError("header flags a palette on a stream that is not lossless fractional floats")
-        if self.flags & FLAG_TRANSFORM and (not integer or self.mode != "lossy" or self.model_name):
+        if self.flags & FLAG_TRANSFORM and (not integer or self.mode != "lossy"):
             raise CorruptStreamError("header flags the transform coder on a stream that is not lossy integers")
         dtype = np.dtype(self.dtype)
         if dtype.kind in "iu" and not np.iinfo(dtype).min <= self.lo <= self.hi <= np.iinfo(dtype).max:
@@ -252,7 +255,7 @@ def header_block(header: Header) -> bytes:
     body = header.pack()
     # The lowest version that describes the stream, so that decoders of 2.x read all they can.
     if header.flags & FLAG_TRANSFORM:
-        version = TRANSFORM_VERSION
+        version = PRIOR_VERSION if header.model_name else TRANSFORM_VERSION
     else:
         version = PALETTE_VERSION if header.flags & FLAG_PALETTE else FORMAT_VERSION
     prelude = _PRELUDE.pack(*version, len(body)) + body
@@ -332,6 +335,10 @@ def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
         raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 1, which format 3.0 defines")
     if header.flags & FLAG_TRANSFORM and major < TRANSFORM_VERSION[0]:
         raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 2, which format 4.0 defines")
+    if header.flags & FLAG_TRANSFORM and header.model_name and (major, minor) < PRIOR_VERSION:
+        raise CorruptStreamError(
+            f"a format {major}.{minor} transform stream names a table prior, which format 4.1 defines"
+        )
     return header, end + 4, (major, minor)
 
 
