@@ -346,6 +346,29 @@ def test_unknown_model(sample: Path, tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_table_prior_option(sample: Path, tmp_path: Path) -> None:
+    lossy, plain = tmp_path / "lossy.mcz", tmp_path / "plain.mcz"
+    assert run_cli("compress", sample / "scan.nii.gz", "--quality", "50", "-o", lossy, "-q").returncode == 0
+    assert (
+        run_cli("compress", sample / "scan.nii.gz", "--quality", "50", "--tables", "none", "-o", plain, "-q").returncode
+        == 0
+    )
+    assert medcodec.info(lossy.read_bytes()).format_version == "4.1"
+    assert medcodec.info(plain.read_bytes()).format_version == "4.0"
+    proc = run_cli("info", lossy)
+    assert proc.returncode == 0 and "table prior tables-" in proc.stdout
+    # Decoding with a prior other than the one the stream names is refused; nothing is written.
+    other = tmp_path / "other.mct"
+    other.write_bytes(b"MCTABLES")
+    proc = run_cli("decompress", lossy, "--tables", other, "-o", tmp_path / "out.nii.gz")
+    assert "table prior" in assert_error(proc, 6)
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert (
+        run_cli("compress", sample / "scan.nii.gz", "--tables", "no-such-prior", "-o", tmp_path / "x.mcz").returncode
+        == 6
+    )
+
+
 @pytest.mark.parametrize(
     "options", [("--quality", "5", "--max-error", "2"), ("--lossless", "--max-error", "1"), ("--max-error", "-1")]
 )

@@ -689,7 +689,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     n_voxels = math.prod(header.shape)
     if header.model_name:
-        model = f"{header.model_name} (sha256 {header.model_sha256[:16]}...)"
+        # A lossy integer stream (format 4.1) names its transform coder's table prior here.
+        kind = "table prior " if header.format_version == "4.1" else ""
+        model = f"{kind}{header.model_name} (sha256 {header.model_sha256[:16]}...)"
     else:
         model = "none (decodes without a network)"
     rows = [

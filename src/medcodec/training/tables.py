@@ -2,8 +2,10 @@
 
 Usage::
 
-    python -m medcodec.training.tables --out runs/tables                  # count, then write the prior
-    python -m medcodec.training.tables --out runs/tables --export weights/
+    python -m medcodec.training tables --out runs/tables                  # count, then write the prior
+    python -m medcodec.training tables --out runs/tables --export weights/
+
+(``python -m medcodec.training.tables`` is the same command.)
 
 Every integer volume of the ``train`` split is compressed at :data:`QUALITIES` without a
 prior, and the frequency tables its transform tiles send are summed per group key
@@ -105,7 +107,7 @@ def count_volumes(out: str | os.PathLike, paths: Iterable[str | os.PathLike]) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m medcodec.training.tables", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medcodec.training tables", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="run folder (counts/ per volume)")
     p.add_argument("--data", help="data folder with manifest.json (default: MEDCODEC_DATA or ../shared/data)")
     p.add_argument("--export", metavar="DIR", help="write the prior file to DIR (default: the run folder)")
