@@ -253,3 +253,25 @@ def test_a_fault_drill_from_the_command_line_is_said_and_recorded(site_dirs, tmp
     assert "fault drill (south sends 'nan' updates)" in capsys.readouterr().out
     doc = json.loads((tmp_path / "c" / "metrics.json").read_text())
     assert doc["drill"]["hostile"] == {"south": "nan"} and doc["rounds"][0]["rejected"][0]["site"] == "south"
+
+
+def test_tables_writes_a_prior_the_codec_uses_and_counts_each_volume_once(site_dirs, tmp_path, capsys):
+    import medcodec
+    from medcodec.coding.priors import load_prior
+
+    argv = ["tables", "--site", f"north={site_dirs[0]}", "--site", f"south={site_dirs[1]}", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 sites: north (2 volumes), south (2 volumes)" in out and out.count("counted ") == 4
+    (path,) = tmp_path.glob("tables-*.mct")
+    assert load_prior(path).meta["sites"] == {"north": 2, "south": 2}
+    assert main(argv) == 0  # a rerun reuses the sites' counts and writes the same file
+    assert "counted " not in capsys.readouterr().out and list(tmp_path.glob("tables-*.mct")) == [path]
+    v = medcodec.read(next(site_dirs[0].glob("*.nii.gz")))
+    assert np.array_equal(
+        medcodec.decompress(medcodec.compress(v, quality=60, tables=path), tables=path).array,
+        medcodec.decompress(medcodec.compress(v, quality=60, tables="none")).array,
+    )
+    assert main(["tables", "--out", str(tmp_path / "x")]) == 2
+    assert main(["tables", "--site", "a", "--out", str(tmp_path / "x")]) == 2
+    assert "no sites" in capsys.readouterr().err

@@ -521,3 +521,104 @@ def test_simulation_rejects_a_hostile_site_every_round_and_ends_with_the_honest_
     engine.run(sites[:2], replace(TINY, export=False), tmp_path / "honest", say=lambda _: None)
     got, want = _params(tmp_path / "flower"), _params(tmp_path / "honest")
     assert all(np.array_equal(got[k], want[k]) for k in want)
+
+
+# --- the table prior job ------------------------------------------------------------------------
+
+
+class _TablesGrid:
+    """A grid without Flower's runtime: node ``i`` answers with the real tables ClientApp, or with
+    what ``replies`` gives for it (a function of the asking message)."""
+
+    def __init__(self, client, n: int, replies=None) -> None:
+        self.client, self.n, self.replies = client, n, replies or {}
+
+    def get_node_ids(self):
+        return list(range(100, 100 + self.n))
+
+    def send_and_receive(self, messages, timeout=None):
+        from flwr.app import Context, RecordDict
+
+        out = []
+        for i, m in enumerate(messages):
+            assert m.metadata.message_type == flower.TABLES_MESSAGE
+            if i in self.replies:
+                out.append(self.replies[i](m))
+                continue
+            context = Context(
+                run_id=1,
+                node_id=m.metadata.dst_node_id,
+                node_config={"partition-id": i},
+                state=RecordDict(),
+                run_config={},
+            )
+            out.append(self.client(m, context))
+        return out
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Messages need the identity Flower's runtime gives a task."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
+def test_the_tables_job_sums_valid_counts_refuses_the_rest_and_equals_the_in_process_prior(
+    sites, tmp_path, task_identity
+):
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+
+    from medcodec.coding.priors import load_prior
+    from medcodec_fed.tables import federate_tables
+
+    def forged(msg):  # counts under a name no group key has
+        counts = ArrayRecord({"../../etc/tokens": Array(np.ones((3, 3), np.int64))})
+        return Message(RecordDict({"counts": counts, "site": ConfigRecord({"site": "x", "volumes": 1})}), reply_to=msg)
+
+    def failed(msg):
+        return Message(Error(code=1, reason="the site's disk is full"), reply_to=msg)
+
+    client = flower.make_tables_client_app(sites, tmp_path / "work")
+    said: list[str] = []
+    path = flower.serve_tables(_TablesGrid(client, 3, {2: forged}), tmp_path / "server", say=said.append)
+    assert any("refused" in line and "unknown name" in line for line in said)
+    want = federate_tables(sites[:2], tmp_path / "in-process")
+    assert path.name == want.name and path.read_bytes() == want.read_bytes()
+    assert load_prior(path).meta["sites"] == {"site0": 1, "site1": 1}
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["site0", "site1"]  # counts stay at the sites
+
+    with pytest.raises(RuntimeError, match="1 sites sent valid counts, 2 are needed"):
+        flower.serve_tables(_TablesGrid(client, 3, {1: forged, 2: failed}), tmp_path / "none", say=said.append)
+    assert "the site's disk is full" in said[-1] and not (tmp_path / "none").exists()
+
+
+def test_the_tables_app_folder_is_a_valid_flower_app(tmp_path):
+    from flwr.common.config import validate_config
+
+    from medcodec_fed.cli import main
+
+    assert main(["tables-app", str(tmp_path / "app"), "--out", "/srv/tables", "--min-sites", "3"]) == 0
+    doc = tomllib.loads((tmp_path / "app" / "pyproject.toml").read_text())
+    ok, errors, warnings = validate_config(doc, check_module=True, project_dir=tmp_path / "app")
+    assert ok and not warnings, (errors, warnings)
+    assert doc["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "medcodec_fed.flower.apps:tables_server_app",
+        "clientapp": "medcodec_fed.flower.apps:tables_client_app",
+    }
+    assert doc["tool"]["flwr"]["app"]["config"] == {"out": "/srv/tables", "min-sites": 3, "timeout": 0.0}
+    with pytest.raises(ValueError, match="min-sites"):
+        flower.write_tables_app(tmp_path / "bad", "/srv/t", min_sites=0)
+
+
+@pytest.mark.flower
+def test_the_tables_job_in_the_simulation_writes_the_in_process_prior_byte_for_byte(sites, tmp_path, capsys):
+    from medcodec_fed.cli import main
+
+    argv = [x for s in sites for x in ("--site", f"{s.name}={s.train[0].parent}")]
+    assert main(["tables", *argv, "--out", str(tmp_path / "in-process")]) == 0
+    assert main(["tables", *argv, "--out", str(tmp_path / "flower"), "--engine", "flower"]) == 0
+    got, want = (sorted((tmp_path / d).glob("tables-*.mct")) for d in ("flower", "in-process"))
+    assert len(got) == len(want) == 1 and got[0].read_bytes() == want[0].read_bytes()
+    assert "3 sites: site0 (2 volumes)" in capsys.readouterr().out

@@ -9,6 +9,9 @@ Examples::
     medcodec-fed run --engine flower --site a=/data/a --site b=/data/b --out runs/flower   # Flower simulation
     medcodec-fed flower-app app/ --arch mc3d-s --rounds 20 --out /srv/runs/fed   # Flower app for `flwr run`
     medcodec-fed plot runs/fed                                                 # redraw plots from metrics.json
+    medcodec-fed tables --data ../shared/data --out runs/fed-tables           # the table prior, every site counts
+    medcodec-fed tables --engine flower --site a=/data/a --site b=/data/b --out runs/tables   # ... in Flower
+    medcodec-fed tables-app app/ --out /srv/runs/tables --min-sites 3         # Flower app of that job
 
 Settings given on the command line override the TOML file's. The engine is a choice,
 not code: ``--engine in-process`` (default) runs every site in this process;
@@ -103,6 +106,41 @@ def _parser() -> argparse.ArgumentParser:
     fa.add_argument("--out", help="run folder on the coordinator, where the ServerApp writes the model and metrics")
     _add_settings(fa)
     _add_flower_options(fa)
+    t = sub.add_parser(
+        "tables",
+        help="train the transform coder's table prior: every site counts its volumes, the server sums",
+        description="Each site codes its volumes without a prior and counts the frequency tables the "
+        "streams send (kept in OUT/sites/NAME, so a rerun counts only new volumes); the server sums "
+        "the counts and writes the prior file (tables-<hash>.mct) to --out. Use it with "
+        "`medcodec compress --tables FILE` or medcodec.compress(..., tables=FILE).",
+    )
+    t.add_argument("--out", required=True, help="folder for the prior file (and, in process, the sites' counts)")
+    t.add_argument(
+        "--engine",
+        choices=("in-process", "flower"),
+        default="in-process",
+        help="in-process (default): every site in this process; flower: Flower's simulation",
+    )
+    tg = t.add_argument_group("sites")
+    tg.add_argument("--site", action="append", metavar="NAME=DIR", help="a site and its folder of volumes (repeat)")
+    tg.add_argument(
+        "--data",
+        metavar="DIR",
+        nargs="?",
+        const="",
+        help="sites from the data manifest's train split, one per site (default folder: MEDCODEC_DATA or ../shared/data)",
+    )
+    ta = sub.add_parser(
+        "tables-app",
+        help="write the Flower app folder of the table prior job (deployment engine)",
+        description="Write DIR/pyproject.toml: a Flower app whose components are medcodec_fed.flower's "
+        "tables_server_app and tables_client_app. Each SuperNode counts the volumes of its "
+        "--node-config data-dir (kept in work-dir, default ~/.cache/medcodec-fed/tables/SITE).",
+    )
+    ta.add_argument("dir", help="folder to write (created if needed)")
+    ta.add_argument("--out", required=True, help="folder on the coordinator where the ServerApp writes the prior file")
+    ta.add_argument("--min-sites", type=int, default=2, help="sites that must send counts (default 2)")
+    ta.add_argument("--timeout", type=float, default=0, help="seconds to wait for them (default 0: no limit)")
     pl = sub.add_parser("plot", help="redraw the plots of a run folder from its metrics.json")
     pl.add_argument("out")
     return p
@@ -334,6 +372,34 @@ def _flower_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tables(args: argparse.Namespace) -> int:
+    folders = _pairs(args.site, "--site")
+    other = {"hold_out": 0, **({"data": args.data} if args.data is not None else {})}
+    sites = _sites(folders, other, 0)
+    print(f"{len(sites)} sites: " + ", ".join(f"{s.name} ({len(s.train)} volumes)" for s in sites), flush=True)
+    say = partial(print, flush=True)
+    if args.engine == "flower":
+        flower = _flower_module()
+        try:
+            path = flower.run_tables_simulation(sites, args.out, say=say)
+        except ImportError as exc:
+            raise ValueError(str(exc)) from exc
+    else:
+        from .tables import federate_tables
+
+        path = federate_tables(sites, args.out)
+    print(f"prior: {path}")
+    return 0
+
+
+def _tables_app(args: argparse.Namespace) -> int:
+    flower = _flower_module()
+    path = flower.write_tables_app(args.dir, args.out, min_sites=args.min_sites, timeout=args.timeout)
+    print(path)
+    print(f"submit it with: flwr run {args.dir} <connection>   (prior written on the coordinator to: {args.out})")
+    return 0
+
+
 def _plot(args: argparse.Namespace) -> int:
     from .plots import draw_all
 
@@ -351,7 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     from medcodec.errors import MedcodecError
 
     try:
-        return {"run": _run, "flower-app": _flower_app, "plot": _plot}[args.command](args)
+        return {"run": _run, "flower-app": _flower_app, "tables": _tables, "tables-app": _tables_app, "plot": _plot}[
+            args.command
+        ](args)
     except MedcodecError as exc:  # an unreadable volume, a refused checkpoint: medcodec's own exit codes
         print(f"medcodec-fed: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -31,7 +31,7 @@ from medcodec.training.tables import QUALITIES, count_volumes
 from .messages import MessageError
 from .sites import Site
 
-__all__ = ["SiteCounts", "aggregate_counts", "count_site", "federate_tables"]
+__all__ = ["SiteCounts", "aggregate_counts", "count_site", "federate_tables", "write_federated_prior"]
 
 _KEY = re.compile(r"L[0-9]{1,2}(-[01]{3})?/(tokens|signs)")
 
@@ -99,12 +99,21 @@ def aggregate_counts(updates: Sequence[SiteCounts]) -> TableCounts:
     return total
 
 
+def write_federated_prior(updates: Sequence[SiteCounts], out: str | os.PathLike) -> Path:
+    """Run at the server: sum the sites' counts and write the prior file to ``out`` (both engines
+    write the same file for the same counts); returns its path.
+
+    Raises:
+        MessageError: As :func:`aggregate_counts`.
+    """
+    total = aggregate_counts(updates)
+    meta = {"federated": True, "sites": {u.site: u.volumes for u in updates}, "qualities": list(QUALITIES)}
+    return save_prior(total, meta, out)
+
+
 def federate_tables(sites: Sequence[Site], out: str | os.PathLike) -> Path:
     """The in-process engine: every site counts in its own folder under ``out/sites/``, the server
     sums and writes the prior to ``out``; returns the prior file's path. Running it again reuses
     the counts already made."""
     out = Path(out)
-    updates = [count_site(s, out / "sites" / s.name) for s in sites]
-    total = aggregate_counts(updates)
-    meta = {"federated": True, "sites": {u.site: u.volumes for u in updates}, "qualities": list(QUALITIES)}
-    return save_prior(total, meta, out)
+    return write_federated_prior([count_site(s, out / "sites" / s.name) for s in sites], out)

@@ -15,49 +15,72 @@ from .settings import (
     check_flower_config,
     settings_from_run_config,
     write_app,
+    write_tables_app,
 )
 
 if TYPE_CHECKING:
     from .apps import (
+        TABLES_MESSAGE,
         SiteDropout,
         UpdateRefused,
         client_app,
         make_client_app,
         make_server_app,
+        make_tables_client_app,
+        make_tables_server_app,
         run_simulation,
+        run_tables_simulation,
         serve,
+        serve_tables,
         server_app,
         site_from_node_config,
+        tables_client_app,
+        tables_server_app,
     )
 
 _APPS = {
     "SiteDropout",
+    "TABLES_MESSAGE",
     "UpdateRefused",
     "client_app",
     "make_client_app",
     "make_server_app",
+    "make_tables_client_app",
+    "make_tables_server_app",
     "run_simulation",
+    "run_tables_simulation",
     "serve",
+    "serve_tables",
     "server_app",
     "site_from_node_config",
+    "tables_client_app",
+    "tables_server_app",
 }
 
 __all__ = [
     "FLWR_REQUIREMENT",
     "FlowerOptions",
     "SiteDropout",
+    "TABLES_MESSAGE",
     "UpdateRefused",
     "app_run_config",
     "check_flower_config",
     "client_app",
     "make_client_app",
     "make_server_app",
+    "make_tables_client_app",
+    "make_tables_server_app",
     "run_simulation",
+    "run_tables_simulation",
     "serve",
+    "serve_tables",
     "server_app",
     "settings_from_run_config",
     "site_from_node_config",
+    "tables_client_app",
+    "tables_server_app",
     "write_app",
+    "write_tables_app",
 ]
 
 

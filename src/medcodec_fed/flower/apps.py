@@ -84,12 +84,19 @@ __all__ = [
     "SiteDropout",
     "UpdateRefused",
     "client_app",
+    "TABLES_MESSAGE",
     "make_client_app",
     "make_server_app",
+    "make_tables_client_app",
+    "make_tables_server_app",
     "run_simulation",
+    "run_tables_simulation",
     "serve",
+    "serve_tables",
     "server_app",
     "site_from_node_config",
+    "tables_client_app",
+    "tables_server_app",
 ]
 
 log = logging.getLogger("medcodec_fed")
@@ -693,6 +700,14 @@ client_app = make_client_app()
 # --- the simulation engine ---------------------------------------------------------------------
 
 
+def _backend(n_sites: int) -> dict[str, Any]:
+    """The simulation's Ray settings: one CPU per site, quiet logs."""
+    return {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": max(2, n_sites), "num_gpus": 0, "logging_level": "error", "log_to_driver": False},
+    }
+
+
 def run_simulation(
     sites: Sequence[Site],
     config: RunConfig,
@@ -729,10 +744,7 @@ def run_simulation(
     if len(set(names)) != len(names) or len(names) < options.min_available_clients:
         raise ValueError(f"need {options.min_available_clients}+ sites with unique names, got {names}")
     out = Path(options.out)
-    backend = backend_config or {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": max(2, len(sites)), "num_gpus": 0, "logging_level": "error", "log_to_driver": False},
-    }
+    backend = backend_config or _backend(len(sites))
     flower_run_simulation(
         server_app=make_server_app(config, options, say=say),
         client_app=make_client_app(sites),
@@ -744,3 +756,193 @@ def run_simulation(
     if not doc.get("model") and config.export:
         raise RuntimeError(f"the Flower simulation ended without a model file in {out}; see the log above")
     return RunResult(out, doc, out / doc["model"] if doc.get("model") else None)
+
+
+# --- the table prior job -----------------------------------------------------------------------
+#
+# One round of Flower's Message API (not the legacy strategy): the server asks every connected
+# site for its table counts (message type ``train.tables``), each site counts its own volumes
+# (:func:`medcodec_fed.tables.count_site`) and replies with integer arrays named by group key and
+# its name and volume count; the server rebuilds :class:`~medcodec_fed.tables.SiteCounts` (which
+# refuses anything else), sums and writes the prior. SecAgg+ is not used: its masks work on
+# quantized floats of one fixed layout, while each site's group keys depend on its volumes.
+
+TABLES_MESSAGE = "train.tables"
+_COUNTS, _TABLES_SITE = "counts", "site"
+
+
+def _tables_site(context: Context, sites: Sequence[Site] | None, work_root: Path | None) -> tuple[Site, Path]:
+    """The site a tables ClientApp plays and the folder its counts are kept in (at the site)."""
+    if sites is not None:
+        site = sites[int(context.node_config["partition-id"])]
+    else:
+        site, _ = site_from_node_config(context.node_config)
+    if context.node_config.get("work-dir"):
+        return site, Path(str(context.node_config["work-dir"]))
+    root = work_root if work_root is not None else Path.home() / ".cache" / "medcodec-fed" / "tables"
+    return site, root / site.name
+
+
+def make_tables_client_app(sites: Sequence[Site] | None = None, work_root: str | Path | None = None) -> ClientApp:
+    """The ClientApp of the table prior job; with ``sites``, node ``partition-id`` N plays ``sites[N]``.
+
+    Without ``sites`` each SuperNode's site comes from its node config
+    (:func:`site_from_node_config`); its counts are kept in node config ``work-dir``, else in
+    ``work_root/<site>``, else ``~/.cache/medcodec-fed/tables/<site>``, so a site that is asked
+    again counts only the volumes it has not counted yet.
+    """
+    from ..tables import count_site
+
+    chosen = tuple(sites) if sites is not None else None
+    root = Path(work_root) if work_root is not None else None
+    app = ClientApp()
+
+    @app.train("tables")
+    def count(msg, context: Context):
+        from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+
+        site, work = _tables_site(context, chosen, root)
+        update = count_site(site, work)
+        content = RecordDict(
+            {
+                _COUNTS: ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in update.counts.items()}),
+                _TABLES_SITE: ConfigRecord({"site": update.site, "volumes": int(update.volumes)}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def _site_counts(content) -> Any:
+    """The :class:`~medcodec_fed.tables.SiteCounts` a reply carries.
+
+    Raises:
+        MessageError: Records missing or of the wrong kind, or counts :class:`SiteCounts` refuses.
+    """
+    from ..tables import SiteCounts
+
+    try:
+        about, arrays = content.config_records[_TABLES_SITE], content.array_records[_COUNTS]
+    except KeyError as exc:
+        raise MessageError(f"a reply lacks its {exc.args[0]!r} record") from None
+    site, volumes = about.get("site"), about.get("volumes")
+    if not isinstance(site, str) or not site or not isinstance(volumes, int) or isinstance(volumes, bool):
+        raise MessageError("a reply names no site or no volume count")
+    return SiteCounts(site, volumes, {name: arrays[name].numpy() for name in arrays})
+
+
+def serve_tables(
+    grid, out: str | Path, *, min_sites: int = 2, timeout: float | None = None, say: Callable[[str], None] = print
+) -> Path:
+    """The tables ServerApp's work: wait for ``min_sites`` sites, ask each for its counts once,
+    refuse malformed replies, sum the rest and write the prior to ``out``; returns its path.
+
+    Raises:
+        RuntimeError: Fewer than ``min_sites`` sites replied with valid counts (nothing is written).
+    """
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    from ..tables import write_federated_prior
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    nodes = list(grid.get_node_ids())
+    while len(nodes) < min_sites:
+        if deadline is not None and time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(nodes)} of the {min_sites} sites needed connected within {timeout:g} s")
+        time.sleep(1.0)
+        nodes = list(grid.get_node_ids())
+    say(f"flower {flwr.__version__}: asking {len(nodes)} sites for their table counts")
+    asks = [
+        Message(RecordDict({"config": ConfigRecord({"job": "tables"})}), dst_node_id=n, message_type=TABLES_MESSAGE)
+        for n in nodes
+    ]
+    updates = []
+    for reply in grid.send_and_receive(asks, timeout=timeout):
+        if reply.has_error():
+            say(f"a site sent no counts: {reply.error.reason}")
+            continue
+        try:
+            update = _site_counts(reply.content)
+        except MessageError as exc:
+            say(f"refused a site's counts: {exc}")
+            continue
+        say(f"site {update.site}: {update.volumes} volumes counted")
+        updates.append(update)
+    if len(updates) < min_sites:
+        raise RuntimeError(f"{len(updates)} sites sent valid counts, {min_sites} are needed: no prior written")
+    path = write_federated_prior(updates, out)
+    say(f"prior: {path}")
+    return path
+
+
+def make_tables_server_app(
+    out: str | Path | None = None, *, min_sites: int = 2, say: Callable[[str], None] = print
+) -> ServerApp:
+    """The tables ServerApp; without ``out`` it reads ``out``, ``min-sites`` and ``timeout`` (s)
+    from the run config (``flwr run``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context: Context) -> None:
+        if out is not None:
+            serve_tables(grid, out, min_sites=min_sites, say=say)
+            return
+        rc = context.run_config
+        if not rc.get("out"):
+            raise ValueError("the tables job needs a run folder: --run-config \"out='/srv/runs/tables'\"")
+        wait = float(rc.get("timeout", 0)) or None
+        serve_tables(grid, str(rc["out"]), min_sites=int(rc.get("min-sites", 2)), timeout=wait, say=say)
+
+    return app
+
+
+#: What ``flwr run`` loads for the table prior job (``medcodec_fed.flower.apps:tables_server_app``).
+tables_server_app = make_tables_server_app()
+tables_client_app = make_tables_client_app()
+
+
+def run_tables_simulation(
+    sites: Sequence[Site], out: str | Path, *, say: Callable[[str], None] = print, min_sites: int | None = None
+) -> Path:
+    """The table prior job in Flower's simulation engine: site ``i`` is node ``partition-id = i``
+    and keeps its counts in ``out/sites/<name>``, as in :func:`medcodec_fed.tables.federate_tables`,
+    whose prior file it equals byte for byte.
+
+    Raises:
+        ValueError: Sites without unique names.
+        ImportError: Ray (``flwr[simulation]``) is not installed.
+        RuntimeError: The simulation ended without a prior file (the log above says why).
+    """
+    import importlib.util
+
+    from medcodec.coding.priors import DEFAULT_PRIOR
+
+    if importlib.util.find_spec("ray") is None:
+        raise ImportError("Flower's simulation engine needs flwr[simulation] (Ray): pip install 'medcodec[flower]'")
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    names = [s.name for s in sites]
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"need sites with unique names, got {names}")
+    out = Path(out)
+    before = set(out.glob(f"{DEFAULT_PRIOR}-*.mct"))
+    written: list[Path] = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context: Context) -> None:
+        written.append(serve_tables(grid, out, min_sites=min_sites or len(sites), timeout=600.0, say=say))
+
+    flower_run_simulation(
+        server_app=server,
+        client_app=make_tables_client_app(sites, out / "sites"),
+        num_supernodes=len(sites),
+        backend_config=_backend(len(sites)),
+    )
+    if not written:
+        new = set(out.glob(f"{DEFAULT_PRIOR}-*.mct")) - before
+        if not new:
+            raise RuntimeError(f"the Flower simulation ended without a prior file in {out}; see the log above")
+        written.append(sorted(new)[0])
+    return written[0]

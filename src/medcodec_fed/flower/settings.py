@@ -22,6 +22,7 @@ __all__ = [
     "check_flower_config",
     "settings_from_run_config",
     "write_app",
+    "write_tables_app",
 ]
 
 #: The Flower versions :mod:`medcodec_fed.flower.apps` is written against (the ``flower`` extra pins the same).
@@ -244,13 +245,32 @@ def write_app(folder: str | os.PathLike, config: RunConfig, options: FlowerOptio
     Returns:
         The written ``pyproject.toml``.
     """
+    return _write_pyproject(folder, "", app_run_config(config, options))
+
+
+def write_tables_app(folder: str | os.PathLike, out: str, *, min_sites: int = 2, timeout: float = 0) -> Path:
+    """Write the Flower app folder of the table prior job (``medcodec_fed.tables``): its components
+    are ``tables_server_app`` and ``tables_client_app``; the run config holds ``out`` (the
+    coordinator's folder for the prior file), ``min-sites`` and ``timeout`` (seconds to wait for
+    them, 0: no limit).
+
+    Raises:
+        ValueError: ``min_sites`` < 1 or a negative ``timeout``.
+    """
+    if min_sites < 1 or timeout < 0:
+        raise ValueError(f"min-sites must be at least 1 and timeout non-negative, got {min_sites} and {timeout}")
+    return _write_pyproject(
+        folder, "tables_", {"out": str(out), "min-sites": int(min_sites), "timeout": float(timeout)}
+    )
+
+
+def _write_pyproject(folder: str | os.PathLike, prefix: str, table: dict[str, Any]) -> Path:
     from medcodec import __version__ as version
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table = app_run_config(config, options)
     lines = [
-        "# A Flower app that runs medcodec_fed (written by `medcodec-fed flower-app`).",
+        "# A Flower app that runs medcodec_fed (written by medcodec-fed).",
         "# Submit it with: flwr run <this folder> <connection>; see docs/DEPLOY.md.",
         "[project]",
         'name = "medcodec-fed"',
@@ -263,8 +283,8 @@ def write_app(folder: str | os.PathLike, config: RunConfig, options: FlowerOptio
         'publisher = "medcodec"',
         "",
         "[tool.flwr.app.components]",
-        'serverapp = "medcodec_fed.flower.apps:server_app"',
-        'clientapp = "medcodec_fed.flower.apps:client_app"',
+        f'serverapp = "medcodec_fed.flower.apps:{prefix}server_app"',
+        f'clientapp = "medcodec_fed.flower.apps:{prefix}client_app"',
         "",
         "[tool.flwr.app.config]",
         *(f"{key} = {_toml_value(value)}" for key, value in table.items()),
