@@ -240,13 +240,13 @@ def _few_values(dtype) -> np.ndarray:
 def test_floats_with_few_values_are_a_palette_and_its_indices_bit_for_bit(dtype):
     a = _few_values(dtype)
     data = medcodec.compress(a, max_error=0)
-    assert medcodec.info(data).format_version == "3.0"
+    assert medcodec.info(data).format_version == "5.0"  # a palette, its indices in format 5.0 sections
     back = medcodec.decompress(data).array
     assert back.dtype == a.dtype and np.array_equal(back.view(np.uint8), a.view(np.uint8))  # NaN, -0.0, subnormals
     planes = medcodec.compress(np.random.default_rng(0).normal(size=(4, 300, 300)).astype(dtype), max_error=0)
     assert medcodec.info(planes).format_version == "2.0"  # many values: byte planes, readable by 2.x decoders
     ints = np.nan_to_num(a.astype(np.float64), posinf=0, neginf=0).round().astype(np.int16)
-    assert medcodec.info(medcodec.compress(ints, max_error=0)).format_version == "2.0"
+    assert medcodec.info(medcodec.compress(ints, max_error=0)).format_version == "5.0"
 
 
 def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
@@ -263,7 +263,7 @@ def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
     swapped = zstandard.ZstdCompressor().compress(values[::-1].tobytes())
     bad = tile[:8] + np.uint32(len(swapped)).tobytes() + swapped + tile[12 + n :]
     with pytest.raises(medcodec.CorruptStreamError, match="palette"):
-        codec_module._decode_palette(read_sections(bad, TilePath.PALETTE)[0], (9, 30, 26), np.dtype(np.float32))
+        codec_module._decode_palette(read_sections(bad, TilePath.PALETTE)[0], (9, 30, 26), np.dtype(np.float32), True)
     data = bytearray(write_stream(header, [Chunk(c.kind, c.payload) for c in chunks]))
     data[8:10] = np.uint16(2).tobytes()  # the prelude's major version, header CRC left as it was computed
     import struct
@@ -273,3 +273,37 @@ def test_a_palette_out_of_order_or_flagged_in_an_older_version_is_refused():
     struct.pack_into("<I", data, 16 + size, zlib.crc32(bytes(data[8 : 16 + size])))
     with pytest.raises(medcodec.CorruptStreamError, match="format 3.0 defines"):
         medcodec.decompress(bytes(data))
+
+
+def _resealed(data: bytes, major: int, set_flags: int = 0, clear_flags: int = 0) -> bytes:
+    """``data`` with its prelude's major version and header flags changed, the header CRC recomputed."""
+    import struct
+    import zlib
+
+    from medcodec.format.container import MAGIC
+
+    out = bytearray(data)
+    at = len(MAGIC)
+    out[at : at + 2] = np.uint16(major).tobytes()
+    (size,) = struct.unpack_from("<I", out, at + 4)
+    out[at + 8 + 3] = (out[at + 8 + 3] | set_flags) & ~clear_flags & 0xFF
+    struct.pack_into("<I", out, at + 8 + size, zlib.crc32(bytes(out[at : at + 8 + size])))
+    return bytes(out)
+
+
+def test_regional_sections_need_format_5_and_a_stream_without_the_transform():
+    from medcodec.format.container import FLAG_REGIONAL, FLAG_TRANSFORM, read_stream
+
+    vol = synthetic(shape=(6, 30, 28), seed=4)
+    lossless = medcodec.compress(vol, max_error=0)
+    assert read_stream(lossless)[0].flags & FLAG_REGIONAL and medcodec.info(lossless).format_version == "5.0"
+    assert np.array_equal(medcodec.decompress(_resealed(lossless, 5)).array, vol)
+    with pytest.raises(medcodec.CorruptStreamError, match="format 5.0 defines"):
+        medcodec.decompress(_resealed(lossless, 4))
+    # Without the flag, the format 5.0 sections do not match the stream's version.
+    with pytest.raises(medcodec.CorruptStreamError, match="format version"):
+        medcodec.decompress(_resealed(lossless, 4, clear_flags=FLAG_REGIONAL))
+    lossy = medcodec.compress(vol, quality=50)
+    assert read_stream(lossy)[0].flags & FLAG_TRANSFORM and not read_stream(lossy)[0].flags & FLAG_REGIONAL
+    with pytest.raises(medcodec.CorruptStreamError, match="transform stream"):
+        medcodec.decompress(_resealed(lossy, 5, set_flags=FLAG_REGIONAL))

@@ -139,6 +139,58 @@ def test_damaged_parameters_are_refused():
         decode_tile(section, x.shape, 0, lo + 1, hi)  # fill or counts no longer fit
 
 
+def _halves(shape: tuple[int, int, int]) -> np.ndarray:
+    """A tile whose left and right halves have different textures: one linear predictor fits neither well."""
+    rng = np.random.default_rng(11)
+    x = np.cumsum(rng.normal(0, 4, shape), axis=2) + np.cumsum(rng.normal(0, 4, shape), axis=1)
+    half = shape[2] // 2
+    x[:, :, half:] = 400 + 3 * np.cumsum(rng.normal(0, 6, (*shape[:2], shape[2] - half)), axis=1)
+    return np.round(x).astype(np.int64)
+
+
+@pytest.mark.parametrize("d", [0, 2])
+def test_regional_weights_round_trip_and_pay_where_a_tile_changes_texture(numpy_loops, d):
+    x = _halves((16, 130, 130))
+    lo, hi = int(x.min()), int(x.max())
+    assert predictive._block(16, 130, 130) == 128  # the encoder gives this tile 4 weight regions
+    numpy_loops(False)
+    compiled, recon = encode_tile(x, d, lo, hi, z_levels=0)
+    numpy_loops(True)
+    reference, recon_ref = encode_tile(x, d, lo, hi, z_levels=0)
+    assert compiled == reference and np.array_equal(recon, recon_ref) and np.abs(recon - x).max() <= d
+    assert np.array_equal(decode_tile(compiled, x.shape, d, lo, hi), recon)
+    numpy_loops(False)
+    assert np.array_equal(decode_tile(compiled, x.shape, d, lo, hi), recon)
+    one_region, _ = encode_tile(x, d, lo, hi, z_levels=0, regional=False)
+    assert len(compiled) < len(one_region)
+
+
+def test_a_section_whose_layout_or_regions_do_not_match_its_stream_is_refused():
+    x = _halves((16, 130, 130))
+    lo, hi = int(x.min()), int(x.max())
+    regional, _ = encode_tile(x, 0, lo, hi, z_levels=0)
+    older, recon = encode_tile(x, 0, lo, hi, z_levels=0, regional=False)
+    assert np.array_equal(decode_tile(older, x.shape, 0, lo, hi, regional=False), recon)
+    with pytest.raises(CorruptStreamError, match="format version"):
+        decode_tile(older, x.shape, 0, lo, hi)
+    with pytest.raises(CorruptStreamError, match="format version"):
+        decode_tile(regional, x.shape, 0, lo, hi, regional=False)
+    # The first level's region side (the second parameter word) set to one the format forbids.
+    import struct
+
+    import zstandard
+
+    _, n_head, n_table = struct.unpack_from("<BII", regional)
+    words = np.frombuffer(zstandard.ZstdDecompressor().decompress(regional[9 : 9 + n_head]), "<i8").copy()
+    assert words[1] == 128
+    for side in (16, 1 << 20):
+        words[1] = side
+        head = zstandard.ZstdCompressor().compress(words.tobytes())
+        bad = struct.pack("<BII", regional[0], len(head), n_table) + head + regional[9 + n_head :]
+        with pytest.raises(CorruptStreamError, match="regions"):
+            decode_tile(bad, x.shape, 0, lo, hi)
+
+
 def test_one_or_two_threads_write_the_same_stream_and_decode_the_same_voxels(monkeypatch):
     vol = synthetic(shape=(70, 40, 30), seed=9)  # two tiles along z
     data = medcodec.compress(vol, max_error=1)

@@ -50,6 +50,7 @@ from .errors import ChecksumError, CorruptStreamError, InvalidInputError, Medcod
 from .format.container import (
     FLAG_INTEGER_VALUED,
     FLAG_PALETTE,
+    FLAG_REGIONAL,
     FLAG_TRANSFORM,
     Chunk,
     Header,
@@ -353,7 +354,8 @@ class _Coding:
             voxel_sha256=hashlib.sha256(b"".join(self.digests)).digest(),
             flags=(FLAG_INTEGER_VALUED if plan.integer and self.dtype.kind == "f" else 0)
             | (FLAG_PALETTE if plan.palette else 0)
-            | (FLAG_TRANSFORM if plan.mse else 0),
+            | (FLAG_TRANSFORM if plan.mse else 0)
+            | (FLAG_REGIONAL if (plan.integer or plan.palette) and not plan.mse else 0),
         )
 
 
@@ -419,7 +421,8 @@ def _encode_tile(
             # The predictive coder keeps the tile's share with every voxel within d: d * d * voxels <= share.
             d = min(d, math.isqrt(int(budget // x.size)))
         if section is None or d <= BOTH_CODERS_BOUND:
-            other, other_recon = encode_predictive(x, d, int(plan.lo), int(plan.hi))
+            # Lossy streams stay format 4.x: their predictive sections keep that layout.
+            other, other_recon = encode_predictive(x, d, int(plan.lo), int(plan.hi), regional=not plan.mse)
             if section is None or len(other) < len(section):
                 path, section, recon = TilePath.PREDICTIVE, other, other_recon
         digest = _digest(recon.astype(plan.dtype))
@@ -646,10 +649,11 @@ def _decode_tile(
         if path == TilePath.RAW:
             recon = _unshuffle(unzstd(sections[0], int(np.prod(shape)) * dtype.itemsize), shape, dtype)
         elif path == TilePath.PALETTE:
-            recon = _decode_palette(sections, shape, dtype)
+            recon = _decode_palette(sections, shape, dtype, bool(header.flags & FLAG_REGIONAL))
         elif path == TilePath.PREDICTIVE:
             lo, hi = int(header.lo), int(header.hi)
-            recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi).astype(dtype)
+            regional = bool(header.flags & FLAG_REGIONAL)
+            recon = decode_predictive(sections[0], shape, int(header.max_error), lo, hi, regional).astype(dtype)
         elif path == TilePath.TRANSFORM:
             recon = decode_transform(sections[0], shape, int(header.lo), int(header.hi), prior).astype(dtype)
         else:
@@ -718,7 +722,7 @@ def _expected_path(header: Header, integer_dtype: bool) -> TilePath:
     return TilePath.LEARNED_FLOAT
 
 
-def _decode_palette(sections: list[bytes], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _decode_palette(sections: list[bytes], shape: tuple[int, ...], dtype: np.dtype, regional: bool) -> np.ndarray:
     width = dtype.itemsize
     blob = unzstd(sections[0], PALETTE_LIMIT * width)
     if not blob or len(blob) % width:
@@ -728,7 +732,7 @@ def _decode_palette(sections: list[bytes], shape: tuple[int, ...], dtype: np.dty
     if values.size > 1 and (keys[1:] <= keys[:-1]).any():
         raise CorruptStreamError("palette values are not distinct and in the order of their values")
     # The indices are clamped to the palette by the predictive coder's own bounds (lo 0, hi n - 1).
-    idx = decode_predictive(sections[1], shape, 0, 0, int(values.size) - 1)
+    idx = decode_predictive(sections[1], shape, 0, 0, int(values.size) - 1, regional)
     return values.astype(f"u{width}")[idx].view(dtype).reshape(shape)
 
 

@@ -110,6 +110,15 @@ _DAMP_FACTORS, _DAMP_SLICES = (4, 3, 2), 2
 #: Fronts whose symbols are turned into tokens at once (bounds the encoder's transient memory).
 _TOKEN_BATCH = 64
 _HEAD = struct.Struct("<BII")
+#: Flag in the header's z-levels byte: every level's parameters hold its weight-region side.
+_REGIONAL = 0x10
+#: Sides a weight region may have.
+_MIN_BLOCK, _MAX_BLOCK = 32, 1 << 16
+_TRIM = 5
+#: Weight-region sides the encoder picks from (smallest first): the smallest whose regions hold
+#: _REGION_VOXELS voxels of the level on average. A level's weights are fitted on _FIT_SAMPLES
+#: voxels of each region.
+_BLOCKS, _REGION_VOXELS = (64, 128), 1 << 16
 
 
 def tokens(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,12 +159,24 @@ class _Level:
 
     fill: int
     act_thr: np.ndarray  # (N_ACTIVITY - 1,) nondecreasing
-    weights: np.ndarray  # (N_CLASSES, features)
+    weights: np.ndarray  # (regions * N_CLASSES, features), region-major
     ctx_w: np.ndarray  # (contexts,)
     counts: np.ndarray  # (N_BUCKETS, width) token frequencies, each row normalized (:func:`_normalized`)
+    block: int = 0  # side of the square regions with weights of their own (0: one region)
 
-    def words(self) -> np.ndarray:
-        return np.concatenate([[self.fill], self.act_thr, self.weights.ravel(), self.ctx_w, [self.counts.shape[1]]])
+    def words(self, regional: bool) -> np.ndarray:
+        """The level's parameter words; ``regional``: format 5.0's, with the region side."""
+        head = [self.fill, self.block] if regional else [self.fill]
+        return np.concatenate([head, self.act_thr, self.weights.ravel(), self.ctx_w, [self.counts.shape[1]]])
+
+
+def _n_regions(block: int, h: int, w: int) -> int:
+    return (-(-h // block)) * (-(-w // block)) if block else 1
+
+
+def _regions(y: np.ndarray, x: np.ndarray, block: int, w: int) -> np.ndarray:
+    """The weight region of voxels (y, x) of a plane ``w`` wide."""
+    return (y // block) * -(-w // block) + x // block if block else np.zeros_like(y)
 
 
 def _n_features(has_z: bool) -> int:
@@ -218,6 +239,11 @@ class _Planes:
         """Predictions (B, n) at padded positions and the context features (B, k, n) besides errors."""
         f, base, acts = self.neighbours(pos)
         cls = _classes(acts, lv.act_thr)
+        if lv.block:
+            # Clamped: the encoder's fit also predicts at padded positions beside the plane.
+            y = np.clip(pos // self.cols - self.pad[0], 0, self.h - 1)
+            x = np.clip(pos % self.cols - self.pad[2], 0, self.w - 1)
+            cls = cls + N_CLASSES * _regions(y, x, lv.block, self.w)[None, :]
         if N_FEEDBACK:
             f = np.concatenate([f, self.err[:, pos[None, :] + self.off[:N_FEEDBACK, None]]], axis=1)
         s = np.einsum("bkn,bnk->bn", f, lv.weights[cls])
@@ -324,23 +350,69 @@ def _class_weights(f: np.ndarray, target: np.ndarray, cls: np.ndarray, zeros: in
     return weights
 
 
+def _region_weights(
+    f: np.ndarray, target: np.ndarray, cls: np.ndarray, reg: np.ndarray, n_reg: int, zeros: int, trim: bool
+) -> np.ndarray:
+    """:func:`_class_weights` of each region's samples, stacked region-major.
+
+    ``trim``: refit without the samples whose residual exceeds _TRIM times the mean (edges
+    such as a CT's scan circle, which would otherwise pull the weights of a whole class)."""
+    order = np.argsort(reg, kind="stable")
+    f, target, cls = f[order], target[order], cls[order]
+    bounds = np.searchsorted(reg[order], np.arange(n_reg + 1))
+    out = []
+    for r in range(n_reg):
+        fr, tr, cr = (v[bounds[r] : bounds[r + 1]] for v in (f, target, cls))
+        w = _class_weights(fr, tr, cr, zeros)
+        if trim and tr.size:
+            res = np.abs(tr - ((fr * w[cr, : f.shape[1]]).sum(1) >> W_SCALE))
+            keep = res <= _TRIM * max(1.0, float(res.mean()))
+            w = _class_weights(fr[keep], tr[keep], cr[keep], zeros)
+        out.append(w)
+    return np.concatenate(out)
+
+
 def _spread(t: np.ndarray, n: int) -> np.ndarray:
     """At most ``n`` of the slices ``t``, evenly spread."""
     return t if t.size <= n else t[np.unique(np.linspace(0, t.size - 1, n).round().astype(np.int64))]
 
 
+def _block(slices: int, h: int, w: int) -> int:
+    """The weight-region side of a level of ``slices`` slices of h × w (0: one region).
+
+    A region's weights cost about as much as a few thousand residual bits: regions pay where
+    each holds enough voxels to fit them well (ATTEMPTS.md, L14)."""
+    for block in _BLOCKS:
+        n_reg = _n_regions(block, h, w)
+        if n_reg > 1 and slices * h * w >= _REGION_VOXELS * n_reg:
+            return block
+    return 0
+
+
 def _fit_level(
-    x: np.ndarray, t: np.ndarray, h: int, step: int, lo: int, hi: int, samples: int = _FIT_SAMPLES, final: bool = False
+    x: np.ndarray,
+    t: np.ndarray,
+    h: int,
+    step: int,
+    lo: int,
+    hi: int,
+    samples: int = _FIT_SAMPLES,
+    final: bool = False,
+    regional: bool = True,
 ) -> tuple[_Level, float]:
     """Fit level ``(t, h)`` of tile ``x`` (original voxels); returns its parameters and an estimate of its bits.
 
     A spread of at most _FIT_SLICES of its slices carries the statistics; all of them (and
     their z neighbours) would only cost memory. ``final`` (the levels the tile is coded with)
-    also tunes a lossless level's feedback weights (:func:`_damp_feedback`).
+    tunes a lossless level's feedback weights (:func:`_damp_feedback`). ``regional`` (format
+    5.0 sections) trims the fit's outliers and gives final levels weights per region
+    (:func:`_block`).
     """
     fill = int(np.median(x[t, 0, :]))
+    block = _block(t.size, x.shape[1], x.shape[2]) if final and regional else 0
     keep = _spread(t, _FIT_SLICES)
-    lv, bits = _fit(x[keep], *_z_neighbours(x, keep, h), fill, t.size * x.shape[1] * x.shape[2], step, lo, hi, samples)
+    voxels = t.size * x.shape[1] * x.shape[2]
+    lv, bits = _fit(x[keep], *_z_neighbours(x, keep, h), fill, voxels, step, lo, hi, samples, block, regional)
     if final and step == 1 and N_FEEDBACK:
         _damp_feedback(x, t, h, lv, lo, hi)
     return lv, bits
@@ -356,7 +428,7 @@ def _trial_bits(x: np.ndarray, zm, zp, lv: _Level, lo: int, hi: int) -> float:
         counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
         k.encode_level(
             x,
-            *_kernel_args(planes, lv, _geometry(planes, lo, hi, 0)),
+            *_kernel_args(planes, lv, _geometry(planes, lo, hi, 0, lv.block)),
             bucket,
             tok,
             nraw,
@@ -391,12 +463,36 @@ def _damp_feedback(x: np.ndarray, t: np.ndarray, h: int, lv: _Level, lo: int, hi
     lv.weights[:, -N_FEEDBACK:] = best[1]
 
 
+def _predict_at(planes: _Planes, pos: np.ndarray, lv: _Level, lo: int, hi: int) -> np.ndarray:
+    """``planes.predict`` at ``pos``: the predictions only, compiled where the kernels are."""
+    k = _kernels()
+    if k is None:
+        return planes.predict(pos, lv, lo, hi)[0]
+    pred = np.empty((planes.recon.shape[0], pos.size), np.int64)
+    args = _kernel_args(planes, lv, _geometry(planes, lo, hi, 0, lv.block))
+    k.predict_at(*args[:4], pos, *args[4:], pred)
+    return pred
+
+
 def _fit(
-    x: np.ndarray, zm, zp, fill: int, voxels: int, step: int, lo: int, hi: int, samples: int
+    x: np.ndarray,
+    zm,
+    zp,
+    fill: int,
+    voxels: int,
+    step: int,
+    lo: int,
+    hi: int,
+    samples: int,
+    block: int = 0,
+    trim: bool = False,
 ) -> tuple[_Level, float]:
-    """Fit a level's parameters on a sample of slices ``x`` standing for ``voxels`` voxels."""
+    """Fit a level's parameters on a sample of slices ``x`` standing for ``voxels`` voxels
+    (``samples`` voxels for each weight region of side ``block``; ``trim``: see
+    :func:`_region_weights`)."""
     has_z = zm is not None
     b, h, w = x.shape
+    n_reg = _n_regions(block, h, w)
     rng = np.random.default_rng(0)
     d = (step - 1) // 2
     if d:
@@ -407,10 +503,14 @@ def _fit(
     orig = np.full_like(planes.recon, fill)
     top, left = planes.pad[0], planes.pad[2]
     orig.reshape(b, -1, planes.cols)[:, top : top + h, left : left + w] = x
-    n_pos = max(1, samples // b)
+    n_pos = max(1, samples // b) * n_reg
     ys = rng.integers(0, h, n_pos)
     xs = rng.integers(0, w, n_pos)
+    # In memory order: the gathers below then run through the planes once.
+    order = np.argsort(ys * w + xs, kind="stable")
+    ys, xs = ys[order], xs[order]
     pos = planes.positions(ys, xs)
+    reg = np.tile(_regions(ys, xs, block, w), b)
     # Activity classes: thresholds at quantiles of the sample's activity.
     f, base, acts = planes.neighbours(pos)
     act_thr = np.quantile(acts.sum(axis=1).ravel(), np.arange(1, N_ACTIVITY) / N_ACTIVITY).astype(np.int64)
@@ -421,20 +521,21 @@ def _fit(
     probe = _Level(
         fill,
         act_thr,
-        _class_weights(f, target, cls, N_FEEDBACK),
+        _region_weights(f, target, cls, reg, n_reg, N_FEEDBACK, trim),
         np.zeros(_n_contexts(has_z), np.int64),
         np.zeros((N_BUCKETS, 2), np.int64),
+        block,
     )
     # The neighbours' residuals under those weights, then weights that also see them.
     near = pos[None, :] + planes.off[:N_ERR_CONTEXT, None]
-    pred, _ = planes.predict(near.ravel(), probe, lo, hi)
+    pred = _predict_at(planes, near.ravel(), probe, lo, hi)
     qn = np.floor_divide(orig[:, near.ravel()] - pred + d, step)
     planes.err[:, near.ravel()] = np.clip(qn, -ERR_LIMIT, ERR_LIMIT)
     qn = qn.reshape(b, N_ERR_CONTEXT, pos.size)
     if N_FEEDBACK:
         fb = planes.err[:, pos[None, :] + planes.off[:N_FEEDBACK, None]].transpose(0, 2, 1).reshape(-1, N_FEEDBACK)
-        probe.weights = _class_weights(np.concatenate([f, fb], axis=1), target, cls, 0)
-    pred, _ = planes.predict(pos, probe, lo, hi)
+        probe.weights = _region_weights(np.concatenate([f, fb], axis=1), target, cls, reg, n_reg, 0, trim)
+    pred = _predict_at(planes, pos, probe, lo, hi)
     signed = np.floor_divide(orig[:, pos] - pred + d, step)
     # Context weights: fit 4·|q| on the gradients and the neighbours' |q|.
     c = np.concatenate([acts, np.abs(qn)], axis=1).transpose(0, 2, 1).reshape(-1, acts.shape[1] + N_ERR_CONTEXT)
@@ -453,20 +554,21 @@ def _fit(
     return probe, bits * voxels / signed.size
 
 
-def plan_tile(x: np.ndarray, step: int, lo: int, hi: int) -> tuple[int, list[_Level]]:
-    """The z depth with the fewest estimated bits for this tile (0: slices coded on their own), and its levels."""
+def plan_tile(x: np.ndarray, step: int, lo: int, hi: int, regional: bool = True) -> tuple[int, list[_Level]]:
+    """The z depth with the fewest estimated bits for this tile (0: slices coded on their own), and its levels
+    (``regional``: see :func:`_fit_level`)."""
     depth = x.shape[0]
     best: tuple[float, int] | None = None
     for zl in range(0, MAX_Z_LEVELS + 1):
         if zl and depth < (1 << zl) + 1:
             break
-        bits = sum(_fit_level(x, t, h, step, lo, hi, _PLAN_SAMPLES)[1] for t, h in _levels(depth, zl))
+        bits = sum(_fit_level(x, t, h, step, lo, hi, _PLAN_SAMPLES, False, regional)[1] for t, h in _levels(depth, zl))
         # A deeper z order must earn its parameters and the estimate's noise: 1 % at least.
         if best is None or bits < 0.99 * best[0]:
             best = (bits, zl)
     assert best is not None
     zl = best[1]
-    return zl, [_fit_level(x, t, h, step, lo, hi, final=True)[0] for t, h in _levels(depth, zl)]
+    return zl, [_fit_level(x, t, h, step, lo, hi, final=True, regional=regional)[0] for t, h in _levels(depth, zl)]
 
 
 def _tokenized(fronts: list[tuple[np.ndarray, np.ndarray]], counts: np.ndarray) -> list[tuple[np.ndarray, ...]]:
@@ -500,10 +602,12 @@ def compiled() -> bool:
 _NO_Z = np.zeros((1, 1), np.int64)
 
 
-def _geometry(planes: _Planes, lo: int, hi: int, d: int) -> np.ndarray:
+def _geometry(planes: _Planes, lo: int, hi: int, d: int, block: int = 0) -> np.ndarray:
     from .wavefront import Geometry
 
-    return Geometry.pack(planes.h, planes.w, planes.cols, planes.pad[0], planes.pad[2], planes.z is not None, lo, hi, d)
+    return Geometry.pack(
+        planes.h, planes.w, planes.cols, planes.pad[0], planes.pad[2], planes.z is not None, lo, hi, d, block
+    )
 
 
 def _kernel_args(planes: _Planes, lv: _Level, g: np.ndarray) -> tuple:
@@ -517,7 +621,9 @@ def _code_level_compiled(k, xt: np.ndarray, planes: _Planes, lv: _Level, lo: int
     bucket, tok, nraw = (np.empty(n, np.uint8) for _ in range(3))
     raw = np.empty(n, np.uint32)
     counts = np.zeros((N_BUCKETS, MAX_TOKENS), np.int64)
-    k.encode_level(xt, *_kernel_args(planes, lv, _geometry(planes, lo, hi, d)), bucket, tok, nraw, raw, counts)
+    k.encode_level(
+        xt, *_kernel_args(planes, lv, _geometry(planes, lo, hi, d, lv.block)), bucket, tok, nraw, raw, counts
+    )
     rows = np.array([planes.front(f).size for f in range(planes.n_fronts)], np.int64)
     sym, run_bucket, run_len, front_runs, lo_v, lo_b, front_lo, hi_v, hi_b, front_hi = k.runs(
         bucket, tok, nraw, raw, rows * xt.shape[0], N_BUCKETS
@@ -576,16 +682,23 @@ def _code_level_numpy(xt: np.ndarray, planes: _Planes, lv: _Level, lo: int, hi: 
     return counts, emit
 
 
-def encode_tile(x: np.ndarray, d: int, lo: int, hi: int, z_levels: int | None = None) -> tuple[bytes, np.ndarray]:
+def encode_tile(
+    x: np.ndarray, d: int, lo: int, hi: int, z_levels: int | None = None, regional: bool = True
+) -> tuple[bytes, np.ndarray]:
     """Code an integer tile within ``d`` (0: lossless); returns the section and the reconstruction (int64).
 
-    ``z_levels`` fixes the z depth instead of comparing them (faster; for small side data)."""
+    ``z_levels`` fixes the z depth instead of comparing them (faster; for small side data).
+    ``regional`` writes a format 5.0 section (weights per region where they pay); without it
+    the section is the format 2.0-4.1 layout, as those versions' encoders wrote it."""
     x = x.astype(np.int64)
     step = 2 * d + 1
     if z_levels is None:
-        z_levels, fitted = plan_tile(x, step, lo, hi)
+        z_levels, fitted = plan_tile(x, step, lo, hi, regional)
     else:
-        fitted = [_fit_level(x, t, h, step, lo, hi, final=True)[0] for t, h in _levels(x.shape[0], z_levels)]
+        fitted = [
+            _fit_level(x, t, h, step, lo, hi, final=True, regional=regional)[0]
+            for t, h in _levels(x.shape[0], z_levels)
+        ]
     recon = np.empty_like(x)
     writer = symbols.Writer()
     params: list[np.ndarray] = []
@@ -603,13 +716,13 @@ def encode_tile(x: np.ndarray, d: int, lo: int, hi: int, z_levels: int | None = 
         lv.counts = symbols.normalized(counts[:, :width])
         emit(symbols.models(lv.counts), writer.items)
         recon[t] = planes.interior()
-        params.append(lv.words())
+        params.append(lv.words(regional))
         tables.append(lv.counts.ravel())
     words = writer.words().astype("<u4").tobytes()
     zc = zstandard.ZstdCompressor(level=19)
     head = zc.compress(np.concatenate(params).astype("<i8").tobytes())
     table = zc.compress(np.concatenate(tables).astype("<u2").tobytes())
-    section = _HEAD.pack(z_levels, len(head), len(table)) + head + table + words
+    section = _HEAD.pack(z_levels | (_REGIONAL if regional else 0), len(head), len(table)) + head + table + words
     return section, recon
 
 
@@ -625,10 +738,14 @@ class _Words:
         return out
 
 
-def _read_level(r: _Words, rc: _Words, has_z: bool, lo: int, hi: int) -> _Level:
+def _read_level(r: _Words, rc: _Words, has_z: bool, lo: int, hi: int, plane: tuple[int, int], regional: bool) -> _Level:
     fill = int(r.take(1)[0])
+    block = int(r.take(1)[0]) if regional else 0
+    if block and not _MIN_BLOCK <= block <= _MAX_BLOCK:
+        raise CorruptStreamError("predictive weight regions have an invalid size")
+    n_reg = _n_regions(block, *plane)
     act_thr = r.take(N_ACTIVITY - 1).copy()
-    weights = r.take(N_CLASSES * _n_features(has_z)).reshape(N_CLASSES, -1).copy()
+    weights = r.take(n_reg * N_CLASSES * _n_features(has_z)).reshape(n_reg * N_CLASSES, -1).copy()
     ctx_w = r.take(_n_contexts(has_z)).copy()
     width = int(r.take(1)[0])
     if not 2 <= width <= MAX_TOKENS:
@@ -638,7 +755,7 @@ def _read_level(r: _Words, rc: _Words, has_z: bool, lo: int, hi: int) -> _Level:
         raise CorruptStreamError("predictive weights or thresholds are out of range")
     if (ctx_w < 0).any() or (ctx_w > C_LIMIT).any() or (counts > symbols.COUNT_TOTAL).any() or not lo <= fill <= hi:
         raise CorruptStreamError("predictive context weights, token frequencies or fill value are invalid")
-    return _Level(fill, act_thr, weights, ctx_w, counts)
+    return _Level(fill, act_thr, weights, ctx_w, counts, block)
 
 
 def _no_frequencies() -> CorruptStreamError:
@@ -651,7 +768,7 @@ def _decode_level_compiled(k, coder, planes: _Planes, lv: _Level, models: list, 
     pred, order, tok = (np.empty(n_max, np.int64) for _ in range(3))
     sym, lo_sizes, hi_sizes = (np.empty(n_max, np.int32) for _ in range(3))
     sizes = np.zeros(N_BUCKETS, np.int64)
-    args = _kernel_args(planes, lv, _geometry(planes, lo, hi, d))
+    args = _kernel_args(planes, lv, _geometry(planes, lo, hi, d, lv.block))
     recon, err, g = planes.recon, planes.err, args[6]
     empty = np.zeros(0, np.int32)
     for f in range(planes.n_fronts):
@@ -704,15 +821,24 @@ def _decode_level_numpy(coder, planes: _Planes, lv: _Level, models: list, lo: in
         planes.err[:, pos] = np.clip(q, -ERR_LIMIT, ERR_LIMIT)
 
 
-def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: int) -> np.ndarray:
-    """Invert :func:`encode_tile`; returns the reconstruction (int64)."""
+def decode_tile(
+    data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: int, regional: bool = True
+) -> np.ndarray:
+    """Invert :func:`encode_tile`; returns the reconstruction (int64). ``regional``: the stream
+    holds format 5.0 sections (and only those)."""
     if len(data) < _HEAD.size:
         raise TruncatedStreamError("predictive section ends inside its header")
     z_levels, n_head, n_table = _HEAD.unpack_from(data)
+    if bool(z_levels & _REGIONAL) != regional:
+        raise CorruptStreamError("predictive section's layout does not match the stream's format version")
+    z_levels &= ~_REGIONAL
     if z_levels > MAX_Z_LEVELS or _HEAD.size + n_head + n_table > len(data):
         raise CorruptStreamError("predictive section header is invalid")
     levels = _levels(shape[0], z_levels)
-    max_words = sum(1 + (N_ACTIVITY - 1) + N_CLASSES * _n_features(h > 0) + _n_contexts(h > 0) + 1 for _, h in levels)
+    most = _n_regions(_MIN_BLOCK, shape[1], shape[2]) if regional else 1
+    max_words = sum(
+        2 + (N_ACTIVITY - 1) + most * N_CLASSES * _n_features(h > 0) + _n_contexts(h > 0) + 1 for _, h in levels
+    )
     at = _HEAD.size
     r = _Words(np.frombuffer(unzstd(data[at : at + n_head], 8 * max_words), dtype="<i8").astype(np.int64))
     at += n_head
@@ -728,7 +854,7 @@ def decode_tile(data: bytes, shape: tuple[int, int, int], d: int, lo: int, hi: i
     recon = np.empty(shape, dtype=np.int64)
     k = _kernels()
     for t, h in levels:
-        lv = _read_level(r, rc, h > 0, lo, hi)
+        lv = _read_level(r, rc, h > 0, lo, hi, shape[1:], regional)
         models = symbols.models(lv.counts)
         zm, zp = _z_neighbours(recon, t, h)
         planes = _Planes((t.size, shape[1], shape[2]), lv.fill, zm, zp)

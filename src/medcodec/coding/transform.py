@@ -365,7 +365,7 @@ def _with_prior(counts: np.ndarray, own: np.ndarray, prior: np.ndarray, bits_per
 def _write(p: lifting.Plan, qs, steps, offsets, q_low, low_step: int, prior: priors.TablePrior | None) -> bytes:
     low_lo, low_hi = int(q_low.min()), int(q_low.max())
     # The low band is a few thousand values: one z depth spares the comparison of depths.
-    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi, z_levels=0)
+    low_section, _ = encode_predictive(q_low, 0, low_lo, low_hi, z_levels=0, regional=False)
     band_params, coders, tok_counts, sign_counts = _statistics(p, qs, steps, offsets)
     params = [low_step, low_lo, low_hi, *band_params]
     n_groups = len(tok_counts)
@@ -667,7 +667,7 @@ def decode_tile(
     low_step, low_lo, low_hi = (int(v) for v in r.take(3))
     if not 1 <= low_step <= MAX_STEP or not -LOW_LIMIT <= low_lo <= low_hi <= LOW_LIMIT:
         raise CorruptStreamError("transform low band parameters are out of range")
-    q_low = decode_predictive(data[at : at + n_low], tuple(s.stop for s in p.low), 0, low_lo, low_hi)
+    q_low = decode_predictive(data[at : at + n_low], tuple(s.stop for s in p.low), 0, low_lo, low_hi, False)
     at += n_low
     tok_models, sign_models = [], []
     for width, t, s in _read_tables(rt, group_keys(p), prior):

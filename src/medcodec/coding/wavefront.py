@@ -35,20 +35,26 @@ __all__ = [
     "front_finish",
     "runs",
     "normal_equations",
+    "predict_at",
 ]
 
 
 class Geometry:
     """The integers every kernel needs about a level's planes, packed in one int64 array.
 
-    ``[h, w, cols, top, left, has_z, lo, hi, d, step]``.
+    ``[h, w, cols, top, left, has_z, lo, hi, d, step, block, blocks_x]``: ``block`` is the
+    side of the square regions with weights of their own (0: one region), ``blocks_x`` how many
+    of them a row holds.
     """
 
-    H, W, COLS, TOP, LEFT, HAS_Z, LO, HI, D, STEP = range(10)
+    H, W, COLS, TOP, LEFT, HAS_Z, LO, HI, D, STEP, BLOCK, BLOCKS_X = range(12)
 
     @staticmethod
-    def pack(h: int, w: int, cols: int, top: int, left: int, has_z: bool, lo: int, hi: int, d: int) -> np.ndarray:
-        return np.array([h, w, cols, top, left, int(has_z), lo, hi, d, 2 * d + 1], dtype=np.int64)
+    def pack(
+        h: int, w: int, cols: int, top: int, left: int, has_z: bool, lo: int, hi: int, d: int, block: int = 0
+    ) -> np.ndarray:
+        nbx = -(-w // block) if block else 1
+        return np.array([h, w, cols, top, left, int(has_z), lo, hi, d, 2 * d + 1, block, nbx], dtype=np.int64)
 
 
 def _compiled(fn):
@@ -66,6 +72,7 @@ if AVAILABLE:
         ERR_LIMIT,
         INPLANE,
         MANTISSA_BITS,
+        N_CLASSES,
         N_ERR_CONTEXT,
         N_FEEDBACK,
         N_MAGNITUDES,
@@ -75,7 +82,7 @@ if AVAILABLE:
         ZNEIGHBOURS,
     )
 
-    _N_IN, _N_Z = len(INPLANE), len(ZNEIGHBOURS)
+    _N_IN, _N_Z, _N_CLASSES = len(INPLANE), len(ZNEIGHBOURS), N_CLASSES
     _THR = THRESHOLDS.astype(np.int64)
     _ROUND = 1 << (W_SCALE - 1)
 
@@ -101,7 +108,12 @@ if AVAILABLE:
         while k < act_thr.size and act_thr[k] <= act:
             k += 1
         orient = 1 if 2 * dh > 3 * dv else (2 if 2 * dv > 3 * dh else 0)
-        wrow = weights[k * N_ORIENT + orient]
+        region = 0
+        if g[10]:
+            # Clamped: the encoder's fit also predicts at padded positions beside the plane.
+            ry = min(max(p // g[2] - g[3], 0), g[0] - 1) // g[10]
+            region = ry * g[11] + min(max(p % g[2] - g[4], 0), g[1] - 1) // g[10]
+        wrow = weights[region * _N_CLASSES + k * N_ORIENT + orient]
         s = 0
         for j in range(_N_IN):
             s += (r[p + off[j]] - base) * wrow[j]
@@ -321,6 +333,14 @@ if AVAILABLE:
                 p = (y + top) * cols + t - 2 * y + left
                 _store(recon, err, b, p, pred[i], q, g)
                 i += 1
+
+    @_compiled
+    def predict_at(recon, err, zm, zp, pos, off, zoff, g, weights, act_thr, ctx_w, pred):
+        """Predictions at padded positions ``pos`` of every slice (``pred`` is (B, n)): what
+        predictive's ``_Planes.predict`` computes, for the encoder's fit."""
+        for b in range(recon.shape[0]):
+            for i in range(pos.size):
+                pred[b, i] = _voxel(recon, err, zm, zp, b, pos[i], off, zoff, g, weights, act_thr, ctx_w)[0]
 
     @_compiled
     def normal_equations(f, target, cls, n_classes):

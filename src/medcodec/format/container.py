@@ -27,6 +27,8 @@ __all__ = [
     "FLAG_TRANSFORM",
     "TRANSFORM_VERSION",
     "PRIOR_VERSION",
+    "REGIONAL_VERSION",
+    "FLAG_REGIONAL",
     "Header",
     "Chunk",
     "StreamInfo",
@@ -46,9 +48,12 @@ PALETTE_VERSION = (3, 0)
 TRANSFORM_VERSION = (4, 0)
 #: Transform streams whose frequency tables may refer to a table prior (named in the model fields).
 PRIOR_VERSION = (4, 1)
+#: Streams whose predictive sections may give regions of a level weights of their own: major
+#: version 5 adds only that.
+REGIONAL_VERSION = (5, 0)
 #: Major versions this decoder reads: 1 (the learned paths only), 2 (adds the predictive path),
-#: 3 (the palette path) and 4 (the transform path).
-READ_MAJORS = (1, 2, 3, 4)
+#: 3 (the palette path), 4 (the transform path) and 5 (regional predictive weights).
+READ_MAJORS = (1, 2, 3, 4, 5)
 MODES = ("lossy", "near-lossless", "lossless")
 #: Header flag: a float volume whose values are all integers, coded with integer arithmetic.
 FLAG_INTEGER_VALUED = 1
@@ -56,6 +61,8 @@ FLAG_INTEGER_VALUED = 1
 FLAG_PALETTE = 2
 #: flags bit 2 (format 4.0): a lossy integer stream whose tiles may be coded by the transform coder.
 FLAG_TRANSFORM = 4
+#: flags bit 3 (format 5.0): the predictive sections are format 5.0's, with weights per region.
+FLAG_REGIONAL = 8
 #: Largest volume a stream may describe (voxels); guards allocations a header could ask for.
 MAX_VOXELS = 1 << 36
 #: Largest nominal tile (voxels): the encoder's 64 x 256 x 256.
@@ -121,7 +128,7 @@ class Header:
         if (
             dtype_code >= len(SUPPORTED_DTYPES)
             or mode >= len(MODES)
-            or flags & ~(FLAG_INTEGER_VALUED | FLAG_PALETTE | FLAG_TRANSFORM)
+            or flags & ~(FLAG_INTEGER_VALUED | FLAG_PALETTE | FLAG_TRANSFORM | FLAG_REGIONAL)
         ):
             raise CorruptStreamError("header has an unknown dtype, mode or reserved flag")
         try:
@@ -180,6 +187,8 @@ class Header:
             raise CorruptStreamError("header flags a palette on a stream that is not lossless fractional floats")
         if self.flags & FLAG_TRANSFORM and (not integer or self.mode != "lossy"):
             raise CorruptStreamError("header flags the transform coder on a stream that is not lossy integers")
+        if self.flags & FLAG_REGIONAL and self.flags & FLAG_TRANSFORM:
+            raise CorruptStreamError("header flags format 5.0 predictive sections on a transform stream")
         dtype = np.dtype(self.dtype)
         if dtype.kind in "iu" and not np.iinfo(dtype).min <= self.lo <= self.hi <= np.iinfo(dtype).max:
             # Binds the dtype to the values: an int16 stream relabelled uint16 would decode -30 as 65506.
@@ -254,7 +263,9 @@ def header_block(header: Header) -> bytes:
     """
     body = header.pack()
     # The lowest version that describes the stream, so that decoders of 2.x read all they can.
-    if header.flags & FLAG_TRANSFORM:
+    if header.flags & FLAG_REGIONAL:
+        version = REGIONAL_VERSION
+    elif header.flags & FLAG_TRANSFORM:
         version = PRIOR_VERSION if header.model_name else TRANSFORM_VERSION
     else:
         version = PALETTE_VERSION if header.flags & FLAG_PALETTE else FORMAT_VERSION
@@ -335,6 +346,8 @@ def read_header(data: bytes) -> tuple[Header, int, tuple[int, int]]:
         raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 1, which format 3.0 defines")
     if header.flags & FLAG_TRANSFORM and major < TRANSFORM_VERSION[0]:
         raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 2, which format 4.0 defines")
+    if header.flags & FLAG_REGIONAL and major < REGIONAL_VERSION[0]:
+        raise CorruptStreamError(f"a format {major}.{minor} header sets flags bit 3, which format 5.0 defines")
     if header.flags & FLAG_TRANSFORM and header.model_name and (major, minor) < PRIOR_VERSION:
         raise CorruptStreamError(
             f"a format {major}.{minor} transform stream names a table prior, which format 4.1 defines"
