@@ -4,7 +4,7 @@ Golden streams pin the format: every future version must decode them to the
 recorded checksums. Only add new ones; never regenerate existing ones unless the
 format's major version changes.
 
-    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 to 4.1 streams
+    PYTHONPATH=src python tests/make_golden.py     # adds missing format 2.0 to 5.0 streams
 """
 
 from __future__ import annotations
@@ -123,6 +123,24 @@ def add_format_4_1() -> None:
     (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
+def regional_volume() -> np.ndarray:
+    """An int16 volume of two textures side by side, one tile large enough for weight regions."""
+    rng = np.random.default_rng(20261206)
+    shape = (8, 130, 128)
+    v = np.cumsum(rng.normal(0, 4, shape), axis=2) + np.cumsum(rng.normal(0, 4, shape), axis=1)
+    v[:, :, 64:] = 300 + 3 * np.cumsum(rng.normal(0, 6, (8, 130, 64)), axis=1)
+    return np.clip(np.round(v), -32768, 32767).astype(np.int16)
+
+
+def add_format_5() -> None:
+    """Add the format 5.0 streams (predictive sections with weight regions); existing entries stay."""
+    record = json.loads((HERE / "golden.json").read_text())
+    vol = medcodec.Volume(regional_volume(), spacing=(0.7, 0.7, 5.0))
+    _add_stream(record, "v5-lossless-regions", vol, {"max_error": 0}, "5.0")
+    _add_stream(record, "v5-near-lossless-3-regions", vol, {"max_error": 3}, "5.0")
+    (HERE / "golden.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
 def main() -> None:
     HERE.mkdir(exist_ok=True)
     torch.manual_seed(0)
@@ -155,3 +173,4 @@ if __name__ == "__main__":
     add_format_3()
     add_format_4()
     add_format_4_1()
+    add_format_5()
