@@ -412,7 +412,7 @@ def _fit_level(
     block = _block(t.size, x.shape[1], x.shape[2]) if final and regional else 0
     keep = _spread(t, _FIT_SLICES)
     voxels = t.size * x.shape[1] * x.shape[2]
-    lv, bits = _fit(x[keep], *_z_neighbours(x, keep, h), fill, voxels, step, lo, hi, samples, block, regional)
+    lv, bits = _fit(x[keep], *_z_neighbours(x, keep, h), fill, voxels, step, lo, hi, samples, block, regional and final)
     if final and step == 1 and N_FEEDBACK:
         _damp_feedback(x, t, h, lv, lo, hi)
     return lv, bits
