@@ -54,12 +54,22 @@ def test_z_depth_follows_the_data():
     assert plan_tile(independent, 1, 0, 4000)[0] == 0
 
 
-def test_lossless_feedback_weights_take_the_scale_of_the_smallest_trial_coding():
+def test_lossless_feedback_weights_take_the_scale_of_the_smallest_trial_coding(monkeypatch):
     rng = np.random.default_rng(11)
     x = synthetic(shape=(12, 40, 36), seed=4).astype(np.int64) + rng.integers(-30, 31, (12, 40, 36))
     lo, hi, n_fb = int(x.min()), int(x.max()), predictive.N_FEEDBACK
+    damp = predictive._damp_feedback
+
+    def untuned(*args, **kwargs):
+        """A level's final fit without the feedback scale."""
+        monkeypatch.setattr(predictive, "_damp_feedback", lambda *a: None)
+        try:
+            return predictive._fit_level(*args, **kwargs, final=True)
+        finally:
+            monkeypatch.setattr(predictive, "_damp_feedback", damp)
+
     for t, h in predictive._levels(x.shape[0], 1):
-        fitted, _ = predictive._fit_level(x, t, h, 1, lo, hi)
+        fitted, _ = untuned(x, t, h, 1, lo, hi)
         tuned, _ = predictive._fit_level(x, t, h, 1, lo, hi, final=True)
         assert np.array_equal(tuned.weights[:, :-n_fb], fitted.weights[:, :-n_fb])
         full = fitted.weights[:, -n_fb:].copy()
@@ -72,7 +82,7 @@ def test_lossless_feedback_weights_take_the_scale_of_the_smallest_trial_coding()
                 chosen = num
         assert chosen is not None and bits[chosen] == min(bits.values())
     # Near-lossless levels keep their fitted feedback weights.
-    fitted, _ = predictive._fit_level(x, t, h, 3, lo, hi)
+    fitted, _ = untuned(x, t, h, 3, lo, hi)
     assert np.array_equal(predictive._fit_level(x, t, h, 3, lo, hi, final=True)[0].weights, fitted.weights)
 
 
