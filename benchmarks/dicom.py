@@ -2,7 +2,7 @@
 
     PYTHONPATH=src:. python -m benchmarks.dicom [--volumes NAME,...] [--slices N]
 
-Each volume of the test split named (default: 2 CT, 3 MR) becomes one DICOM series (one file
+Each volume of the test split named (default: all six, 3 CT and 3 MR) becomes one DICOM series (one file
 per slice, explicit VR little endian, headers written by :func:`series_files`: the attributes
 a scanner writes per series and per slice, and a private block with a per-slice binary part
 as scanners' private headers have). The data folder holds no DICOM files (only NIfTI), so
@@ -38,6 +38,7 @@ from benchmarks.volumes import default_volume_paths, load_volume, volume_name
 
 DEFAULT_VOLUMES = (
     "ct_chest_siemens_sensation10_b40f_lungpetctdx_a0002",
+    "ct_chest_siemens_sensation10_b70f_lungpetctdx_a0002",
     "ct_abdomen_philips_bigbore_pancreasctcbct_pyvista",
     "mr_t1_3d_siemens_verio_seg3d_dicom",
     "mr_head_t2w_niivue",
