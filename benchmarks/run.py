@@ -207,7 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_medcodec and (args.codecs is None or MEDCODEC in args.codecs):
         why = medcodec_status()
         if why is None:
-            qualities = args.qualities or (QUICK_MEDCODEC_QUALITIES if args.quick else MEDCODEC_QUALITIES)
+            qualities = (
+                args.qualities
+                if args.qualities is not None
+                else (QUICK_MEDCODEC_QUALITIES if args.quick else MEDCODEC_QUALITIES)
+            )
             max_errors = (
                 args.max_errors
                 if args.max_errors is not None

@@ -142,3 +142,15 @@ def test_medcodec_breaking_its_bound_is_reported_and_fails_the_exit_code(tmp_pat
     assert code == 1
     text = (out / "RESULTS.md").read_text()
     assert "## Failures and broken guarantees" in text and "bound 2 broken" in text
+
+
+def test_an_empty_sweep_runs_none_of_its_settings(tmp_path, files, monkeypatch):
+    monkeypatch.setitem(sys.modules, "medcodec", _fake_medcodec())
+    out = tmp_path / "out"
+    argv = ["--quick", "--no-figures", "--no-ssim", "--codecs", "medcodec", "--out", str(out), str(files[0])]
+    assert run.main([*argv, "--qualities", "", "--max-errors", "0,2"]) == 0
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert {(r["mode"], r["param"]) for r in records} == {("lossless", "lossless"), ("near-lossless", "max_error=2")}
+    assert run.main([*argv, "--qualities", "40", "--max-errors", ""]) == 0
+    records = json.loads((out / "results.json").read_text())["records"]
+    assert {(r["mode"], r["param"]) for r in records} == {("lossy", "quality=40")}
