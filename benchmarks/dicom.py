@@ -2,12 +2,12 @@
 
     PYTHONPATH=src:. python -m benchmarks.dicom [--volumes NAME,...] [--slices N]
 
-Each volume of the test split named (default: all six, 3 CT and 3 MR) becomes one DICOM series (one file
-per slice, explicit VR little endian, headers written by :func:`series_files`: the attributes
-a scanner writes per series and per slice, and a private block with a per-slice binary part
-as scanners' private headers have). The data folder holds no DICOM files (only NIfTI), so
-these are the studies. A CT is stored unsigned with Rescale Intercept = its minimum, as many
-scanners store CT, so that no codec meets a sign wrap. Each study is then stored as:
+Each volume of the test split named (default: all six, 3 CT and 3 MR) becomes one DICOM series
+(one file per slice, explicit VR little endian, headers written by :func:`series_files`: the
+attributes a scanner writes per series and per slice, and a private block with a per-slice
+binary part as scanners' private headers have). The data folder holds no DICOM files (only
+NIfTI), so these are the studies. A CT is stored unsigned with Rescale Intercept = its minimum,
+as many scanners store CT, so that no codec meets a sign wrap. Each study is then stored as:
 
 * the files as they are;
 * zstd -19 of each file (as the ``zstd`` command compresses files one by one);
